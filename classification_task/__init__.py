@@ -1,0 +1,1 @@
+"""Nodule / no-nodule classification of chest radiographs with MedGemma + QLoRA."""

@@ -1,0 +1,1 @@
+"""Nodule keypoint localization on chest radiographs."""
