@@ -1,0 +1,61 @@
+"""Command-line plumbing: one config dataclass per script becomes its argparse parser."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import sys
+import types
+import typing
+from typing import Any, Literal
+
+
+def arg(default: Any, help: str, const: Any = None) -> Any:
+    """A dataclass field that is also a command-line flag `--NAME` with this help."""
+    return dataclasses.field(default=default, metadata={"help": help, "const": const})
+
+
+def _flag_kwargs(field: dataclasses.Field, hint: Any) -> dict:
+    kwargs = {"default": field.default, "help": f"{field.metadata['help']} (default: {field.default})"}
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+    if base is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(base) is Literal:
+        kwargs.update(choices=typing.get_args(base), type=str)
+    else:
+        kwargs["type"] = base
+    if field.metadata.get("const") is not None:
+        kwargs.update(nargs="?", const=field.metadata["const"])
+    return kwargs
+
+
+def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        parser.add_argument(f"--{field.name}", **_flag_kwargs(field, hints[field.name]))
+    return parser
+
+
+def parse(cls: type, description: str, argv: list[str], demo_defaults: dict | None = None):
+    """Parse `argv` into `cls`; a bad value prints one sentence and returns None.
+
+    With `--demo` in argv, `demo_defaults` replace the defaults; flags given
+    explicitly still win.
+    """
+    parser = build_parser(cls, description)
+    if demo_defaults and "--demo" in argv:
+        parser.set_defaults(**demo_defaults)
+    namespace = parser.parse_args(argv)
+    try:
+        return cls(**vars(namespace))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+
+
+def available_loggers() -> list[str]:
+    """TensorBoard-compatible logs only when tensorboard is installed."""
+    return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []

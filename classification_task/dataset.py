@@ -1,0 +1,249 @@
+"""NoduLoCC classification data: labels, image loading, pre-processing and the patient split.
+
+Source: the NoduLoCC2026 challenge data, laid out under a data root
+(default `data/nodulocc`):
+
+    classification_labels.csv   file_name,label,LIDC_ID  (label: Nodule | No Finding)
+    nih_filtered_images/        NIH ChestX-ray14 PNGs, PPPPPPPP_FFF.png, mostly 8-bit
+    lidc_png_16_bit/            LIDC-derived 16-bit PNGs
+
+Each `file_name` is looked up in the NIH folder, then the LIDC folder; names
+that would leave those folders are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.model_selection import StratifiedGroupKFold
+from torch.utils.data import Dataset
+
+LABELS_CSV = "classification_labels.csv"
+IMAGE_FOLDERS = ("nih_filtered_images", "lidc_png_16_bit")
+LABEL_TO_INT = {"No Finding": 0, "Nodule": 1}
+INT_TO_LABEL = {v: k for k, v in LABEL_TO_INT.items()}
+NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)
+
+
+class DataError(ValueError):
+    """A problem with the user's data, explained in one sentence."""
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def safe_join(folder: Path, file_name: str) -> Path:
+    """`folder / file_name`, refusing names that would escape `folder`."""
+    candidate = (folder / file_name).resolve()
+    if not candidate.is_relative_to(folder.resolve()) or Path(file_name).is_absolute():
+        raise DataError(f"file name {file_name!r} points outside {folder}; use names relative to the image folder.")
+    return candidate
+
+
+def resolve_image_path(data_root: Path, file_name: str) -> Path | None:
+    """The image for `file_name` in the NIH or LIDC folder, or None if it is in neither."""
+    for folder in IMAGE_FOLDERS:
+        path = safe_join(data_root / folder, file_name)
+        if path.is_file():
+            return path
+    return None
+
+
+def load_labels(data_root: str | Path) -> pd.DataFrame:
+    """Read `classification_labels.csv`: columns file_name, label (0/1), lidc_id, path, patient_id."""
+    data_root = Path(data_root)
+    csv_path = data_root / LABELS_CSV
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path} not found; point --data_root at the folder holding {LABELS_CSV}.")
+    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    missing = {"file_name", "label"} - set(frame.columns)
+    if missing:
+        raise DataError(f"{csv_path} lacks the column(s) {sorted(missing)}; expected file_name,label,LIDC_ID.")
+    unknown = sorted(set(frame["label"]) - set(LABEL_TO_INT))
+    if unknown:
+        raise DataError(f"{csv_path} has unknown label(s) {unknown[:3]}; use 'Nodule' or 'No Finding'.")
+    paths = [resolve_image_path(data_root, name) for name in frame["file_name"]]
+    absent = [name for name, path in zip(frame["file_name"], paths) if path is None]
+    if absent:
+        raise DataError(
+            f"{len(absent)} image(s) listed in {csv_path} are missing from {data_root}/{{{','.join(IMAGE_FOLDERS)}}}, "
+            f"e.g. {absent[0]!r}; copy the images there or remove those rows."
+        )
+    lidc_ids = frame["LIDC_ID"] if "LIDC_ID" in frame.columns else pd.Series([""] * len(frame))
+    return pd.DataFrame(
+        {
+            "file_name": frame["file_name"],
+            "label": frame["label"].map(LABEL_TO_INT).astype(int),
+            "lidc_id": lidc_ids.fillna("").astype(str),
+            "path": [str(p) for p in paths],
+            "patient_id": [patient_id(n, l) for n, l in zip(frame["file_name"], lidc_ids)],
+        }
+    )
+
+
+def patient_id(file_name: str, lidc_id: str = "") -> str:
+    """NIH: the 8-digit prefix of PPPPPPPP_FFF.png; LIDC: its LIDC_ID; otherwise the file itself."""
+    match = NIH_NAME.match(Path(file_name).name)
+    if match:
+        return f"nih:{match.group(1)}"
+    if lidc_id:
+        return f"lidc:{lidc_id}"
+    return f"file:{file_name}"
+
+
+# ----------------------------------------------------------------------------- split
+
+
+def split_by_patient(
+    frame: pd.DataFrame, fractions: tuple[float, float, float] = (0.80, 0.05, 0.15), seed: int = 0
+) -> pd.Series:
+    """Assign train/val/test per row, stratified by class, grouped by `patient_id`.
+
+    StratifiedGroupKFold cuts the data into 20 folds of ~5 % that keep the class
+    ratio and never split a patient; whole folds then go to val and test.
+    """
+    n_folds = 20
+    n_val, n_test = round(fractions[1] * n_folds), round(fractions[2] * n_folds)
+    folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    split = np.full(len(frame), "train", dtype=object)
+    for fold, (_, fold_rows) in enumerate(folds.split(frame, frame["label"], groups=frame["patient_id"])):
+        if fold < n_test:
+            split[fold_rows] = "test"
+        elif fold < n_test + n_val:
+            split[fold_rows] = "val"
+    return pd.Series(split, index=frame.index, name="split")
+
+
+def load_or_make_split(frame: pd.DataFrame, split_file: str | Path | None, seed: int) -> pd.DataFrame:
+    """Attach a `split` column, from `split_file` (file_name,split) if given, else a fresh seeded split."""
+    if split_file is None:
+        return frame.assign(split=split_by_patient(frame, seed=seed))
+    split_file = Path(split_file)
+    if not split_file.is_file():
+        raise DataError(f"split file {split_file} not found; pass a split.csv written by an earlier run.")
+    saved = pd.read_csv(split_file, dtype=str)
+    if not {"file_name", "split"} <= set(saved.columns):
+        raise DataError(f"{split_file} needs the columns file_name,split.")
+    merged = frame.merge(saved[["file_name", "split"]], on="file_name", how="left")
+    if merged["split"].isna().any():
+        raise DataError(f"{split_file} has no split for {merged['split'].isna().sum()} labelled image(s); regenerate it.")
+    return merged
+
+
+# ----------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Per-image percentile contrast stretch, then an optional resize for the model."""
+
+    clip_low_pct: float = 0.5
+    clip_high_pct: float = 99.5
+    size_px: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.clip_low_pct < self.clip_high_pct <= 100:
+            raise ValueError("percentiles need 0 <= clip_low_pct < clip_high_pct <= 100.")
+
+
+def read_grey(path: str | Path) -> np.ndarray:
+    """Decode any PNG/JPEG mode to a 2-D grey array, keeping 16-bit depth when present."""
+    with Image.open(path) as image:
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            pixels = np.asarray(image)
+            return pixels.astype(np.uint16) if pixels.min() >= 0 and pixels.max() < 65536 else pixels
+        if image.mode == "F":
+            return np.asarray(image, dtype=np.float32)
+        # RGB, RGBA (alpha ignored), palette, LA, 1: Pillow's luminance conversion.
+        return np.asarray(image.convert("L"))
+
+
+def integer_percentiles(pixels: np.ndarray, percentiles: tuple[float, ...]) -> list[float]:
+    """np.percentile (linear method) of a non-negative integer image, via its histogram.
+
+    A 2k x 2k 16-bit image has 4 M pixels: counting them is far cheaper than
+    sorting them, and the order statistics come straight from the cumulative counts.
+    """
+    counts = np.bincount(pixels.ravel())
+    cumulative = np.cumsum(counts)
+    n = cumulative[-1]
+    results = []
+    for pct in percentiles:
+        rank = pct / 100 * (n - 1)
+        lower, upper = int(np.floor(rank)), int(np.ceil(rank))
+        value_lower = np.searchsorted(cumulative, lower, side="right")
+        value_upper = np.searchsorted(cumulative, upper, side="right")
+        results.append(float(value_lower + (rank - lower) * (value_upper - value_lower)))
+    return results
+
+
+def stretch_to_uint8(pixels: np.ndarray, low_pct: float, high_pct: float) -> np.ndarray:
+    """Clip to the [low_pct, high_pct] percentiles and rescale to 0-255."""
+    if np.issubdtype(pixels.dtype, np.integer) and pixels.min() >= 0:
+        low, high = integer_percentiles(pixels, (low_pct, high_pct))
+    else:
+        low, high = (float(v) for v in np.percentile(pixels, (low_pct, high_pct)))
+    if high <= low:
+        return np.zeros(pixels.shape, dtype=np.uint8)
+    scaled = (np.clip(pixels.astype(np.float32), low, high) - low) * (255.0 / (high - low))
+    return np.rint(scaled).astype(np.uint8)
+
+
+def load_image(path: str | Path, prep: Preprocessing = Preprocessing()) -> Image.Image:
+    """Any radiograph file -> contrast-stretched 8-bit RGB image (resized if prep.size_px)."""
+    grey = Image.fromarray(stretch_to_uint8(read_grey(path), prep.clip_low_pct, prep.clip_high_pct))
+    if prep.size_px:
+        grey = grey.resize((prep.size_px, prep.size_px), Image.Resampling.BILINEAR)
+    return grey.convert("RGB")
+
+
+class ImageCache:
+    """Pre-processed images on disk, keyed by file identity and pre-processing settings."""
+
+    def __init__(self, folder: str | Path, prep: Preprocessing):
+        self.folder = Path(folder)
+        self.prep = prep
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _key(self, path: Path) -> Path:
+        stat = path.stat()
+        ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.prep}"
+        return self.folder / f"{hashlib.sha1(ident.encode()).hexdigest()}.png"
+
+    def load(self, path: str | Path) -> Image.Image:
+        cached = self._key(Path(path))
+        if cached.is_file():
+            with Image.open(cached) as image:
+                return image.convert("RGB")
+        image = load_image(path, self.prep)
+        handle, tmp = tempfile.mkstemp(dir=self.folder, suffix=".png")
+        os.close(handle)
+        image.convert("L").save(tmp)
+        os.replace(tmp, cached)
+        return image
+
+
+class RadiographDataset(Dataset):
+    """(image, label) pairs from a labels frame with `path` and `label` columns."""
+
+    def __init__(self, frame: pd.DataFrame, prep: Preprocessing = Preprocessing(), cache_dir: str | None = None):
+        self.paths = frame["path"].tolist()
+        self.labels = frame["label"].to_numpy(dtype=np.int64)
+        self.prep = prep
+        self.cache = ImageCache(cache_dir, prep) if cache_dir else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        image = self.cache.load(path) if self.cache else load_image(path, self.prep)
+        return {"image": image, "label": int(self.labels[index])}

@@ -1,0 +1,414 @@
+"""Binary classification metrics for p(nodule) scores, and a CLI to score a prediction file.
+
+    python classification_task/metrics.py \
+        --labels data/nodulocc/classification_labels.csv \
+        --predictions outputs/classification_test_results.csv \
+        [--threshold 0.5] [--bootstrap 1000] [--seed 0] [--json outputs/test_metrics.json]
+
+Every function takes binary labels (1 = Nodule) and p(nodule) in [0, 1]; a score
+counts as a positive prediction when p >= threshold. Values agree with scikit-learn
+(zero_division=0). Undefined values are NaN: both AUCs when only one class is
+present, sensitivity without positives, specificity without negatives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import ArrayLike
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+FLOAT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
+                 "f1", "mcc", "roc_auc", "pr_auc", "brier")
+COUNT_METRICS = ("tp", "tn", "fp", "fn")
+LABEL_VALUES = {"Nodule": 1, "No Finding": 0}
+
+
+def _check_inputs(labels: ArrayLike, p_nodule: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).ravel()
+    p = np.asarray(p_nodule, dtype=np.float64).ravel()
+    if y.size == 0:
+        raise ValueError("labels and p_nodule are empty: there is nothing to score.")
+    if y.shape != p.shape:
+        raise ValueError(f"labels ({y.size}) and p_nodule ({p.size}) differ in length.")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 (No Finding) or 1 (Nodule).")
+    if not (np.isfinite(p).all() and p.min() >= 0.0 and p.max() <= 1.0):
+        raise ValueError("p_nodule must hold finite probabilities in [0, 1].")
+    return y.astype(bool), p
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray, fill: float) -> np.ndarray:
+    num, den = np.broadcast_arrays(np.asarray(num, np.float64), np.asarray(den, np.float64))
+    return np.divide(num, den, out=np.full(num.shape, fill), where=den > 0)
+
+
+def _rates(tp: ArrayLike, tn: ArrayLike, fp: ArrayLike, fn: ArrayLike) -> dict[str, np.ndarray]:
+    """Confusion-matrix metrics, vectorised so the bootstrap reuses the exact same formulas."""
+    tp, tn, fp, fn = (np.asarray(c, dtype=np.float64) for c in (tp, tn, fp, fn))
+    n_pos, n_neg = tp + fn, tn + fp
+    sens, spec = _safe_div(tp, n_pos, math.nan), _safe_div(tn, n_neg, math.nan)
+    # Like sklearn's balanced_accuracy_score: the mean recall over the classes present.
+    balanced = np.where(n_pos == 0, spec, np.where(n_neg == 0, sens, (sens + spec) / 2))
+    # Products of four counts overflow int64 on the full data set: they are floats here.
+    mcc_den = np.sqrt((tp + fp) * n_pos * n_neg * (tn + fn))
+    return {
+        "accuracy": (tp + tn) / (n_pos + n_neg),
+        "balanced_accuracy": balanced,
+        "sensitivity": sens,
+        "specificity": spec,
+        "precision": _safe_div(tp, tp + fp, 0.0),
+        "f1": _safe_div(2 * tp, 2 * tp + fp + fn, 0.0),
+        "mcc": _safe_div(tp * tn - fp * fn, mcc_den, 0.0),
+    }
+
+
+def binary_metrics(labels: ArrayLike, p_nodule: ArrayLike, threshold: float = 0.5) -> dict:
+    """All metrics at one threshold: plain floats and ints, NaN where undefined."""
+    y, p = _check_inputs(labels, p_nodule)
+    pred = p >= threshold
+    counts = {"tp": int(np.sum(pred & y)), "tn": int(np.sum(~pred & ~y)),
+              "fp": int(np.sum(pred & ~y)), "fn": int(np.sum(~pred & y))}
+    rates = {name: float(value) for name, value in _rates(**counts).items()}
+    both_classes = 0 < y.sum() < y.size
+    # Checked first: sklearn raises (ROC) or warns (PR) on a single class.
+    roc_auc = float(roc_auc_score(y, p)) if both_classes else math.nan
+    pr_auc = float(average_precision_score(y, p)) if both_classes else math.nan
+    brier = float(np.mean((p - y) ** 2))
+    return {"threshold": float(threshold), **rates, "roc_auc": roc_auc, "pr_auc": pr_auc,
+            "brier": brier, **counts}
+
+
+def _batched_bincount(index: np.ndarray, size: int) -> np.ndarray:
+    """Row-wise bincount of a (rows, k) index array -> (rows, size) counts."""
+    offsets = np.arange(index.shape[0])[:, None] * size
+    counts = np.bincount((index + offsets).ravel(), minlength=index.shape[0] * size)
+    return counts.reshape(index.shape[0], size).astype(np.float64)
+
+
+def _resample_metrics(p_pos: np.ndarray, p_neg: np.ndarray, pos_idx: np.ndarray,
+                      neg_idx: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """Float metrics for each row of resample indices into the positives and negatives.
+
+    AUCs come from per-score counts: ROC-AUC is the Mann-Whitney statistic (ties count
+    half) and PR-AUC sums recall steps times precision at each distinct score, which
+    is exactly what sklearn's average_precision_score computes.
+    """
+    n_pos, n_neg = p_pos.size, p_neg.size
+    tp = (p_pos >= threshold)[pos_idx].sum(axis=1)
+    fp = (p_neg >= threshold)[neg_idx].sum(axis=1)
+    out = _rates(tp, n_neg - fp, fp, n_pos - tp)
+    sq_err = ((1 - p_pos) ** 2)[pos_idx].sum(axis=1) + (p_neg**2)[neg_idx].sum(axis=1)
+    out["brier"] = sq_err / (n_pos + n_neg)
+    nan = np.full(pos_idx.shape[0], math.nan)
+    out["roc_auc"], out["pr_auc"] = nan, nan.copy()
+    if n_pos == 0 or n_neg == 0:
+        return out
+    scores, inverse = np.unique(np.concatenate([p_pos, p_neg]), return_inverse=True)
+    pos_at = _batched_bincount(inverse[:n_pos][pos_idx], scores.size)  # ascending scores
+    neg_at = _batched_bincount(inverse[n_pos:][neg_idx], scores.size)
+    neg_below_plus_half_ties = np.cumsum(neg_at, axis=1) - neg_at / 2
+    out["roc_auc"] = (pos_at * neg_below_plus_half_ties).sum(axis=1) / (n_pos * n_neg)
+    tp_ge = np.cumsum(pos_at[:, ::-1], axis=1)[:, ::-1]
+    fp_ge = np.cumsum(neg_at[:, ::-1], axis=1)[:, ::-1]
+    out["pr_auc"] = (pos_at * _safe_div(tp_ge, tp_ge + fp_ge, 0.0)).sum(axis=1) / n_pos
+    return out
+
+
+def bootstrap_ci(labels: ArrayLike, p_nodule: ArrayLike, threshold: float = 0.5,
+                 n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+    """Percentile (1 - alpha) intervals of each float metric over stratified resamples.
+
+    Positives and negatives are resampled separately so every resample keeps the
+    class counts (a rare class would otherwise leave some resamples without positives).
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}.")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
+    y, p = _check_inputs(labels, p_nodule)
+    p_pos, p_neg = p[y], p[~y]
+    rng = np.random.default_rng(seed)
+    # Chunks of resamples keep the (resamples x items) arrays near 32 MB each.
+    chunk = max(1, min(n_boot, 4_000_000 // max(y.size, 1)))
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in FLOAT_METRICS}
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        pos_idx = rng.integers(0, max(p_pos.size, 1), size=(rows, p_pos.size))
+        neg_idx = rng.integers(0, max(p_neg.size, 1), size=(rows, p_neg.size))
+        for name, values in _resample_metrics(p_pos, p_neg, pos_idx, neg_idx, threshold).items():
+            parts[name].append(values)
+    intervals = {}
+    for name in FLOAT_METRICS:
+        values = np.concatenate(parts[name])
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            intervals[name] = (math.nan, math.nan)
+            continue
+        low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+        intervals[name] = (float(low), float(high))
+    return intervals
+
+
+def _counts_per_threshold(labels: ArrayLike, p_nodule: ArrayLike):
+    """Candidate thresholds (the distinct scores, ascending) with tp and tn at each."""
+    y, p = _check_inputs(labels, p_nodule)
+    p_pos, p_neg = np.sort(p[y]), np.sort(p[~y])
+    thresholds = np.unique(p)
+    tp = p_pos.size - np.searchsorted(p_pos, thresholds, side="left")
+    tn = np.searchsorted(p_neg, thresholds, side="left")
+    return thresholds, tp, tn, p_pos.size, p_neg.size
+
+
+def _tn_needed(target: float, n_neg: int) -> int:
+    # Compared as counts: 1 - fp / n in floating point can miss an exact target.
+    return math.ceil(target * n_neg - 1e-9)
+
+
+def select_thresholds(labels_val: ArrayLike, p_val: ArrayLike,
+                      target_specificities: Sequence[float] = (0.99, 0.995)) -> dict[str, float]:
+    """Thresholds tuned on validation, to apply unchanged to the test set.
+
+    `max_f1`: the distinct score maximising F1 (the highest such score on ties).
+    `spec_{target}` (e.g. `spec_0.99`): the lowest distinct score reaching
+    specificity >= target; if no score does, the next float above the highest
+    score, so that nothing is predicted positive.
+    """
+    thresholds, tp, tn, n_pos, n_neg = _counts_per_threshold(labels_val, p_val)
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("Threshold selection needs both classes in the validation labels.")
+    fp = n_neg - tn
+    f1 = _safe_div(2 * tp, tp + fp + n_pos, 0.0)
+    best = thresholds.size - 1 - int(np.argmax(f1[::-1]))
+    selected = {"max_f1": float(thresholds[best])}
+    for target in target_specificities:
+        if not 0 < target <= 1:
+            raise ValueError(f"Target specificities must lie in (0, 1], got {target}.")
+        reached = np.flatnonzero(tn >= _tn_needed(target, n_neg))
+        value = thresholds[reached[0]] if reached.size else np.nextafter(thresholds[-1], np.inf)
+        selected[f"spec_{target:g}"] = float(value)
+    return selected
+
+
+def sensitivity_at_specificity(labels: ArrayLike, p_nodule: ArrayLike,
+                               specificities: Sequence[float] = (0.95, 0.99, 0.995)
+                               ) -> dict[str, float]:
+    """`sens_at_spec_{target}`: the highest ROC sensitivity with specificity >= target."""
+    thresholds, tp, tn, n_pos, n_neg = _counts_per_threshold(labels, p_nodule)
+    if n_pos == 0 or n_neg == 0:
+        return {f"sens_at_spec_{target:g}": math.nan for target in specificities}
+    result = {}
+    for target in specificities:
+        reached = tp[tn >= _tn_needed(target, n_neg)]
+        # The ROC curve starts at (0, 0): above every score, sensitivity 0 at specificity 1.
+        result[f"sens_at_spec_{target:g}"] = float(reached.max()) / n_pos if reached.size else 0.0
+    return result
+
+
+def _cell(name: str, value, interval, digits: int) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    if name.startswith("threshold"):
+        return f"{value:.4g}"  # tuned thresholds can sit at 0.9997; three decimals would hide that
+    text = f"{value:.{digits}f}"
+    if interval is not None:
+        text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+    return text
+
+
+def format_table(rows: dict[str, dict], ci: dict[str, dict] | None = None, digits: int = 3) -> str:
+    """One aligned text table: a row per metric, a column per entry of `rows`.
+
+    `rows` maps a column name (a model or threshold setting) to a metrics dict;
+    `ci` maps the same column names to `bootstrap_ci` results.
+    """
+    columns = list(rows)
+    if ci and not set(ci) <= set(columns):
+        raise ValueError("ci must map column names of rows to bootstrap_ci results.")
+    names = list(dict.fromkeys(name for column in columns for name in rows[column]))
+    table = [["metric", *columns]]
+    for name in names:
+        table.append([name, *(_cell(name, rows[c].get(name), (ci or {}).get(c, {}).get(name),
+                                    digits) for c in columns)])
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    lines = ["  ".join([line[0].ljust(widths[0]),
+                        *(cell.rjust(w) for cell, w in zip(line[1:], widths[1:]))]).rstrip()
+             for line in table]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def _jsonable(obj):
+    """Plain JSON types; NaN and infinities become null so strict parsers accept the file."""
+    if isinstance(obj, dict):
+        return {str(key): _jsonable(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(value) for value in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> Path:
+    """Write JSON through a temp file in the same folder, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(_jsonable(obj), handle, indent=2, allow_nan=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+class InputError(Exception):
+    """A problem with a user's file; the message is one sentence naming the file and the fix."""
+
+
+@dataclass
+class ScoreConfig:
+    labels: Path
+    predictions: Path
+    threshold: float = 0.5
+    bootstrap: int = 1000
+    seed: int = 0
+    json_path: Path | None = None
+
+    def __post_init__(self):
+        self.labels, self.predictions = Path(self.labels), Path(self.predictions)
+        self.json_path = Path(self.json_path) if self.json_path is not None else None
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"--threshold must lie in [0, 1], got {self.threshold}.")
+        if self.bootstrap < 0:
+            raise ValueError(f"--bootstrap must be 0 (off) or a number of resamples, got {self.bootstrap}.")
+
+
+def _read_csv(path: Path, columns: Sequence[str], flag: str):
+    import pandas as pd  # only the CLI needs pandas
+
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; pass an existing CSV file with {flag}.")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path} could not be read as CSV ({exc.__class__.__name__}); "
+                         f"pass a comma-separated text file with {flag}.") from None
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise InputError(f"{path} lacks the column(s) {', '.join(missing)}; {flag} needs a CSV "
+                         f"with the columns {', '.join(columns)}.")
+    frame["file_name"] = frame["file_name"].str.strip()
+    duplicated = frame["file_name"][frame["file_name"].duplicated()]
+    if len(duplicated):
+        raise InputError(f"{path} lists {duplicated.iloc[0]} (and {len(duplicated) - 1} other "
+                         f"file names) more than once; keep one row per image.")
+    return frame.set_index("file_name")
+
+
+def load_labels(path: Path):
+    """`classification_labels.csv` (file_name,label,LIDC_ID) -> Series file_name -> 0/1."""
+    frame = _read_csv(path, ("file_name", "label"), "--labels")
+    labels = frame["label"].str.strip()
+    unknown = sorted(set(labels) - set(LABEL_VALUES))
+    if unknown:
+        raise InputError(f"{path} has unknown label values {unknown[:3]}; use only "
+                         f"'Nodule' or 'No Finding' in the label column.")
+    return labels.map(LABEL_VALUES).astype(int)
+
+
+def load_predictions(path: Path):
+    """`classification_test_results.csv` (file_name,label,confidence) -> Series file_name -> p."""
+    import pandas as pd
+
+    frame = _read_csv(path, ("file_name", "confidence"), "--predictions")
+    confidence = pd.to_numeric(frame["confidence"], errors="coerce")
+    bad = confidence.index[~confidence.between(0.0, 1.0)]  # NaN from coercion fails too
+    if len(bad):
+        raise InputError(f"{path} has a confidence outside [0, 1] or not a number (first at "
+                         f"{bad[0]}); write p(nodule) as a number between 0 and 1.")
+    return confidence.astype(float)
+
+
+def score_files(config: ScoreConfig) -> dict:
+    """Metrics, intervals and match counts for the files present in both CSVs."""
+    labels, predictions = load_labels(config.labels), load_predictions(config.predictions)
+    common = labels.index.intersection(predictions.index)
+    if common.empty:
+        raise InputError(f"none of the file names in {config.predictions} appear in "
+                         f"{config.labels}; check that both files describe the same images.")
+    y, p = labels.loc[common].to_numpy(), predictions.loc[common].to_numpy()
+    counts = {"scored": int(common.size), "nodule": int(y.sum()), "no_finding": int((1 - y).sum()),
+              "labelled_without_prediction": int(labels.index.difference(common).size),
+              "predicted_without_label": int(predictions.index.difference(common).size)}
+    ci = (bootstrap_ci(y, p, config.threshold, config.bootstrap, config.seed)
+          if config.bootstrap else None)
+    return {"config": asdict(config), "counts": counts,
+            "metrics": binary_metrics(y, p, config.threshold), "ci": ci,
+            "sensitivity_at_specificity": sensitivity_at_specificity(y, p)}
+
+
+def _parse_args(argv: list[str] | None) -> ScoreConfig:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--labels", type=Path, required=True,
+                        help="classification_labels.csv (file_name,label,LIDC_ID)")
+    parser.add_argument("--predictions", type=Path, required=True,
+                        help="classification_test_results.csv (file_name,label,confidence)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="predict Nodule when confidence >= threshold (default 0.5)")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="stratified bootstrap resamples for 95%% intervals; 0 disables")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--json", dest="json_path", type=Path, default=None,
+                        help="also write metrics, intervals and counts to this JSON file")
+    return ScoreConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = _parse_args(argv)
+        result = score_files(config)
+    except (ValueError, InputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    counts = result["counts"]
+    print(f"scored images: {counts['scored']} ({counts['nodule']} Nodule, "
+          f"{counts['no_finding']} No Finding)")
+    print(f"labelled images without a prediction: {counts['labelled_without_prediction']}")
+    print(f"predicted images without a label (ignored): {counts['predicted_without_label']}")
+    column = "value [95% CI]" if result["ci"] else "value"
+    rows = {column: {**result["metrics"], **result["sensitivity_at_specificity"]}}
+    print(format_table(rows, {column: result["ci"]} if result["ci"] else None))
+    if config.json_path is not None:
+        print(f"wrote {write_json_atomic(config.json_path, result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Evaluation and training plots as PNG files: ROC, precision-recall, reliability, training curves.
+
+matplotlib is the optional extra `plots` (pip install -e ".[plots]"). It is imported
+inside the functions, so the rest of the package works without it: each plot
+function raises ImportError with the install command, and `save_all_plots` warns
+once and returns an empty list. Figures are drawn on `matplotlib.figure.Figure`
+(Agg canvas) without pyplot, so no global backend is switched and no window opens.
+
+    from classification_task.plots import save_all_plots
+    save_all_plots("outputs/plots", labels, p_nodule, {"0.5": 0.5, "max_f1": 0.83},
+                   log_history=trainer.state.log_history)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import ArrayLike
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+INSTALL_HINT = 'matplotlib is not installed; install it with: pip install -e ".[plots]"'
+# Trainer bookkeeping logged next to the eval metrics: not worth a panel.
+_SKIPPED_EVAL_KEYS = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
+
+
+def plots_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _new_figure(n_panels: int = 1, ncols: int = 1, panel_size=(5.0, 4.5)):
+    try:
+        import matplotlib  # noqa: F401  (imported first so a missing package is detected)
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    nrows = math.ceil(n_panels / ncols)
+    figure = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
+    axes = figure.subplots(nrows, ncols, squeeze=False).ravel()
+    for extra in axes[n_panels:]:
+        extra.set_visible(False)
+    return figure, axes[:n_panels]
+
+
+def _save_png(figure, path: str | os.PathLike) -> Path:
+    """Save through a temp file in the same folder so a crash never leaves a broken PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        figure.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _arrays(labels: ArrayLike, p_nodule: ArrayLike) -> tuple[np.ndarray, np.ndarray, bool]:
+    y = np.asarray(labels).astype(int).ravel()
+    p = np.asarray(p_nodule, dtype=np.float64).ravel()
+    if y.size == 0 or y.shape != p.shape:
+        raise ValueError("labels and p_nodule must be non-empty and of equal length.")
+    return y, p, 0 < y.sum() < y.size
+
+
+def _one_class_note(ax, title: str) -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, "undefined: only one class present", ha="center", va="center")
+
+
+def _operating_points(y, p, thresholds: Mapping[str, float]):
+    """(name, threshold, fpr, recall, precision) of each named threshold (predict p >= t)."""
+    points = []
+    for name, threshold in thresholds.items():
+        pred = p >= threshold
+        tp, fp = np.sum(pred & (y == 1)), np.sum(pred & (y == 0))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        points.append((name, threshold, fp / np.sum(y == 0), tp / np.sum(y == 1), precision))
+    return points
+
+
+def plot_roc(path, labels: ArrayLike, p_nodule: ArrayLike,
+             thresholds: Mapping[str, float] | None = None) -> Path:
+    """ROC curve with its AUC and each named operating point marked."""
+    y, p, both = _arrays(labels, p_nodule)
+    figure, (ax,) = _new_figure()
+    if not both:
+        _one_class_note(ax, "ROC")
+        return _save_png(figure, path)
+    fpr, tpr, _ = roc_curve(y, p)
+    ax.plot(fpr, tpr, label=f"ROC (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
+    for name, threshold, point_fpr, recall, _ in _operating_points(y, p, thresholds or {}):
+        ax.plot(point_fpr, recall, "o", label=f"{name} (t={threshold:.4g})")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower right", fontsize="small")
+    return _save_png(figure, path)
+
+
+def plot_pr(path, labels: ArrayLike, p_nodule: ArrayLike,
+            thresholds: Mapping[str, float] | None = None) -> Path:
+    """Precision-recall curve, the prevalence baseline, and each named operating point."""
+    y, p, both = _arrays(labels, p_nodule)
+    figure, (ax,) = _new_figure()
+    if not both:
+        _one_class_note(ax, "Precision-recall")
+        return _save_png(figure, path)
+    precision, recall, _ = precision_recall_curve(y, p)
+    ax.step(recall, precision, where="post",
+            label=f"precision-recall (AP {average_precision_score(y, p):.3f})")
+    ax.axhline(y.mean(), linestyle=":", color="grey", label=f"prevalence {y.mean():.3f}")
+    for name, threshold, _, point_recall, point_precision in _operating_points(y, p, thresholds or {}):
+        ax.plot(point_recall, point_precision, "o", label=f"{name} (t={threshold:.4g})")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall",
+           xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="upper right", fontsize="small")
+    return _save_png(figure, path)
+
+
+def plot_reliability(path, labels: ArrayLike, p_nodule: ArrayLike, n_bins: int = 10) -> Path:
+    """Reliability diagram (observed nodule rate per p bin) over a log-scale count histogram.
+
+    Binned by hand rather than with calibration_curve so the per-bin counts are at
+    hand for the histogram; with 4.5 % positives most high bins are nearly empty.
+    """
+    y, p, _ = _arrays(labels, p_nodule)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    counts = np.bincount(bins, minlength=n_bins)
+    filled = counts > 0
+    mean_p = np.bincount(bins, weights=p, minlength=n_bins)[filled] / counts[filled]
+    observed = np.bincount(bins, weights=y, minlength=n_bins)[filled] / counts[filled]
+    figure, (top, bottom) = _new_figure(2, 1, panel_size=(5.0, 3.2))
+    top.plot([0, 1], [0, 1], linestyle=":", color="grey", label="perfect calibration")
+    top.plot(mean_p, observed, "o-", label="model")
+    top.set(ylabel="observed nodule rate", xlim=(0, 1), ylim=(0, 1),
+            title=f"Reliability (Brier {np.mean((p - y) ** 2):.4f})")
+    top.legend(loc="upper left", fontsize="small")
+    bottom.bar(edges[:-1], counts, width=1.0 / n_bins, align="edge", edgecolor="white")
+    bottom.set(xlabel="predicted p(nodule)", ylabel="images", yscale="log", xlim=(0, 1))
+    return _save_png(figure, path)
+
+
+def _history_series(log_history: Sequence[Mapping]) -> dict[str, tuple[list, list]]:
+    """name -> (steps, values): training loss and each eval_* metric per evaluation."""
+    series: dict[str, tuple[list, list]] = {}
+    for entry in log_history:
+        step = entry.get("step")
+        for key, value in entry.items():
+            wanted = key in ("loss", "learning_rate") or (
+                key.startswith("eval_") and key not in _SKIPPED_EVAL_KEYS)
+            if wanted and step is not None and isinstance(value, (int, float)):
+                steps, values = series.setdefault(key, ([], []))
+                steps.append(step)
+                values.append(value)
+    return series
+
+
+def plot_training_curves(path, log_history: Sequence[Mapping]) -> Path | None:
+    """Panels from a transformers `Trainer.state.log_history`: train and eval loss together,
+    then the learning rate and one panel per other eval_* metric. None if nothing was logged."""
+    series = _history_series(log_history)
+    if not series:
+        return None
+    panels = [name for name in ("loss", "learning_rate") if name in series]
+    panels += [name for name in series if name.startswith("eval_") and name != "eval_loss"]
+    if "eval_loss" in series and "loss" not in series:
+        panels.insert(0, "eval_loss")
+    figure, axes = _new_figure(len(panels), ncols=min(3, len(panels)), panel_size=(4.5, 3.5))
+    for ax, name in zip(axes, panels):
+        steps, values = series[name]
+        ax.plot(steps, values, "o-" if name.startswith("eval_") else "-", label=name)
+        if name == "loss" and "eval_loss" in series:
+            ax.plot(*series["eval_loss"], "o-", label="eval_loss")
+        ax.set(xlabel="step", title=name)
+        ax.legend(fontsize="small")
+    return _save_png(figure, path)
+
+
+def save_all_plots(out_dir, labels: ArrayLike, p_nodule: ArrayLike,
+                   thresholds: Mapping[str, float] | None = None,
+                   log_history: Sequence[Mapping] | None = None) -> list[Path]:
+    """roc.png, pr.png, reliability.png and (with a log history) training_curves.png.
+
+    Returns the written paths; without matplotlib it warns and returns [] so a
+    training or inference run still finishes.
+    """
+    if not plots_available():
+        warnings.warn(f"skipping plots: {INSTALL_HINT}", stacklevel=2)
+        return []
+    out_dir = Path(out_dir)
+    written = [plot_roc(out_dir / "roc.png", labels, p_nodule, thresholds),
+               plot_pr(out_dir / "pr.png", labels, p_nodule, thresholds),
+               plot_reliability(out_dir / "reliability.png", labels, p_nodule)]
+    if log_history:
+        curves = plot_training_curves(out_dir / "training_curves.png", log_history)
+        if curves is not None:
+            written.append(curves)
+    return written

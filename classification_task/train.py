@@ -1,0 +1,233 @@
+"""Fine-tune MedGemma 1.5 4B with QLoRA as a nodule / no-nodule classifier.
+
+    python classification_task/train.py                     # reference recipe on data/nodulocc (24 GB GPU)
+    python classification_task/train.py --demo              # synthetic data + tiny model, CPU, minutes
+    accelerate launch --num_processes 2 classification_task/train.py   # data-parallel, one GPU each
+    python classification_task/train.py --eval_only --adapter checkpoints/classification/best_adapter
+
+The model reads a multiple-choice question about the radiograph; p(nodule) is
+the softmax over the two answer-letter logits. Loss: class-weighted CE on those
+logits. Each epoch: all positives + the next chunk of negatives.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import EarlyStoppingCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from classification_task import cli
+from classification_task.dataset import DataError, Preprocessing, RadiographDataset, load_labels, load_or_make_split
+from classification_task.evaluate import evaluate_run
+from classification_task.model import MEDGEMMA_ID, add_lora, load_base_model, load_processor, load_with_adapter, lora_config
+from classification_task.run_info import write_csv_atomic, write_run_config
+from classification_task.scoring import PromptCollator, answer_token_ids
+from classification_task.trainer import NoduleTrainer, compute_metrics
+
+METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "balanced_accuracy", "mcc", "loss")
+
+
+@dataclass
+class TrainConfig:
+    data_root: str = cli.arg("data/nodulocc", "folder with classification_labels.csv and the image folders")
+    model_id: str = cli.arg(MEDGEMMA_ID, "hub id or local folder of a Gemma 3 / MedGemma checkpoint")
+    output_dir: str = cli.arg("outputs/classification", "metrics, predictions, split, config and plots")
+    checkpoint_dir: str = cli.arg("checkpoints/classification", "trainer checkpoints and best_adapter/")
+    split_file: str | None = cli.arg(None, "reuse a split.csv (file_name,split) instead of making one")
+    seed: int = cli.arg(42, "seed for the split, the sampler and training")
+    quantization: Literal["nf4", "none"] = cli.arg("nf4", "nf4 = QLoRA (4-bit base); none = plain LoRA")
+    lora_r: int = cli.arg(16, "LoRA rank")
+    lora_alpha: int = cli.arg(16, "LoRA alpha")
+    lora_dropout: float = cli.arg(0.05, "LoRA dropout")
+    modules_to_save: str | None = cli.arg(None, "comma-separated modules trained in full beside LoRA (demo only)")
+    pos_weight: float = cli.arg(20.0, "class weight of Nodule in the loss (No Finding = 1)")
+    focal_gamma: float = cli.arg(0.0, "focal loss gamma; 0 = plain weighted cross-entropy")
+    sampler: Literal["balanced", "random"] = cli.arg("balanced", "rotating balanced epochs, or plain shuffling")
+    batch_size: int = cli.arg(4, "images per device per step")
+    grad_accum: int = cli.arg(4, "gradient accumulation steps (effective batch = batch_size x grad_accum x GPUs)")
+    eval_batch_size: int = cli.arg(8, "images per device when scoring")
+    learning_rate: float = cli.arg(2e-4, "peak learning rate (AdamW)")
+    warmup_ratio: float = cli.arg(0.03, "fraction of steps of linear warm-up, then linear decay")
+    max_grad_norm: float = cli.arg(0.3, "gradient clipping norm")
+    max_steps: int = cli.arg(4400, "optimizer steps")
+    eval_steps: int = cli.arg(400, "evaluate on validation (and checkpoint) every N steps")
+    logging_steps: int = cli.arg(10, "log the training loss every N steps")
+    save_total_limit: int = cli.arg(3, "checkpoints kept (the best one is always kept)")
+    metric_for_best: str = cli.arg("pr_auc", f"validation metric that picks the best checkpoint: {METRICS_FOR_BEST}")
+    early_stopping_patience: int | None = cli.arg(None, "stop after N evaluations without improvement")
+    gradient_checkpointing: bool = cli.arg(True, "trade compute for memory (non-reentrant)")
+    clip_low_pct: float = cli.arg(0.5, "lower percentile of the per-image contrast stretch")
+    clip_high_pct: float = cli.arg(99.5, "upper percentile of the per-image contrast stretch")
+    image_size_px: int | None = cli.arg(None, "resize before the processor (default: the processor's own size)")
+    cache_dir: str | None = cli.arg(None, "cache pre-processed images here (speeds up later epochs)")
+    num_workers: int = cli.arg(2, "data-loading worker processes")
+    bootstrap: int = cli.arg(1000, "bootstrap resamples for test confidence intervals (0 = none)")
+    resume: str | None = cli.arg(None, "'latest' or a checkpoint folder to continue from", const="latest")
+    eval_only: bool = cli.arg(False, "skip training: evaluate --adapter (or the zero-shot base) on val/test")
+    adapter: str | None = cli.arg(None, "adapter folder for --eval_only")
+    zero_shot: bool = cli.arg(True, "also score the base model without adapter, side by side")
+    demo: bool = cli.arg(False, "make synthetic data and a tiny model if missing, and train on the CPU")
+
+    def __post_init__(self) -> None:
+        if self.metric_for_best not in METRICS_FOR_BEST:
+            raise ValueError(f"--metric_for_best must be one of {', '.join(METRICS_FOR_BEST)}.")
+        for name in ("batch_size", "grad_accum", "eval_batch_size", "max_steps", "eval_steps", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1.")
+        if not 0 < self.learning_rate < 1:
+            raise ValueError("--learning_rate must lie in (0, 1).")
+        if self.pos_weight <= 0 or self.focal_gamma < 0:
+            raise ValueError("--pos_weight must be positive and --focal_gamma non-negative.")
+        Preprocessing(self.clip_low_pct, self.clip_high_pct)  # validates the percentiles
+
+    @property
+    def modules_list(self) -> list[str]:
+        return [m.strip() for m in (self.modules_to_save or "").split(",") if m.strip()]
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.clip_low_pct, self.clip_high_pct, self.image_size_px)
+
+
+# The demo: a small, learnable problem that finishes on a 2-core CPU in minutes.
+DEMO_DEFAULTS = dict(
+    data_root="data/demo", model_id="checkpoints/tiny-medgemma", output_dir="outputs/demo",
+    checkpoint_dir="checkpoints/demo", quantization="none", gradient_checkpointing=False,
+    batch_size=8, grad_accum=1, eval_batch_size=16, learning_rate=1e-3, max_steps=300, eval_steps=100,
+    logging_steps=20, num_workers=0, bootstrap=200, lora_r=16, lora_alpha=32,
+)
+
+
+def prepare_demo(config: TrainConfig) -> None:
+    from classification_task.synthetic import generate_dataset
+    from classification_task.tiny_model import save_tiny_medgemma
+
+    if not (Path(config.data_root) / "classification_labels.csv").is_file():
+        generate_dataset(config.data_root, n_images=400, positive_rate=0.3, size_px=256, seed=0)
+    if not (Path(config.model_id) / "config.json").is_file():
+        save_tiny_medgemma(config.model_id)
+
+
+def load_data(config: TrainConfig) -> dict:
+    frame = load_labels(config.data_root)
+    frame = load_or_make_split(frame, config.split_file, config.seed)
+    write_csv_atomic(frame[["file_name", "split"]], Path(config.output_dir) / "split.csv")
+    frames = {name: frame[frame["split"] == name].reset_index(drop=True) for name in ("train", "val", "test")}
+    counts = ", ".join(f"{n} {len(f)} ({int(f['label'].sum())} nodule)" for n, f in frames.items())
+    print(f"split by patient: {counts}")
+    return frames
+
+
+def training_arguments(config: TrainConfig) -> TrainingArguments:
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return TrainingArguments(
+        output_dir=config.checkpoint_dir,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=config.warmup_ratio,
+        max_grad_norm=config.max_grad_norm,
+        max_steps=config.max_steps,
+        optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
+        bf16=bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        eval_strategy="steps",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.eval_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=config.metric_for_best,
+        greater_is_better=config.metric_for_best != "loss",
+        logging_steps=config.logging_steps,
+        report_to=cli.available_loggers(),
+        dataloader_num_workers=config.num_workers,
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        seed=config.seed,
+    )
+
+
+def build_trainer(config: TrainConfig, model, processor, frames: dict) -> NoduleTrainer:
+    prep = config.preprocessing
+    callbacks = []
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    return NoduleTrainer(
+        model=model,
+        args=training_arguments(config),
+        train_dataset=RadiographDataset(frames["train"], prep, config.cache_dir),
+        eval_dataset=RadiographDataset(frames["val"], prep, config.cache_dir),
+        data_collator=PromptCollator(processor),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        answer_ids=answer_token_ids(processor.tokenizer),
+        pos_weight=config.pos_weight,
+        focal_gamma=config.focal_gamma,
+        sampler=config.sampler,
+        sampler_seed=config.seed,
+    )
+
+
+def resume_checkpoint(config: TrainConfig) -> str | None:
+    if config.resume is None:
+        return None
+    if config.resume != "latest":
+        return config.resume
+    latest = get_last_checkpoint(config.checkpoint_dir) if Path(config.checkpoint_dir).is_dir() else None
+    print(f"resuming from {latest}" if latest else "no checkpoint to resume from: starting fresh")
+    return latest
+
+
+def train(config: TrainConfig, processor, frames: dict):
+    model = load_base_model(config.model_id, config.quantization)
+    model = add_lora(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.modules_list))
+    trainer = build_trainer(config, model, processor, frames)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+    best_adapter = Path(config.checkpoint_dir) / "best_adapter"
+    trainer.save_model(str(best_adapter))  # the best checkpoint: load_best_model_at_end
+    print(f"best adapter ({config.metric_for_best}) saved to {best_adapter}")
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    config = cli.parse(TrainConfig, __doc__, argv, demo_defaults=DEMO_DEFAULTS)
+    if config is None:
+        return 2
+    try:
+        if config.demo:
+            prepare_demo(config)
+        frames = load_data(config)
+        write_run_config(config.output_dir, config)
+        processor = load_processor(config.model_id)
+        answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
+        log_history = None
+        if config.eval_only:
+            model = load_with_adapter(config.model_id, config.adapter, config.quantization)
+        else:
+            trainer = train(config, processor, frames)
+            if not trainer.is_world_process_zero():
+                return 0
+            model, log_history = trainer.model, trainer.state.log_history
+        evaluate_run(model, processor, frames, config.output_dir, config.preprocessing,
+                     batch_size=config.eval_batch_size, n_boot=config.bootstrap, seed=config.seed,
+                     zero_shot=config.zero_shot and (config.adapter is not None or not config.eval_only),
+                     log_history=log_history, cache_dir=config.cache_dir)
+    except (DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"results written to {config.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

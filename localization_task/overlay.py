@@ -1,0 +1,99 @@
+"""PNG overlays of ground truth, predictions and matches, for looking at failures (Pillow only).
+
+Written by ``localization_task/metrics.py --overlay_dir DIR``. Each image is
+shown after a per-image percentile stretch (16-bit radiographs use a narrow
+part of their range), shrunk to at most ``max_side_px``. Green dots are
+ground-truth points with one ring per distance threshold; red crosses are
+predictions; yellow lines join the pairs matched at the FROC threshold.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from localization_task.eval_io import InputError
+
+GT_COLOUR, PRED_COLOUR, MATCH_COLOUR = (0, 220, 0), (255, 40, 40), (255, 220, 0)
+RING_COLOURS = ((0, 200, 255), (160, 120, 255), (255, 255, 255))
+
+
+def to_display_uint8(image: Image.Image, low_pct: float = 0.5, high_pct: float = 99.5) -> Image.Image:
+    """Greyscale 8-bit image, linearly stretched between two intensity percentiles."""
+    if image.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+        image = image.convert("L")
+    pixels = np.asarray(image, dtype=np.float64)
+    low, high = np.percentile(pixels, [low_pct, high_pct])
+    scaled = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
+    return Image.fromarray((np.clip(scaled, 0, 1) * 255).round().astype(np.uint8))
+
+
+def draw_overlay(image: Image.Image, gt_xy, pred_xy, pred_idx, gt_idx, radii_px: dict[str, float],
+                 title: str = "", max_side_px: int = 1024) -> Image.Image:
+    """RGB overlay; coordinates are in the original image's pixels."""
+    grey = to_display_uint8(image)
+    scale = min(1.0, max_side_px / max(grey.size))
+    if scale < 1:
+        grey = grey.resize((round(grey.width * scale), round(grey.height * scale)), Image.Resampling.BILINEAR)
+    canvas = grey.convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    gt = np.asarray(gt_xy, dtype=np.float64).reshape(-1, 2) * scale
+    pred = np.asarray(pred_xy, dtype=np.float64).reshape(-1, 2) * scale
+    mark = max(4.0, 0.012 * max(canvas.size))
+    width = max(1, round(mark / 3))
+    for p, g in zip(pred_idx, gt_idx):
+        draw.line([tuple(pred[p]), tuple(gt[g])], fill=MATCH_COLOUR, width=width)
+    for x, y in gt:
+        for (_, radius), colour in zip(sorted(radii_px.items(), key=lambda kv: kv[1]), RING_COLOURS):
+            r = radius * scale
+            draw.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=1)
+        draw.ellipse([x - mark / 2, y - mark / 2, x + mark / 2, y + mark / 2], fill=GT_COLOUR)
+    for x, y in pred:
+        draw.line([x - mark, y - mark, x + mark, y + mark], fill=PRED_COLOUR, width=width)
+        draw.line([x - mark, y + mark, x + mark, y - mark], fill=PRED_COLOUR, width=width)
+    if title:
+        font = ImageFont.load_default(size=max(10, round(max(canvas.size) / 50)))
+        box = draw.textbbox((4, 4), title, font=font)
+        draw.rectangle([box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2], fill=(0, 0, 0))
+        draw.text((4, 4), title, fill=(255, 255, 255), font=font)
+    return canvas
+
+
+def save_png_atomic(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def write_overlays(images, matches: list[dict], thresholds_frac: dict[str, float], overlay_dir: str | Path,
+                   match_name: str = "") -> int:
+    """One overlay per image with any GT point or prediction; ``images`` is metrics.EvalImages,
+    ``matches`` its per-image matches at the threshold called ``match_name``."""
+    written = 0
+    for i, name in enumerate(images.file_names):
+        if not (len(images.gt_xy[i]) or len(images.pred_xy[i])):
+            continue
+        path = images.finder.find(name)
+        if path is None:
+            raise InputError(f"The image {name} is not under --image_roots, so it cannot be drawn: "
+                             "pass the folder that holds it, or drop --overlay_dir.")
+        diag_px = float(np.hypot(images.width_px[i], images.height_px[i]))
+        radii = {k: f * diag_px for k, f in thresholds_frac.items()}
+        m = matches[i]
+        at = f" ({match_name})" if match_name else ""
+        title = f"{name}  GT {len(images.gt_xy[i])}  pred {len(images.pred_xy[i])}  matched{at} {len(m['pred_idx'])}"
+        try:
+            with Image.open(path) as im:
+                canvas = draw_overlay(im, images.gt_xy[i], images.pred_xy[i], m["pred_idx"], m["gt_idx"],
+                                      radii, title)
+        except OSError:
+            raise InputError(f"The image {path} cannot be read: replace the file or drop --overlay_dir.")
+        save_png_atomic(canvas, Path(overlay_dir) / (name.replace("/", "__").rsplit(".", 1)[0] + ".png"))
+        written += 1
+    return written
