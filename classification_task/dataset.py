@@ -14,9 +14,7 @@ that would leave those folders are refused.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,8 @@ import pandas as pd
 from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from torch.utils.data import Dataset
+
+from classification_task.atomic import atomic_output
 
 LABELS_CSV = "classification_labels.csv"
 IMAGE_FOLDERS = ("nih_filtered_images", "lidc_png_16_bit")
@@ -224,10 +224,8 @@ class ImageCache:
             with Image.open(cached) as image:
                 return image.convert("RGB")
         image = load_image(path, self.prep)
-        handle, tmp = tempfile.mkstemp(dir=self.folder, suffix=".png")
-        os.close(handle)
-        image.convert("L").save(tmp)
-        os.replace(tmp, cached)
+        with atomic_output(cached, suffix=".png") as tmp:
+            image.convert("L").save(tmp)
         return image
 
 

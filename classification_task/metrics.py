@@ -18,7 +18,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, roc_auc_score
+
+from classification_task.atomic import atomic_output
 
 FLOAT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
                  "f1", "mcc", "roc_auc", "pr_auc", "brier")
@@ -272,16 +273,9 @@ def _jsonable(obj):
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     """Write JSON through a temp file in the same folder, so readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(_jsonable(obj), handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(_jsonable(obj), handle, indent=2, allow_nan=False)
+        handle.write("\n")
     return path
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+from classification_task.atomic import atomic_output
 
 INSTALL_HINT = 'matplotlib is not installed; install it with: pip install -e ".[plots]"'
 # Trainer bookkeeping logged next to the eval metrics: not worth a panel.
@@ -54,15 +55,8 @@ def _new_figure(n_panels: int = 1, ncols: int = 1, panel_size=(5.0, 4.5)):
 def _save_png(figure, path: str | os.PathLike) -> Path:
     """Save through a temp file in the same folder so a crash never leaves a broken PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".png") as tmp:
         figure.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

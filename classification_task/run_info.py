@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
+from classification_task.atomic import atomic_output
 from classification_task.metrics import write_json_atomic
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "scikit-learn", "pandas", "pillow")
@@ -46,13 +45,6 @@ def write_run_config(out_dir: str | Path, config) -> Path:
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".csv.tmp")
-    os.close(handle)
-    try:
+    with atomic_output(path) as tmp:
         frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

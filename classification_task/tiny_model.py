@@ -142,7 +142,10 @@ def build_model(config: TinyModelConfig, tokenizer: GemmaTokenizer) -> Gemma3For
         num_key_value_heads=1,
         head_dim=config.text_hidden // 2,
         query_pre_attn_scalar=config.text_hidden // 2,
-        sliding_window=64,
+        # Like the real model: local (sliding) layers and a global one, so the
+        # answer token can always attend to the image tokens at the start.
+        sliding_window=512,
+        layer_types=["sliding_attention"] * (config.text_layers - 1) + ["full_attention"],
         max_position_embeddings=2048,
     )
     vision_config = SiglipVisionConfig(

@@ -1,0 +1,326 @@
+"""Score a folder of chest radiographs: p(nodule) per image, in the challenge format.
+
+    python classification_task/inference.py --input_dir data/test_images --output_dir outputs/inference \\
+        --adapter checkpoints/classification/best_adapter --threshold 0.5
+    python -m classification_task.inference --input_dir classification_task/tests/data \\
+        --output_dir outputs/inference_tiny --model_id checkpoints/tiny-medgemma   # offline, CPU
+
+Writes, in --output_dir:
+  classification_test_results.csv    file_name,label,confidence (confidence = p(nodule);
+                                     label Nodule when confidence >= --threshold), written atomically
+  config.json                        resolved config, package versions, git commit
+  unreadable_files.csv               file_name,error for files that could not be decoded (if any)
+  .classification_partial.<key>.csv  the resume cache: file_name,confidence, one file per
+                                     model/adapter/pre-processing, appended after every batch
+Rerunning the same command scores only the images not yet in the cache (new or
+interrupted ones); the final CSV is rebuilt from the cache every time.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from classification_task import cli
+from classification_task.dataset import INT_TO_LABEL, DataError, Preprocessing, load_image, safe_join
+from classification_task.model import MEDGEMMA_ID, load_processor, load_with_adapter
+from classification_task.run_info import write_csv_atomic, write_run_config
+from classification_task.scoring import PromptCollator, answer_logits, answer_token_ids, p_nodule_from_logits
+
+RESULTS_CSV = "classification_test_results.csv"
+UNREADABLE_CSV = "unreadable_files.csv"
+PARTIAL_PREFIX = ".classification_partial"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class InferenceConfig:
+    input_dir: str | None = cli.arg(None, "folder of .png/.jpg/.jpeg radiographs to score (required)")
+    output_dir: str = cli.arg("outputs/classification_inference", "where the results CSV, config and resume cache go")
+    model_id: str = cli.arg(MEDGEMMA_ID, "hub id or local folder of the base model")
+    adapter: str | None = cli.arg(None, "LoRA adapter folder from train.py (or a hub id); none = zero-shot base")
+    threshold: float = cli.arg(0.5, "label Nodule when p(nodule) >= threshold (e.g. one tuned on validation)")
+    batch_size: int = cli.arg(8, "images per forward pass")
+    recursive: bool = cli.arg(False, "also score images in sub-folders of --input_dir")
+    merge_adapter: bool = cli.arg(False, "merge the adapter into the base weights: faster, same scores")
+    quantization: Literal["none", "nf4"] = cli.arg("none", "none = bf16 on GPU, fp32 on CPU; nf4 = 4-bit base")
+    clip_low_pct: float = cli.arg(0.5, "lower percentile of the per-image contrast stretch (as in training)")
+    clip_high_pct: float = cli.arg(99.5, "upper percentile of the per-image contrast stretch (as in training)")
+    image_size_px: int | None = cli.arg(None, "resize before the processor (as in training; default: none)")
+    num_workers: int = cli.arg(2, "image-loading worker processes")
+
+    def __post_init__(self) -> None:
+        if not self.input_dir:
+            raise ValueError("--input_dir is required: pass the folder of radiographs to score.")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError("--threshold must lie in [0, 1].")
+        if self.batch_size < 1:
+            raise ValueError("--batch_size must be at least 1.")
+        if self.num_workers < 0:
+            raise ValueError("--num_workers must be 0 or more.")
+        if self.merge_adapter and self.quantization == "nf4":
+            raise ValueError("--merge_adapter needs --quantization none: merging into 4-bit weights rounds them.")
+        self.preprocessing  # validates the percentiles and the size
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.clip_low_pct, self.clip_high_pct, self.image_size_px)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def list_images(input_dir: Path, recursive: bool) -> tuple[list[str], list[str]]:
+    """Sorted posix paths of the images relative to `input_dir`, and links that point outside it."""
+    names, outside = [], []
+    for folder, subfolders, files in os.walk(input_dir):  # never descends into linked folders
+        subfolders.sort()
+        if not recursive:
+            subfolders.clear()
+        for file in files:
+            if not file.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            name = Path(folder, file).relative_to(input_dir).as_posix()
+            try:
+                path = safe_join(input_dir, name)
+            except DataError:
+                outside.append(name)
+                continue
+            if path.is_file():
+                names.append(name)
+    return sorted(names), sorted(outside)
+
+
+def find_images(config: InferenceConfig) -> list[str]:
+    input_dir = Path(config.input_dir)
+    if not input_dir.is_dir():
+        raise DataError(f"input folder {input_dir} not found; pass an existing folder of radiographs as --input_dir.")
+    names, outside = list_images(input_dir, config.recursive)
+    if outside:
+        print(f"skipped {len(outside)} link(s) pointing outside {input_dir}, e.g. {outside[0]}")
+    if not names:
+        hint = "" if config.recursive else ", or add --recursive for sub-folders"
+        raise DataError(f"no .png/.jpg/.jpeg images found in {input_dir}; check --input_dir{hint}.")
+    return names
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """`owner/name` with no local `owner/` folder; anything else is taken for a local path."""
+    path = Path(name)
+    return len(path.parts) == 2 and not path.is_absolute() and not name.startswith(".") and not path.parent.is_dir()
+
+
+def check_local_folder(name_or_path: str | None, flag: str, marker: str, hint: str) -> None:
+    """A missing local folder fails here, in one sentence, not deep inside from_pretrained."""
+    if name_or_path and not looks_like_hub_id(name_or_path) and not (Path(name_or_path) / marker).is_file():
+        raise DataError(f"{flag} folder {name_or_path} not found (no {marker} in it); pass {hint} or a hub id.")
+
+
+# ----------------------------------------------------------------------------- resume cache
+
+
+def source_signature(name_or_path: str | None):
+    """A hub id as given; a local folder as its path plus each file's size and mtime,
+    so that retraining into the same folder does not reuse stale scores."""
+    if not name_or_path or not Path(name_or_path).is_dir():
+        return name_or_path
+    folder = Path(name_or_path)
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    return [str(folder.resolve()), files]
+
+
+def partial_path(config: InferenceConfig) -> Path:
+    """One cache file per set of things a confidence depends on (not threshold or batch size)."""
+    settings = {
+        "input_dir": str(Path(config.input_dir).resolve()),
+        "model": source_signature(config.model_id),
+        "adapter": source_signature(config.adapter),
+        "quantization": config.quantization,
+        "preprocessing": [config.clip_low_pct, config.clip_high_pct, config.image_size_px],
+    }
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(config.output_dir) / f"{PARTIAL_PREFIX}.{key}.csv"
+
+
+class PartialScores:
+    """The resume cache: `file_name,confidence` rows, appended and flushed after every batch.
+
+    A crash mid-append leaves a last row without its newline; such a row is
+    ignored and cut off the file, so the next append starts on a fresh line.
+    """
+
+    HEADER = ["file_name", "confidence"]
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def load(self) -> dict[str, float]:
+        if not self.path.is_file():
+            return {}
+        data = self.path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) < len(data):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(len(complete))
+        scores = {}
+        for row in csv.reader(io.StringIO(complete.decode("utf-8"))):
+            try:
+                name, confidence = row[0], float(row[1])
+            except (IndexError, ValueError):
+                continue  # the header, or a row damaged by hand
+            if len(row) == 2 and 0 <= confidence <= 1:
+                scores[name] = confidence
+        return scores
+
+    def append(self, names: list[str], confidences: np.ndarray) -> None:
+        new_file = not self.path.is_file() or self.path.stat().st_size == 0
+        with open(self.path, "a", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            if new_file:
+                writer.writerow(self.HEADER)
+            writer.writerows((name, repr(float(p))) for name, p in zip(names, confidences))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+class FolderImages(Dataset):
+    """Images of a folder by relative name; an unreadable file gives image None and the reason."""
+
+    def __init__(self, input_dir: str | Path, names: list[str], prep: Preprocessing):
+        self.input_dir = Path(input_dir)
+        self.names = names
+        self.prep = prep
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict:
+        name = self.names[index]
+        try:
+            image = load_image(safe_join(self.input_dir, name), self.prep)
+        except Exception as err:  # Pillow raises many types; one bad file must not end a long run
+            return {"file_name": name, "image": None, "error": f"{type(err).__name__}: {err}"}
+        return {"file_name": name, "image": image}
+
+
+class SkippingCollator:
+    """PromptCollator over the readable images of a batch; the unreadable ones are passed on by name."""
+
+    def __init__(self, processor):
+        self.prompts = PromptCollator(processor)  # left padding
+
+    def __call__(self, items: list[dict]) -> dict:
+        readable = [item for item in items if item["image"] is not None]
+        return {
+            "inputs": self.prompts([{"image": item["image"]} for item in readable]) if readable else None,
+            "file_names": [item["file_name"] for item in readable],
+            "failed": [(item["file_name"], item["error"]) for item in items if item["image"] is None],
+        }
+
+
+def load_model(config: InferenceConfig):
+    """Processor and model (adapter applied, merged if asked), or one sentence on what failed."""
+    try:
+        processor = load_processor(config.model_id)
+        answer_ids = answer_token_ids(processor.tokenizer)  # fails early on a non-Gemma tokenizer
+        model = load_with_adapter(config.model_id, config.adapter, config.quantization, config.merge_adapter)
+    except OSError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        what = f"--model_id {config.model_id}" + (f" with --adapter {config.adapter}" if config.adapter else "")
+        raise DataError(f"could not load {what} ({reason}); "
+                        "check the names, HF_TOKEN (environment or .env) and network access.") from None
+    return model, processor, answer_ids
+
+
+@torch.no_grad()
+def score_images(config: InferenceConfig, names: list[str], cache: PartialScores) -> list[tuple[str, str]]:
+    """Score `names` batch by batch into `cache`; returns (file_name, error) of unreadable ones."""
+    model, processor, answer_ids = load_model(config)
+    loader = DataLoader(FolderImages(config.input_dir, names, config.preprocessing), batch_size=config.batch_size,
+                        collate_fn=SkippingCollator(processor), num_workers=config.num_workers)
+    device = next(model.parameters()).device
+    unreadable = []
+    with tqdm(total=len(names), desc="scoring", unit="img") as progress:
+        for batch in loader:
+            unreadable += batch["failed"]
+            if batch["file_names"]:
+                inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
+                cache.append(batch["file_names"], p_nodule_from_logits(answer_logits(model, inputs, answer_ids).cpu()))
+            progress.update(len(batch["file_names"]) + len(batch["failed"]))
+    return unreadable
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def results_frame(names: list[str], scores: dict[str, float], threshold: float) -> pd.DataFrame:
+    """Challenge format, in the order of `names`; names without a score are left out."""
+    scored = [name for name in names if name in scores]
+    confidence = np.array([scores[name] for name in scored], dtype=np.float64)
+    return pd.DataFrame({
+        "file_name": scored,
+        "label": [INT_TO_LABEL[int(p >= threshold)] for p in confidence],
+        "confidence": confidence,
+    })
+
+
+def report_unreadable(output_dir: Path, unreadable: list[tuple[str, str]]) -> None:
+    path = output_dir / UNREADABLE_CSV
+    if not unreadable:
+        path.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
+        return
+    write_csv_atomic(pd.DataFrame(unreadable, columns=["file_name", "error"]), path)
+    name, error = unreadable[0]
+    print(f"skipped {len(unreadable)} unreadable file(s), listed in {path}; e.g. {name}: {error}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    config = cli.parse(InferenceConfig, __doc__, argv)
+    if config is None:
+        return 2
+    output_dir = Path(config.output_dir)
+    try:
+        names = find_images(config)
+        check_local_folder(config.model_id, "--model_id", "config.json", "a folder written by save_pretrained")
+        check_local_folder(config.adapter, "--adapter", "adapter_config.json",
+                           "the folder train.py saved (e.g. checkpoints/classification/best_adapter)")
+        write_run_config(output_dir, config)
+        cache = PartialScores(partial_path(config))
+        pending = [name for name in names if name not in cache.load()]
+        print(f"{len(names)} image(s) in {config.input_dir}: {len(names) - len(pending)} already scored, "
+              f"{len(pending)} to score")
+        unreadable = score_images(config, pending, cache) if pending else []
+        results = results_frame(names, cache.load(), config.threshold)
+        write_csv_atomic(results, output_dir / RESULTS_CSV)
+        report_unreadable(output_dir, unreadable)
+        if results.empty:
+            raise DataError(f"none of the {len(names)} image(s) in {config.input_dir} could be read; "
+                            f"see {output_dir / UNREADABLE_CSV} and convert them to PNG or JPEG.")
+    except (DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    n_nodule = int((results["label"] == INT_TO_LABEL[1]).sum())
+    print(f"{len(results)} image(s) scored, {n_nodule} labelled {INT_TO_LABEL[1]} at threshold "
+          f"{config.threshold}: {output_dir / RESULTS_CSV}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

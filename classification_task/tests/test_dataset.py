@@ -1,0 +1,153 @@
+"""Loading the NoduLoCC layout, pre-processing radiographs, and the patient split."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from classification_task.dataset import (
+    DataError,
+    ImageCache,
+    Preprocessing,
+    integer_percentiles,
+    load_image,
+    load_labels,
+    load_or_make_split,
+    patient_id,
+    read_grey,
+    safe_join,
+    split_by_patient,
+    stretch_to_uint8,
+)
+from classification_task.synthetic import generate_dataset
+
+FIXTURES = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("nodulocc") / "demo"
+    generate_dataset(root, n_images=120, positive_rate=0.3, size_px=96, seed=1)
+    return root
+
+
+def test_load_labels_maps_labels_and_resolves_both_folders(demo_root):
+    frame = load_labels(demo_root)
+    raw = pd.read_csv(demo_root / "classification_labels.csv", keep_default_na=False)
+    assert frame["label"].tolist() == (raw["label"] == "Nodule").astype(int).tolist()
+    folders = {Path(p).parent.name for p in frame["path"]}
+    assert folders == {"nih_filtered_images", "lidc_png_16_bit"}
+    assert all(Path(p).is_file() for p in frame["path"])
+
+
+def test_patient_ids():
+    assert patient_id("00000001_002.png") == patient_id("00000001_000.png") == "nih:00000001"
+    assert patient_id("LIDC-IDRI-0001_1.png", "LIDC-IDRI-0001") == "lidc:LIDC-IDRI-0001"
+    assert patient_id("other.png") == "file:other.png"
+
+
+def _patients_frame(n_patients=1500, seed=0) -> pd.DataFrame:
+    """Labels in the NIH naming scheme: 1-4 follow-ups per patient, ~5 % nodules."""
+    rng = np.random.default_rng(seed)
+    names = [f"{p:08d}_{f:03d}.png" for p in range(n_patients) for f in range(rng.integers(1, 5))]
+    labels = (rng.random(len(names)) < 0.05).astype(int)
+    return pd.DataFrame({"file_name": names, "label": labels, "patient_id": [patient_id(n) for n in names]})
+
+
+def test_split_is_patient_grouped_stratified_and_seeded():
+    frame = _patients_frame()
+    split = split_by_patient(frame, seed=0)
+    splits_per_patient = split.groupby(frame["patient_id"]).nunique()
+    assert (splits_per_patient == 1).all(), "a patient crosses splits"
+    fractions = split.value_counts(normalize=True)
+    for name, target in (("train", 0.80), ("val", 0.05), ("test", 0.15)):
+        assert fractions[name] == pytest.approx(target, abs=0.01)
+        assert frame["label"][split == name].mean() == pytest.approx(frame["label"].mean(), abs=0.01)
+    assert split.equals(split_by_patient(frame, seed=0))
+    assert not split.equals(split_by_patient(frame, seed=1))
+
+
+def test_split_of_the_synthetic_layout_has_no_leakage(demo_root):
+    frame = load_labels(demo_root)
+    split = split_by_patient(frame, seed=0)
+    assert (split.groupby(frame["patient_id"]).nunique() == 1).all()
+    assert set(split) == {"train", "val", "test"}
+
+
+def test_split_file_round_trip(demo_root, tmp_path):
+    frame = load_labels(demo_root)
+    made = load_or_make_split(frame, None, seed=3)
+    made[["file_name", "split"]].to_csv(tmp_path / "split.csv", index=False)
+    reused = load_or_make_split(frame, tmp_path / "split.csv", seed=99)
+    assert reused["split"].tolist() == made["split"].tolist()
+
+
+def test_missing_csv_and_missing_images_are_explained(tmp_path, demo_root):
+    with pytest.raises(DataError, match="classification_labels.csv"):
+        load_labels(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_root, copy)
+    next((copy / "nih_filtered_images").glob("*.png")).unlink()
+    with pytest.raises(DataError, match="missing"):
+        load_labels(copy)
+
+
+def test_names_escaping_the_image_folder_are_refused(tmp_path):
+    (tmp_path / "nih_filtered_images").mkdir()
+    for name in ("../secret.png", "/etc/passwd", "a/../../x.png"):
+        with pytest.raises(DataError, match="outside"):
+            safe_join(tmp_path / "nih_filtered_images", name)
+
+
+@pytest.mark.parametrize("dtype,high", [(np.uint8, 256), (np.uint16, 65536), (np.uint16, 4096)])
+def test_histogram_percentiles_equal_numpy(dtype, high):
+    rng = np.random.default_rng(int(high))
+    for _ in range(5):
+        pixels = rng.integers(0, high, size=(rng.integers(1, 90), rng.integers(1, 90)), dtype=dtype)
+        for pct in (0.0, 0.5, 37.3, 99.5, 100.0):
+            assert integer_percentiles(pixels, (pct,))[0] == pytest.approx(np.percentile(pixels, pct), abs=1e-9)
+
+
+def test_stretch_matches_a_sorted_reference_on_16_bit():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(20000, 23000, size=(300, 200), dtype=np.uint16)
+    low, high = np.percentile(pixels, (0.5, 99.5))
+    expected = np.rint((np.clip(pixels, low, high) - low) / (high - low) * 255).astype(np.uint8)
+    assert np.array_equal(stretch_to_uint8(pixels, 0.5, 99.5), expected)
+    assert stretch_to_uint8(np.full((4, 4), 7, np.uint16), 0.5, 99.5).max() == 0
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGB", "RGBA", "P", "LA"])
+def test_every_mode_becomes_8_bit_rgb(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 255, (40, 30), dtype=np.uint8)
+    if mode == "I;16":
+        image = Image.fromarray(grey.astype(np.uint16) * 100 + 20000)
+    else:
+        image = Image.fromarray(grey).convert(mode)
+    image.save(tmp_path / "x.png")
+    out = load_image(tmp_path / "x.png")
+    assert out.mode == "RGB" and out.size == (30, 40)
+    array = np.asarray(out)
+    assert array.dtype == np.uint8 and array.max() == 255 and array.min() == 0
+
+
+def test_real_radiographs_load(tmp_path):
+    for name in ("00000001_000.png", "node21_3_16bit.png"):
+        raw = read_grey(FIXTURES / name)
+        image = load_image(FIXTURES / name, Preprocessing(size_px=64))
+        assert image.size == (64, 64) and image.mode == "RGB"
+    assert raw.dtype == np.uint16 and raw.max() > 255
+
+
+def test_cache_returns_the_same_image_and_keys_on_settings(tmp_path):
+    source = FIXTURES / "node21_3_16bit.png"
+    cache = ImageCache(tmp_path / "cache", Preprocessing(size_px=64))
+    first, second = cache.load(source), cache.load(source)
+    assert np.array_equal(np.asarray(first), np.asarray(second))
+    assert np.array_equal(np.asarray(first), np.asarray(load_image(source, Preprocessing(size_px=64))))
+    ImageCache(tmp_path / "cache", Preprocessing(size_px=32)).load(source)
+    assert len(list((tmp_path / "cache").glob("*.png"))) == 2

@@ -1,0 +1,77 @@
+"""The answer position and the two answer logits, with left and right padding."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from classification_task.scoring import (
+    PromptCollator,
+    answer_logits,
+    answer_positions,
+    answer_token_ids,
+    p_nodule_from_logits,
+)
+
+
+def _examples(n=3):
+    rng = np.random.default_rng(0)
+    return [{"image": Image.fromarray(rng.integers(0, 255, (64 + 16 * i, 80, 3), dtype=np.uint8)), "label": i % 2}
+            for i in range(n)]
+
+
+def test_answer_positions_for_left_and_right_padding():
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 1]])
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    assert answer_positions(left).tolist() == [4, 4, 4]
+    assert answer_positions(right).tolist() == [2, 4, 0]
+
+
+@pytest.fixture(scope="module")
+def model_and_processor(tiny_model_dir):
+    return (AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval(),
+            AutoProcessor.from_pretrained(tiny_model_dir))
+
+
+def test_answer_logits_equal_the_full_logits_at_the_last_prompt_token(model_and_processor):
+    model, processor = model_and_processor
+    ids = answer_token_ids(processor.tokenizer)
+    batch = PromptCollator(processor)(_examples())
+    with torch.no_grad():
+        full = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        two = answer_logits(model, batch, ids)
+    assert two.shape == (3, 2)
+    assert torch.allclose(two, full[:, -1, ids], atol=1e-5)
+
+
+def test_right_padding_with_different_lengths_gives_the_same_p_nodule(model_and_processor):
+    """Rows of different lengths: the answer sits at a different index in each row."""
+    model, processor = model_and_processor
+    ids = answer_token_ids(processor.tokenizer)
+    examples = _examples(3)
+    collator = PromptCollator(processor)
+    texts = [collator.text, collator.text.replace("Look at", "Please look closely at"), collator.text]
+    expected = []
+    with torch.no_grad():
+        for text, example in zip(texts, examples):
+            single = processor(text=[text], images=[[example["image"]]], return_tensors="pt")
+            expected.append(p_nodule_from_logits(answer_logits(model, dict(single), ids))[0])
+        for side in ("left", "right"):
+            processor.tokenizer.padding_side = side
+            batch = processor(text=texts, images=[[e["image"]] for e in examples], return_tensors="pt",
+                              padding=True)
+            if side == "right":
+                assert (batch["attention_mask"][:, -1] == 0).any()
+            got = p_nodule_from_logits(answer_logits(model, dict(batch), ids))
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+    processor.tokenizer.padding_side = "left"
+
+
+def test_multi_token_answer_letters_are_refused():
+    class SplittingTokenizer:
+        def encode(self, text, add_special_tokens=False):
+            return [1, 2]
+
+    with pytest.raises(ValueError, match="single-token"):
+        answer_token_ids(SplittingTokenizer())

@@ -1,0 +1,102 @@
+"""train.py end to end on the CPU: tiny model, synthetic data, QLoRA, resume, two processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from classification_task import train
+from classification_task.synthetic import generate_dataset
+from classification_task.trainer import NoduleTrainer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "nodulocc"
+    generate_dataset(root, n_images=60, positive_rate=0.3, size_px=64, seed=2)
+    return root
+
+
+def _argv(data_root, model_dir, run_dir, *extra):
+    return [
+        "--data_root", str(data_root), "--model_id", str(model_dir),
+        "--output_dir", str(run_dir / "out"), "--checkpoint_dir", str(run_dir / "ckpt"),
+        "--batch_size", "4", "--grad_accum", "2", "--eval_batch_size", "8", "--eval_steps", "2",
+        "--no-gradient_checkpointing", "--num_workers", "0", "--bootstrap", "20", *extra,
+    ]
+
+
+def _count_loss_calls(monkeypatch) -> list:
+    calls = []
+    original = NoduleTrainer.compute_loss
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.state.global_step)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(NoduleTrainer, "compute_loss", counting)
+    return calls
+
+
+def test_qlora_train_save_resume_continues_from_saved_step(data_root, tiny_model_dir, tmp_path, monkeypatch):
+    calls = _count_loss_calls(monkeypatch)
+    argv = _argv(data_root, tiny_model_dir, tmp_path, "--quantization", "nf4", "--no-zero_shot")
+    assert train.main(argv + ["--max_steps", "4"]) == 0
+    assert (tmp_path / "ckpt" / "checkpoint-4" / "adapter_model.safetensors").is_file()
+    assert len(calls) == 4 * 2  # 4 optimizer steps x 2 accumulation micro-batches
+
+    calls.clear()
+    assert train.main(argv + ["--max_steps", "6", "--resume"]) == 0
+    assert calls[0] == 4, "resumed training must start at the saved step"
+    assert len(calls) == 2 * 2
+    state = json.loads((tmp_path / "ckpt" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+
+    out = tmp_path / "out"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "fine-tuned @0.5" in metrics["test"] and "thresholds" in metrics
+    assert set(metrics["test"]["fine-tuned @0.5"]) >= {"roc_auc", "pr_auc", "mcc", "brier", "tp"}
+    for name in ("test_predictions.csv", "split.csv", "config.json"):
+        assert (out / name).is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["quantization"] == "nf4" and "transformers" in config["versions"]
+    assert (tmp_path / "ckpt" / "best_adapter" / "adapter_config.json").is_file()
+
+
+def test_eval_only_scores_an_adapter_against_the_zero_shot_base(data_root, tiny_model_dir, tmp_path):
+    argv = _argv(data_root, tiny_model_dir, tmp_path, "--quantization", "none", "--max_steps", "2")
+    assert train.main(argv + ["--no-zero_shot"]) == 0
+    adapter = tmp_path / "ckpt" / "best_adapter"
+    eval_dir = tmp_path / "eval"
+    argv_eval = _argv(data_root, tiny_model_dir, tmp_path, "--quantization", "none", "--eval_only",
+                      "--adapter", str(adapter), "--output_dir", str(eval_dir),
+                      "--split_file", str(tmp_path / "out" / "split.csv"))
+    assert train.main(argv_eval) == 0
+    columns = json.loads((eval_dir / "metrics.json").read_text())["test"]
+    assert "zero-shot @0.5" in columns and "fine-tuned @0.5" in columns
+
+
+def test_bad_values_and_missing_data_exit_2(tmp_path, capsys):
+    assert train.main(["--data_root", str(tmp_path), "--model_id", str(tmp_path)]) == 2
+    assert "classification_labels.csv" in capsys.readouterr().err
+    assert train.main(["--metric_for_best", "nonsense"]) == 2
+    assert "--metric_for_best" in capsys.readouterr().err
+
+
+def test_two_process_data_parallel_training(data_root, tiny_model_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each process trains its own replica."""
+    argv = _argv(data_root, tiny_model_dir, tmp_path, "--quantization", "none", "--max_steps", "2",
+                 "--no-zero_shot")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               str(REPO / "classification_task" / "train.py"), *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert (tmp_path / "out" / "metrics.json").is_file()

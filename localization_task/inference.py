@@ -1,0 +1,418 @@
+"""Zero-shot nodule keypoints with CheXagent-2 (or any `Localizer` backend).
+
+    python localization_task/inference.py --input_dir data/nodulocc/lidc_png_16_bit \
+        --output_dir outputs/localization --revision <commit SHA of StanfordAIMI/CheXagent-2-3b>
+
+The real model needs its own environment (transformers==4.40.0, see
+localization_task/requirements-chexagent2.txt); `--dry_run` swaps in a scripted
+test double and runs the same pipeline anywhere.
+
+Per image: read the size from the header, pre-process (grey, percentile clip,
+8-bit RGB) into a temporary PNG, ask the model, parse its boxes, keep the box
+centres in original pixels with confidence 1.0 (CheXagent-2 gives none).
+Writes, in --output_dir:
+  predictions.jsonl               one record per image; also the resume cache
+  localization_test_results.csv   file_name,x,y,confidence (rebuilt from the
+                                  JSONL, written atomically)
+  run_config.json                 resolved config, package versions, git commit
+Rerunning the same command skips images already in predictions.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+from tqdm import tqdm
+
+from localization_task.backends import (
+    CHEXAGENT2_MODEL_ID,
+    CHEXAGENT2_REVISION,
+    DEFAULT_FINDING,
+    DEFAULT_PROMPT,
+    MAX_NEW_TOKENS,
+    SETUP_COMMANDS,
+    BackendUnavailable,
+    CheXagent2Backend,
+    ImageInput,
+    Localizer,
+    ScriptedBackend,
+)
+from localization_task.dataset import (
+    DEFAULT_CLIP_HIGH_PCT,
+    DEFAULT_CLIP_LOW_PCT,
+    DataError,
+    discover_images,
+    load_preprocessed,
+)
+from localization_task.parsing import DEFAULT_LABELS
+
+PREDICTIONS_JSONL = "predictions.jsonl"
+RESULTS_CSV = "localization_test_results.csv"
+RUN_CONFIG_JSON = "run_config.json"
+ANY_LABEL = "*"
+CHOICES = {  # the Literal fields of InferenceConfig
+    "backend": ("chexagent2", "scripted"),
+    "unlabelled_boxes": ("keep", "drop"),
+    "device": ("auto", "cuda", "cpu"),
+}
+
+
+@dataclass
+class InferenceConfig:
+    input_dir: Path
+    output_dir: Path
+    backend: Literal["chexagent2", "scripted"] = "chexagent2"
+    model_id: str = CHEXAGENT2_MODEL_ID
+    revision: str | None = CHEXAGENT2_REVISION
+    prompt: str = DEFAULT_PROMPT
+    finding: str = DEFAULT_FINDING
+    labels: tuple[str, ...] = DEFAULT_LABELS
+    unlabelled_boxes: Literal["keep", "drop"] = "keep"
+    recursive: bool = False
+    clip_low_pct: float = DEFAULT_CLIP_LOW_PCT
+    clip_high_pct: float = DEFAULT_CLIP_HIGH_PCT
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    max_new_tokens: int = MAX_NEW_TOKENS
+
+    def __post_init__(self):
+        self.input_dir, self.output_dir = Path(self.input_dir), Path(self.output_dir)
+        self.labels = tuple(self.labels)
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"--{name} must be one of {', '.join(choices)}.")
+        if not 0 <= self.clip_low_pct < self.clip_high_pct <= 100:
+            raise ValueError("--clip_low_pct and --clip_high_pct need 0 <= low < high <= 100.")
+        if self.max_new_tokens < 1:
+            raise ValueError("--max_new_tokens must be at least 1.")
+        if not self.finding.strip() or not self.labels or not all(s.strip() for s in self.labels):
+            raise ValueError("--finding and --labels must not be empty.")
+        if self.revision is not None and not _is_commit_sha(self.revision):
+            raise ValueError(
+                f"--revision {self.revision!r} is not a pin: give the full 40-character commit "
+                "SHA of the model repository, not a branch or tag such as 'main'."
+            )
+        try:
+            self.prompt_text
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("--prompt may contain no placeholder other than {finding}.") from None
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt.format(finding=self.finding)
+
+    @property
+    def label_filter(self) -> tuple[str, ...] | None:
+        return None if ANY_LABEL in self.labels else self.labels
+
+    def prediction_settings(self) -> dict:
+        """What the cached predictions depend on: a resumed run must match it."""
+        return {
+            "backend": self.backend,
+            "model_id": self.model_id,
+            "revision": self.revision,
+            "prompt": self.prompt_text,
+            "labels": list(self.labels),
+            "unlabelled_boxes": self.unlabelled_boxes,
+            "clip_pct": [self.clip_low_pct, self.clip_high_pct],
+            "max_new_tokens": self.max_new_tokens,
+        }
+
+
+def _is_commit_sha(revision: str) -> bool:
+    return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision.lower())
+
+
+HELP_EPILOG = f"""\
+The real model (--backend chexagent2, the default) runs ONLY in its own
+environment with transformers==4.40.0, which its remote code asserts:
+  {SETUP_COMMANDS.replace(" && ", chr(10) + "  ")}
+  .venv-chexagent2/bin/python localization_task/inference.py --input_dir DIR \\
+      --output_dir DIR --revision <full commit SHA of {CHEXAGENT2_MODEL_ID}>
+--dry_run needs no model and works in any environment: a scripted test double
+answers in CheXagent-2's format (arbitrary boxes) so the pipeline can be checked.
+Confidence is always 1.0: CheXagent-2 gives no score.
+"""
+
+
+def parse_config(argv: list[str] | None) -> InferenceConfig:
+    parser = argparse.ArgumentParser(
+        description="Nodule keypoints on chest radiographs with CheXagent-2, zero-shot.\n"
+        f"Writes {RESULTS_CSV} and {PREDICTIONS_JSONL} (also the resume cache:\n"
+        "rerun the same command to continue an interrupted run).",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add, default = parser.add_argument, " (default: %(default)s)"
+    add("--input_dir", type=Path, required=True, help="folder of PNG/JPEG radiographs")
+    add("--output_dir", type=Path, required=True, help="where the CSV, JSONL and run config go")
+    add("--recursive", action="store_true", help="also look in sub-folders of --input_dir")
+    add("--backend", choices=CHOICES["backend"], default="chexagent2", help="who answers" + default)
+    add("--dry_run", action="store_true",
+        help="same as --backend scripted: no model, works in any environment")
+    add("--model_id", default=CHEXAGENT2_MODEL_ID, help="hub id of the real model" + default)
+    add("--revision", default=CHEXAGENT2_REVISION,
+        help="full commit SHA of --model_id; the real backend requires it (remote code)")
+    add("--prompt", default=DEFAULT_PROMPT,
+        help="question template, {finding} is filled in" + default)
+    add("--finding", default=DEFAULT_FINDING, help="what the model is asked to locate" + default)
+    add("--labels", nargs="+", default=list(DEFAULT_LABELS),
+        help=f"box labels that count as a nodule, case-insensitive; '{ANY_LABEL}' accepts any"
+        + default)
+    add("--unlabelled_boxes", choices=CHOICES["unlabelled_boxes"], default="keep",
+        help="boxes without a <|ref|> label; the prompt asks for one finding, so they are kept"
+        + default)
+    add("--clip_low_pct", type=float, default=DEFAULT_CLIP_LOW_PCT,
+        help="per-image lower clip percentile" + default)
+    add("--clip_high_pct", type=float, default=DEFAULT_CLIP_HIGH_PCT,
+        help="per-image upper clip percentile" + default)
+    add("--device", choices=CHOICES["device"], default="auto",
+        help="where the real model runs" + default)
+    add("--max_new_tokens", type=int, default=MAX_NEW_TOKENS,
+        help="generation length limit" + default)
+    args = vars(parser.parse_args(argv))
+    if args.pop("dry_run"):
+        args["backend"] = "scripted"
+    return InferenceConfig(**args)
+
+
+def find_input_images(config: InferenceConfig) -> list[Path]:
+    if not config.input_dir.is_dir():
+        raise DataError(
+            f"input folder {config.input_dir} does not exist: "
+            "pass an existing folder as --input_dir."
+        )
+    images = discover_images(config.input_dir, config.recursive)
+    if not images:
+        hint = "" if config.recursive else ", or add --recursive for sub-folders"
+        raise DataError(
+            f"no .png/.jpg/.jpeg images in {config.input_dir}: check --input_dir{hint}."
+        )
+    return images
+
+
+def build_localizer(config: InferenceConfig) -> Localizer:
+    common = dict(
+        prompt=config.prompt_text,
+        labels=config.label_filter,
+        keep_unlabelled=config.unlabelled_boxes == "keep",
+    )
+    if config.backend == "scripted":
+        return ScriptedBackend(**common)
+    return CheXagent2Backend(
+        **common,
+        model_id=config.model_id,
+        revision=config.revision,
+        device=config.device,
+        max_new_tokens=config.max_new_tokens,
+    )
+
+
+# --- run files: resume cache, results CSV, run config -------------------------
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename over it."""
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp_path.open("w", encoding="utf-8", newline="") as tmp:
+        tmp.write(text)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp_path, path)
+
+
+def append_record(path: Path, record: dict) -> None:
+    """One JSON line per image, flushed to disk at once: a crash loses at most
+    the image being written."""
+    with path.open("a", encoding="utf-8") as cache:
+        cache.write(json.dumps(record) + "\n")
+        cache.flush()
+        os.fsync(cache.fileno())
+
+
+def load_records(path: Path) -> dict[str, dict]:
+    """Records of predictions.jsonl by file name. An incomplete last line (a
+    crash mid-write) is cut off, so that image is predicted again."""
+    if not path.is_file():
+        return {}
+    raw = path.read_bytes()
+    complete, _, partial = raw.rpartition(b"\n")
+    if partial:
+        with path.open("r+b") as cache:
+            cache.truncate(len(raw) - len(partial))
+        print(f"ignored an incomplete last record in {path}; that image is redone", file=sys.stderr)
+    records = {}
+    for line_no, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not _is_record(record):
+            raise DataError(
+                f"{path} line {line_no} is not a prediction record: "
+                "delete the file to start afresh."
+            )
+        records[record["file_name"]] = record  # a later record for the same image wins
+    return records
+
+
+def _is_record(record) -> bool:
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("file_name"), str)
+        and isinstance(record.get("points"), list)
+        and all(
+            isinstance(p, dict) and {"x", "y", "confidence"} <= p.keys() for p in record["points"]
+        )
+    )
+
+
+def check_resumable(output_dir: Path, records: dict, settings: dict) -> None:
+    """Refuse to mix cached predictions made with other settings."""
+    config_path = output_dir / RUN_CONFIG_JSON
+    if not records or not config_path.is_file():
+        return
+    saved = json.loads(config_path.read_text()).get("prediction_settings", {})
+    current = json.loads(json.dumps(settings))
+    changed = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
+    if changed:
+        raise DataError(
+            f"{output_dir} holds predictions made with a different {', '.join(changed)}: "
+            f"use another --output_dir, or delete {output_dir / PREDICTIONS_JSONL} to start again."
+        )
+
+
+def write_results_csv(path: Path, records: dict[str, dict], names: list[str]) -> int:
+    """Submission CSV (one row per keypoint, images in input order), rebuilt
+    from the records. Returns the number of keypoints."""
+    rows = [
+        (name, round(p["x"], 3), round(p["y"], 3), p["confidence"])
+        for name in names
+        if name in records
+        for p in records[name]["points"]
+    ]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["file_name", "x", "y", "confidence"])
+    writer.writerows(rows)
+    _write_atomic(path, text.getvalue())
+    return len(rows)
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("numpy", "pillow", "torch", "transformers", "accelerate"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return result.stdout.strip()
+
+
+def write_run_config(path: Path, config: dict, settings: dict) -> None:
+    run = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
+        "prediction_settings": settings,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+    }
+    _write_atomic(path, json.dumps(run, indent=2) + "\n")
+
+
+# --- the run ------------------------------------------------------------------
+
+
+def predict_pending(
+    localizer: Localizer, config: InferenceConfig, images: list[Path], done: set[str]
+) -> tuple[int, list[str]]:
+    """Predict images not yet in the JSONL, appending one record each.
+
+    Returns (number predicted, unreadable file names)."""
+    names = [path.relative_to(config.input_dir).as_posix() for path in images]
+    pending = [(path, name) for path, name in zip(images, names) if name not in done]
+    predicted, unreadable = 0, []
+    bar = tqdm(
+        pending, total=len(images), initial=len(images) - len(pending), desc="images", unit="img"
+    )
+    with tempfile.TemporaryDirectory(prefix="nodulocc_") as tmp_dir:
+        for index, (path, name) in enumerate(bar):
+            model_input = Path(tmp_dir) / f"{index:06d}.png"
+            try:
+                image = load_preprocessed(path, config.clip_low_pct, config.clip_high_pct)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+                tqdm.write(f"skipped unreadable image {path}: {error}", file=sys.stderr)
+                unreadable.append(name)
+                continue
+            width_px, height_px = image.size  # pre-processing keeps the original size
+            image.save(model_input, format="PNG", compress_level=1)
+            prediction = localizer.predict(ImageInput(name, model_input, width_px, height_px))
+            model_input.unlink()
+            record = prediction.to_record(name, width_px, height_px)
+            append_record(config.output_dir / PREDICTIONS_JSONL, record)
+            predicted += 1
+    return predicted, unreadable
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_config(argv)
+        images = find_input_images(config)
+        records = load_records(config.output_dir / PREDICTIONS_JSONL)
+        check_resumable(config.output_dir, records, config.prediction_settings())
+    except ValueError as error:  # includes DataError
+        return fail(str(error))
+    try:
+        localizer = build_localizer(config)
+    except BackendUnavailable as error:
+        return fail(str(error))
+
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    settings = config.prediction_settings()
+    write_run_config(config.output_dir / RUN_CONFIG_JSON, asdict(config), settings)
+    predicted, unreadable = predict_pending(localizer, config, images, set(records))
+    if len(unreadable) == len(images):
+        return fail(
+            f"none of the {len(images)} images in {config.input_dir} could be read: "
+            "check the files."
+        )
+
+    records = load_records(config.output_dir / PREDICTIONS_JSONL)
+    names = [path.relative_to(config.input_dir).as_posix() for path in images]
+    n_points = write_results_csv(config.output_dir / RESULTS_CSV, records, names)
+    print(
+        f"{predicted} images predicted, {len(images) - predicted - len(unreadable)} reused, "
+        f"{len(unreadable)} skipped as unreadable; {n_points} keypoints -> "
+        f"{config.output_dir / RESULTS_CSV}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

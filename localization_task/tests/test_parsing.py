@@ -1,0 +1,142 @@
+"""The CheXagent-2 answer parser and box -> pixel geometry, on literal strings."""
+import pytest
+
+from localization_task.backends import NO_CONFIDENCE, prediction_from_response
+from localization_task.parsing import (
+    box_centre_px,
+    box_to_px,
+    label_accepted,
+    parse_box_body,
+    parse_boxes,
+)
+
+NODULE = "<|ref|>Nodule/Mass<|/ref|>"
+
+
+def test_single_box_in_trained_format():
+    text = "<|ref|>Nodule/Mass<|/ref|><|box|>(12,30),(20,38)<|/box|>"
+    assert parse_boxes(text) == [("Nodule/Mass", (12.0, 30.0, 20.0, 38.0))]
+
+
+def test_several_refs_without_separator():
+    text = (
+        "<|ref|>Nodule/Mass<|/ref|><|box|>(12,30),(20,38)<|/box|>"
+        "<|ref|>Nodule/Mass<|/ref|><|box|>(60,40),(70,52)<|/box|>"
+    )
+    assert parse_boxes(text) == [
+        ("Nodule/Mass", (12.0, 30.0, 20.0, 38.0)),
+        ("Nodule/Mass", (60.0, 40.0, 70.0, 52.0)),
+    ]
+
+
+def test_several_boxes_under_one_ref_share_its_label():
+    text = f"{NODULE}<|box|>(1,2),(3,4)<|/box|><|box|>(5,6),(7,8)<|/box|> <|box|>(9,9),(10,10)<|/box|>"
+    assert [label for label, _ in parse_boxes(text)] == ["Nodule/Mass"] * 3
+
+
+def test_box_without_ref_has_empty_label():
+    assert parse_boxes("<|box|>(40,50),(44,56)<|/box|>") == [("", (40.0, 50.0, 44.0, 56.0))]
+
+
+def test_free_text_between_ref_and_box_drops_the_label():
+    text = f"{NODULE}<|box|>(1,2),(3,4)<|/box|> and also <|box|>(5,6),(7,8)<|/box|>"
+    assert [label for label, _ in parse_boxes(text)] == ["Nodule/Mass", ""]
+
+
+def test_swapped_corners_are_normalised():
+    assert parse_boxes(f"{NODULE}<|box|>(70,80),(60,50)<|/box|>") == [
+        ("Nodule/Mass", (60.0, 50.0, 70.0, 80.0))
+    ]
+
+
+def test_whitespace_is_tolerated():
+    text = "<|ref|> Nodule/Mass <|/ref|>\n<|box|>( 12 , 30 ) , ( 20 ,38 )<|/box|>\n"
+    assert parse_boxes(text) == [("Nodule/Mass", (12.0, 30.0, 20.0, 38.0))]
+
+
+def test_out_of_range_values_are_clipped():
+    assert parse_boxes("<|box|>(-5,30),(120,101)<|/box|>") == [("", (0.0, 30.0, 100.0, 100.0))]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "No nodule/mass detected.",
+        "No nodule/mass detected.<|endoftext|>",
+        "",
+        f"{NODULE}<|box|>(12,30),(20",  # truncated: generation stopped mid-box
+        f"{NODULE}<|box|>(12,30),(20,38)",  # closing tag missing
+        "<|box|>(12,30)<|/box|>",  # one corner only
+        "<|box|>(a,b),(c,d)<|/box|>",
+        "<|box|>(1,2),(3,4),(5,6)<|/box|>",
+        "<|ref|>Nodule/Mass<|/ref|>",  # ref without a box
+    ],
+)
+def test_negative_truncated_and_malformed_answers_give_no_box(text):
+    assert parse_boxes(text) == []
+
+
+def test_malformed_box_is_skipped_but_later_boxes_are_kept():
+    text = f"{NODULE}<|box|>(12,30),(2<|/box|><|box|>(5,6),(7,8)<|/box|>"
+    assert parse_boxes(text) == [("Nodule/Mass", (5.0, 6.0, 7.0, 8.0))]
+
+
+def test_truncated_tag_does_not_swallow_the_next_box():
+    text = "<|ref|>Nodule/Mass<|box|>(5,6),(7,8)<|/box|>"
+    assert parse_boxes(text) == [("", (5.0, 6.0, 7.0, 8.0))]
+
+
+@pytest.mark.parametrize("tail", ["</s>", "<|endoftext|>", "<|endoftext|><|endoftext|>", "<|im_end|>"])
+def test_trailing_special_tokens_are_ignored(tail):
+    assert parse_boxes(f"{NODULE}<|box|>(12,30),(20,38)<|/box|>{tail}") == [
+        ("Nodule/Mass", (12.0, 30.0, 20.0, 38.0))
+    ]
+
+
+def test_decimal_coordinates_are_accepted():
+    assert parse_box_body("(12.5,30),(20,38.25)") == (12.5, 30.0, 20.0, 38.25)
+
+
+@pytest.mark.parametrize("label", ["Nodule/Mass", "nodule/mass", "NODULE", "Mass", "lung nodule", " Nodule "])
+def test_default_labels_accept_nodule_names_case_insensitively(label):
+    assert label_accepted(label)
+
+
+@pytest.mark.parametrize("label", ["Cardiomegaly", "Pleural Effusion", "nodules"])
+def test_default_labels_reject_other_findings(label):
+    assert not label_accepted(label)
+
+
+def test_unlabelled_and_any_label_options():
+    assert label_accepted("")
+    assert not label_accepted("", keep_unlabelled=False)
+    assert label_accepted("Cardiomegaly", labels=None)
+    assert label_accepted("opacity", labels=["Opacity"])
+
+
+def test_centre_and_pixels_use_original_width_and_height():
+    box = (10.0, 20.0, 30.0, 60.0)
+    width_px, height_px = 2000, 1000  # non-square
+    assert box_centre_px(box, width_px, height_px) == pytest.approx((400.0, 400.0))
+    assert box_to_px(box, width_px, height_px) == pytest.approx((200.0, 200.0, 600.0, 600.0))
+    assert box_centre_px(box, 1000, 2000) == pytest.approx((200.0, 800.0))
+
+
+def test_prediction_from_response_keeps_nodules_as_box_centres():
+    text = (
+        "<|ref|>Cardiomegaly<|/ref|><|box|>(30,50),(70,80)<|/box|>"
+        f"{NODULE}<|box|>(10,20),(30,60)<|/box|><|box|>(10,20),(30,60)<|/box|><|endoftext|>"
+    )
+    prediction = prediction_from_response(text, 2022, 1011)
+    assert prediction.response == text
+    assert [box.kept for box in prediction.boxes] == [False, True, True]
+    assert prediction.boxes[1].xyxy_px == pytest.approx((202.2, 202.2, 606.6, 606.6))
+    assert len(prediction.points) == 1  # the repeated identical box counts once
+    point = prediction.points[0]
+    assert (point.x, point.y) == pytest.approx((404.4, 404.4))
+    assert point.confidence == NO_CONFIDENCE == 1.0
+
+
+def test_prediction_from_negative_answer_is_empty():
+    prediction = prediction_from_response("No nodule/mass detected.", 512, 512)
+    assert prediction.boxes == [] and prediction.points == []
