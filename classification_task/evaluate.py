@@ -57,6 +57,13 @@ def predictions_frame(frame: pd.DataFrame, p_nodule: np.ndarray, threshold: floa
     )
 
 
+def labels_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The split's rows in classification_labels.csv format, for the metrics CLI."""
+    return pd.DataFrame({"file_name": frame["file_name"].to_numpy(),
+                         "label": [INT_TO_LABEL[int(v)] for v in frame["label"]],
+                         "LIDC_ID": frame["lidc_id"].to_numpy()})
+
+
 def evaluate_run(model, processor, frames: dict[str, pd.DataFrame], out_dir: str | Path, prep: Preprocessing,
                  batch_size: int = 4, n_boot: int = 1000, seed: int = 0, zero_shot: bool = True,
                  log_history: list | None = None, cache_dir: str | None = None) -> dict:
@@ -88,6 +95,7 @@ def evaluate_run(model, processor, frames: dict[str, pd.DataFrame], out_dir: str
     write_json_atomic(out_dir / "metrics.json", report)
     write_csv_atomic(predictions_frame(test, p_test), out_dir / "test_predictions.csv")
     write_csv_atomic(predictions_frame(val, p_val), out_dir / "val_predictions.csv")
+    write_csv_atomic(labels_frame(test), out_dir / "test_labels.csv")
     with contextlib.suppress(ValueError):
         save_all_plots(out_dir, y_test, p_test, thresholds, log_history)
     return report

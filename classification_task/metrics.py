@@ -350,9 +350,22 @@ def load_predictions(path: Path):
     return confidence.astype(float)
 
 
+def _match_base_names(predictions, labels):
+    """Compare base names when the labels use bare names and the predictions do not.
+
+    `inference.py --recursive` names files with their sub-folder
+    (nih_filtered_images/x.png), while the challenge labels list bare names.
+    """
+    if any("/" in name for name in labels.index):
+        return predictions
+    base_names = predictions.index.map(lambda name: name.rsplit("/", 1)[-1])
+    return predictions if base_names.duplicated().any() else predictions.set_axis(base_names)
+
+
 def score_files(config: ScoreConfig) -> dict:
     """Metrics, intervals and match counts for the files present in both CSVs."""
     labels, predictions = load_labels(config.labels), load_predictions(config.predictions)
+    predictions = _match_base_names(predictions, labels)
     common = labels.index.intersection(predictions.index)
     if common.empty:
         raise InputError(f"none of the file names in {config.predictions} appear in "

@@ -154,6 +154,7 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         report_to=cli.available_loggers(),
         dataloader_num_workers=config.num_workers,
         remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
         seed=config.seed,
     )

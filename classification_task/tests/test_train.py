@@ -100,3 +100,23 @@ def test_two_process_data_parallel_training(data_root, tiny_model_dir, tmp_path)
     state = json.loads((tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     assert (tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_inference_then_metrics_cli_reproduce_the_training_test_metrics(data_root, tiny_model_dir, tmp_path):
+    from classification_task import inference, metrics
+
+    argv = _argv(data_root, tiny_model_dir, tmp_path, "--quantization", "none", "--max_steps", "3",
+                 "--no-zero_shot", "--learning_rate", "5e-3")
+    assert train.main(argv) == 0
+    out = tmp_path / "out"
+    assert inference.main(["--input_dir", str(data_root), "--recursive", "--output_dir", str(tmp_path / "inf"),
+                           "--model_id", str(tiny_model_dir), "--adapter", str(tmp_path / "ckpt" / "best_adapter"),
+                           "--num_workers", "0"]) == 0
+    assert metrics.main(["--labels", str(out / "test_labels.csv"), "--bootstrap", "0",
+                         "--predictions", str(tmp_path / "inf" / "classification_test_results.csv"),
+                         "--json", str(tmp_path / "cli.json")]) == 0
+    from_cli = json.loads((tmp_path / "cli.json").read_text())
+    from_train = json.loads((out / "metrics.json").read_text())["test"]["fine-tuned @0.5"]
+    assert from_cli["counts"]["scored"] == from_train["tp"] + from_train["tn"] + from_train["fp"] + from_train["fn"]
+    for key, value in from_train.items():
+        assert from_cli["metrics"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
