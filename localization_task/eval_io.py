@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,48 +205,3 @@ def image_size(file_name: str, sizes: dict[str, tuple[int, int]],
             return im.size
     except OSError:
         raise InputError(f"The image {path} cannot be read: replace the file or remove it from the inputs.")
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temp file in the same folder, then ``os.replace`` it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
-                                     encoding="utf-8") as f:
-        f.write(text)
-        tmp = f.name
-    os.replace(tmp, path)
-
-
-def nan_to_none(obj):
-    """Recursively replace NaN/inf floats with None so ``json.dumps(allow_nan=False)`` works."""
-    if isinstance(obj, dict):
-        return {k: nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [nan_to_none(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    write_text_atomic(path, json.dumps(nan_to_none(obj), indent=2, allow_nan=False) + "\n")
-
-
-def run_info() -> dict:
-    """Package versions and the git commit, saved next to the results."""
-    import PIL
-    import scipy
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=10,
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    versions = {"python": sys.version.split()[0], "numpy": np.__version__, "scipy": scipy.__version__,
-                "pandas": pd.__version__, "pillow": PIL.__version__}
-    return {"git_commit": commit, "versions": versions}

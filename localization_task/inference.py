@@ -24,12 +24,9 @@ import csv
 import io
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +54,7 @@ from localization_task.dataset import (
     load_preprocessed,
 )
 from localization_task.parsing import DEFAULT_LABELS
+from localization_task.run_files import run_info, write_json_atomic, write_text_atomic
 
 PREDICTIONS_JSONL = "predictions.jsonl"
 RESULTS_CSV = "localization_test_results.csv"
@@ -222,16 +220,6 @@ def build_localizer(config: InferenceConfig) -> Localizer:
 # --- run files: resume cache, results CSV, run config -------------------------
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename over it."""
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp_path.open("w", encoding="utf-8", newline="") as tmp:
-        tmp.write(text)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp_path, path)
-
-
 def append_record(path: Path, record: dict) -> None:
     """One JSON line per image, flushed to disk at once: a crash loses at most
     the image being written."""
@@ -306,39 +294,17 @@ def write_results_csv(path: Path, records: dict[str, dict], names: list[str]) ->
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["file_name", "x", "y", "confidence"])
     writer.writerows(rows)
-    _write_atomic(path, text.getvalue())
+    write_text_atomic(path, text.getvalue())
     return len(rows)
-
-
-def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in ("numpy", "pillow", "torch", "transformers", "accelerate"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
-
-
-def _git_commit() -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return result.stdout.strip()
 
 
 def write_run_config(path: Path, config: dict, settings: dict) -> None:
     run = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
         "prediction_settings": settings,
-        "versions": _versions(),
-        "git_commit": _git_commit(),
+        **run_info(),
     }
-    _write_atomic(path, json.dumps(run, indent=2) + "\n")
+    write_json_atomic(path, run)
 
 
 # --- the run ------------------------------------------------------------------

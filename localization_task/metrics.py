@@ -39,8 +39,8 @@ from scipy.optimize import linear_sum_assignment
 
 from localization_task.eval_io import (
     ImageFinder, InputError, image_size, read_ground_truth, read_image_list, read_predictions,
-    run_info, write_json_atomic, write_text_atomic,
 )
+from localization_task.run_files import run_info, write_json_atomic, write_text_atomic
 
 DEFAULT_THRESHOLDS = {"tight": 0.02, "tolerant": 0.05}
 FROC_FP_PER_IMAGE = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)

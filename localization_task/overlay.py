@@ -9,14 +9,13 @@ predictions; yellow lines join the pairs matched at the FROC threshold.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from localization_task.eval_io import InputError
+from localization_task.run_files import atomic_output
 
 GT_COLOUR, PRED_COLOUR, MATCH_COLOUR = (0, 220, 0), (255, 40, 40), (255, 220, 0)
 RING_COLOURS = ((0, 200, 255), (160, 120, 255), (255, 255, 255))
@@ -64,11 +63,8 @@ def draw_overlay(image: Image.Image, gt_xy, pred_xy, pred_idx, gt_idx, radii_px:
 
 
 def save_png_atomic(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_output(path, suffix=".png") as tmp:
+        image.save(tmp, format="PNG")
 
 
 def write_overlays(images, matches: list[dict], thresholds_frac: dict[str, float], overlay_dir: str | Path,
