@@ -140,8 +140,8 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         max_steps=config.max_steps,
         optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
         bf16=bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy="steps",
         eval_steps=config.eval_steps,
         save_strategy="steps",
@@ -228,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
                      log_history=log_history, cache_dir=config.cache_dir)
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # from_pretrained: unknown id or folder, no access, no network
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        print(f"error: could not load {config.model_id!r} ({reason}); check --model_id, and for the hub model "
+              "set HF_TOKEN in .env after accepting its licence.", file=sys.stderr)
         return 2
     print(f"results written to {config.output_dir}")
     return 0
