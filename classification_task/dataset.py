@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ LABELS_CSV = "classification_labels.csv"
 IMAGE_FOLDERS = ("nih_filtered_images", "lidc_png_16_bit")
 LABEL_TO_INT = {"No Finding": 0, "Nodule": 1}
 INT_TO_LABEL = {v: k for k, v in LABEL_TO_INT.items()}
+SPLITS = ("train", "val", "test")
 NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)
 
 
@@ -41,11 +42,16 @@ class DataError(ValueError):
 
 
 def safe_join(folder: Path, file_name: str) -> Path:
-    """`folder / file_name`, refusing names that would escape `folder`."""
-    candidate = (folder / file_name).resolve()
-    if not candidate.is_relative_to(folder.resolve()) or Path(file_name).is_absolute():
+    """`folder / file_name`, refusing names that would escape `folder`.
+
+    The check is on the name itself (no leading '/', drive or '..'), so images
+    that are symlinks into a data store are still accepted.
+    """
+    posix, windows = PurePosixPath(file_name), PureWindowsPath(file_name)
+    if not file_name.strip() or posix.is_absolute() or windows.drive or windows.is_absolute() \
+            or ".." in posix.parts or ".." in windows.parts:
         raise DataError(f"file name {file_name!r} points outside {folder}; use names relative to the image folder.")
-    return candidate
+    return folder / posix
 
 
 def resolve_image_path(data_root: Path, file_name: str) -> Path | None:
@@ -132,6 +138,9 @@ def load_or_make_split(frame: pd.DataFrame, split_file: str | Path | None, seed:
     saved = pd.read_csv(split_file, dtype=str)
     if not {"file_name", "split"} <= set(saved.columns):
         raise DataError(f"{split_file} needs the columns file_name,split.")
+    unknown = sorted(set(saved["split"]) - set(SPLITS))
+    if unknown or saved["file_name"].duplicated().any():
+        raise DataError(f"{split_file} must list each file once with a split in {SPLITS}; found {unknown[:3] or 'duplicates'}.")
     merged = frame.merge(saved[["file_name", "split"]], on="file_name", how="left")
     if merged["split"].isna().any():
         raise DataError(f"{split_file} has no split for {merged['split'].isna().sum()} labelled image(s); regenerate it.")
@@ -187,7 +196,8 @@ def integer_percentiles(pixels: np.ndarray, percentiles: tuple[float, ...]) -> l
 
 def stretch_to_uint8(pixels: np.ndarray, low_pct: float, high_pct: float) -> np.ndarray:
     """Clip to the [low_pct, high_pct] percentiles and rescale to 0-255."""
-    if np.issubdtype(pixels.dtype, np.integer) and pixels.min() >= 0:
+    # The histogram needs one bin per value: fine for 8/16-bit, not for wide 32-bit.
+    if np.issubdtype(pixels.dtype, np.integer) and pixels.min() >= 0 and pixels.max() < 65536:
         low, high = integer_percentiles(pixels, (low_pct, high_pct))
     else:
         low, high = (float(v) for v in np.percentile(pixels, (low_pct, high_pct)))
@@ -243,5 +253,9 @@ class RadiographDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path = self.paths[index]
-        image = self.cache.load(path) if self.cache else load_image(path, self.prep)
+        try:
+            image = self.cache.load(path) if self.cache else load_image(path, self.prep)
+        except OSError as err:
+            raise DataError(f"image {path} cannot be read ({err.__class__.__name__}); "
+                            "replace it or remove its row from the labels CSV.") from None
         return {"image": image, "label": int(self.labels[index])}

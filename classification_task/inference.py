@@ -83,34 +83,28 @@ class InferenceConfig:
 # ----------------------------------------------------------------------------- inputs
 
 
-def list_images(input_dir: Path, recursive: bool) -> tuple[list[str], list[str]]:
-    """Sorted posix paths of the images relative to `input_dir`, and links that point outside it."""
-    names, outside = [], []
-    for folder, subfolders, files in os.walk(input_dir):  # never descends into linked folders
-        subfolders.sort()
+def list_images(input_dir: Path, recursive: bool) -> list[str]:
+    """Sorted posix paths of the image files under `input_dir`, relative to it.
+
+    Files that are symlinks (data stores such as DVC or hub snapshots) count as
+    images; linked folders are not descended into.
+    """
+    names = []
+    for folder, subfolders, files in os.walk(input_dir):
         if not recursive:
             subfolders.clear()
         for file in files:
-            if not file.lower().endswith(IMAGE_SUFFIXES):
-                continue
-            name = Path(folder, file).relative_to(input_dir).as_posix()
-            try:
-                path = safe_join(input_dir, name)
-            except DataError:
-                outside.append(name)
-                continue
-            if path.is_file():
-                names.append(name)
-    return sorted(names), sorted(outside)
+            path = Path(folder, file)
+            if file.lower().endswith(IMAGE_SUFFIXES) and path.is_file():
+                names.append(path.relative_to(input_dir).as_posix())
+    return sorted(names)
 
 
 def find_images(config: InferenceConfig) -> list[str]:
     input_dir = Path(config.input_dir)
     if not input_dir.is_dir():
         raise DataError(f"input folder {input_dir} not found; pass an existing folder of radiographs as --input_dir.")
-    names, outside = list_images(input_dir, config.recursive)
-    if outside:
-        print(f"skipped {len(outside)} link(s) pointing outside {input_dir}, e.g. {outside[0]}")
+    names = list_images(input_dir, config.recursive)
     if not names:
         hint = "" if config.recursive else ", or add --recursive for sub-folders"
         raise DataError(f"no .png/.jpg/.jpeg images found in {input_dir}; check --input_dir{hint}.")
@@ -235,16 +229,10 @@ class SkippingCollator:
 
 
 def load_model(config: InferenceConfig):
-    """Processor and model (adapter applied, merged if asked), or one sentence on what failed."""
-    try:
-        processor = load_processor(config.model_id)
-        answer_ids = answer_token_ids(processor.tokenizer)  # fails early on a non-Gemma tokenizer
-        model = load_with_adapter(config.model_id, config.adapter, config.quantization, config.merge_adapter)
-    except OSError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        what = f"--model_id {config.model_id}" + (f" with --adapter {config.adapter}" if config.adapter else "")
-        raise DataError(f"could not load {what} ({reason}); "
-                        "check the names, HF_TOKEN (environment or .env) and network access.") from None
+    """Processor and model (adapter applied, merged if asked); load failures raise DataError."""
+    processor = load_processor(config.model_id)
+    answer_ids = answer_token_ids(processor.tokenizer)  # fails early on a non-Gemma tokenizer
+    model = load_with_adapter(config.model_id, config.adapter, config.quantization, config.merge_adapter)
     return model, processor, answer_ids
 
 

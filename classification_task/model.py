@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
 from dotenv import load_dotenv
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+
+from classification_task.dataset import DataError
 
 MEDGEMMA_ID = "google/medgemma-1.5-4b-it"
 Quantization = Literal["nf4", "none"]
@@ -34,8 +37,21 @@ def device_map() -> dict | None:
     return {"": int(os.environ.get("LOCAL_RANK", 0))}
 
 
+@contextmanager
+def explained_load_errors(model_id: str, adapter: str | None = None):
+    """from_pretrained failures (unknown id or folder, no access, no network) as one sentence."""
+    try:
+        yield
+    except OSError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        what = repr(model_id) + (f" with adapter {adapter!r}" if adapter else "")
+        raise DataError(f"could not load {what} ({reason}); check --model_id / --adapter, and for the hub "
+                        "model set HF_TOKEN in .env after accepting its licence.") from None
+
+
 def load_processor(model_id: str):
-    return AutoProcessor.from_pretrained(model_id, token=hub_token())
+    with explained_load_errors(model_id):
+        return AutoProcessor.from_pretrained(model_id, token=hub_token())
 
 
 def load_base_model(model_id: str, quantization: Quantization = "nf4"):
@@ -49,13 +65,14 @@ def load_base_model(model_id: str, quantization: Quantization = "nf4"):
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_quant_storage=dtype,
         )
-    return AutoModelForImageTextToText.from_pretrained(
-        model_id,
-        dtype=dtype,
-        quantization_config=quantization_config,
-        device_map=device_map(),
-        token=hub_token(),
-    )
+    with explained_load_errors(model_id):
+        return AutoModelForImageTextToText.from_pretrained(
+            model_id,
+            dtype=dtype,
+            quantization_config=quantization_config,
+            device_map=device_map(),
+            token=hub_token(),
+        )
 
 
 def lora_config(rank: int = 16, alpha: int = 16, dropout: float = 0.05,
@@ -83,7 +100,8 @@ def load_with_adapter(model_id: str, adapter: str | None, quantization: Quantiza
     """Base model plus a trained adapter (or the zero-shot base when adapter is None)."""
     model = load_base_model(model_id, quantization)
     if adapter:
-        model = PeftModel.from_pretrained(model, adapter, token=hub_token())
+        with explained_load_errors(model_id, adapter):
+            model = PeftModel.from_pretrained(model, adapter, token=hub_token())
         if merge:
             model = model.merge_and_unload()
     return model.eval()

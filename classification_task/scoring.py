@@ -56,6 +56,7 @@ class PromptCollator:
             images=[[example["image"]] for example in examples],
             return_tensors="pt",
             padding=True,
+            add_special_tokens=False,  # the chat template already starts with <bos>
         )
         if "label" in examples[0]:
             batch["labels"] = torch.tensor([example["label"] for example in examples], dtype=torch.long)

@@ -112,6 +112,7 @@ def build_tokenizer() -> GemmaTokenizer:
         merges=[],
         extra_special_tokens=dict(GEMMA3_MM_TOKENS),
         chat_template=GEMMA3_CHAT_TEMPLATE,
+        add_bos_token=True,  # as the real Gemma 3 tokenizer does
     )
     # The turn markers are single special tokens in the real vocabulary too.
     tokenizer.add_tokens(TURN_TOKENS, special_tokens=True)

@@ -22,7 +22,7 @@ from transformers import EarlyStoppingCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from classification_task import cli
-from classification_task.dataset import DataError, Preprocessing, RadiographDataset, load_labels, load_or_make_split
+from classification_task.dataset import SPLITS, DataError, Preprocessing, RadiographDataset, load_labels, load_or_make_split
 from classification_task.evaluate import evaluate_run
 from classification_task.model import MEDGEMMA_ID, add_lora, load_base_model, load_processor, load_with_adapter, lora_config
 from classification_task.run_info import write_csv_atomic, write_run_config
@@ -111,7 +111,11 @@ def prepare_demo(config: TrainConfig) -> None:
     from classification_task.tiny_model import save_tiny_medgemma
 
     if not (Path(config.data_root) / "classification_labels.csv").is_file():
-        generate_dataset(config.data_root, n_images=800, positive_rate=0.3, size_px=256, seed=0)
+        try:
+            generate_dataset(config.data_root, n_images=800, positive_rate=0.3, size_px=256, seed=0)
+        except FileExistsError:
+            raise DataError(f"{config.data_root} exists but holds no demo data; remove it or pass another "
+                            "--data_root.") from None
     if not (Path(config.model_id) / "config.json").is_file():
         save_tiny_medgemma(config.model_id)
 
@@ -120,7 +124,7 @@ def load_data(config: TrainConfig) -> dict:
     frame = load_labels(config.data_root)
     frame = load_or_make_split(frame, config.split_file, config.seed)
     write_csv_atomic(frame[["file_name", "split"]], Path(config.output_dir) / "split.csv")
-    frames = {name: frame[frame["split"] == name].reset_index(drop=True) for name in ("train", "val", "test")}
+    frames = {name: frame[frame["split"] == name].reset_index(drop=True) for name in SPLITS}
     counts = ", ".join(f"{n} {len(f)} ({int(f['label'].sum())} nodule)" for n, f in frames.items())
     print(f"split by patient: {counts}")
     return frames
@@ -227,12 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                      zero_shot=config.zero_shot and (config.adapter is not None or not config.eval_only),
                      log_history=log_history, cache_dir=config.cache_dir)
     except (DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # from_pretrained: unknown id or folder, no access, no network
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        print(f"error: could not load {config.model_id!r} ({reason}); check --model_id, and for the hub model "
-              "set HF_TOKEN in .env after accepting its licence.", file=sys.stderr)
+        # Raised in a DataLoader worker, the message carries the worker's traceback: keep its last line.
+        print(f"error: {str(err).strip().splitlines()[-1].split('DataError: ')[-1]}", file=sys.stderr)
         return 2
     print(f"results written to {config.output_dir}")
     return 0

@@ -151,3 +151,33 @@ def test_cache_returns_the_same_image_and_keys_on_settings(tmp_path):
     assert np.array_equal(np.asarray(first), np.asarray(load_image(source, Preprocessing(size_px=64))))
     ImageCache(tmp_path / "cache", Preprocessing(size_px=32)).load(source)
     assert len(list((tmp_path / "cache").glob("*.png"))) == 2
+
+
+def test_symlinked_images_inside_the_folder_are_accepted(tmp_path):
+    folder = tmp_path / "nih_filtered_images"
+    folder.mkdir()
+    (folder / "00000001_000.png").symlink_to(FIXTURES / "00000001_000.png")
+    assert safe_join(folder, "00000001_000.png").is_file()
+
+
+def test_bad_split_files_are_refused(demo_root, tmp_path):
+    frame = load_labels(demo_root)
+    pd.DataFrame({"file_name": frame["file_name"], "split": "validation"}).to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(DataError, match="split"):
+        load_or_make_split(frame, tmp_path / "s.csv", seed=0)
+
+
+def test_wide_32_bit_images_fall_back_to_numpy(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 2**30, size=(20, 20)).astype(np.int32)
+    low, high = np.percentile(pixels, (0.5, 99.5))
+    expected = np.rint((np.clip(pixels, low, high) - low) / (high - low) * 255).astype(np.uint8)
+    assert np.abs(stretch_to_uint8(pixels, 0.5, 99.5).astype(int) - expected).max() <= 1
+
+
+def test_unreadable_training_image_is_one_sentence(tmp_path):
+    from classification_task.dataset import RadiographDataset
+
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    dataset = RadiographDataset(pd.DataFrame({"path": [str(tmp_path / "bad.png")], "label": [0]}))
+    with pytest.raises(DataError, match="cannot be read"):
+        dataset[0]

@@ -132,15 +132,15 @@ def test_resume_after_a_crash_scores_only_the_rest(tiny_model_dir, image_dir, tm
     assert scored_rows == [] and set(relabelled["label"]) == {"No Finding"}
 
 
-def test_list_images_stays_inside_the_folder(tmp_path):
+def test_list_images_finds_image_files_and_links_to_them(tmp_path):
     folder, outside = tmp_path / "in", tmp_path / "secret.png"
     (folder / "sub" / "dir.png").mkdir(parents=True)  # a folder, not an image
     outside.write_bytes(b"x")
     for name in ("b.PNG", "a.jpeg", "notes.txt", "sub/c.jpg"):
         (folder / name).write_bytes(b"x")
     (folder / "link.png").symlink_to(outside)
-    assert inference.list_images(folder, recursive=False) == (["a.jpeg", "b.PNG"], ["link.png"])
-    assert inference.list_images(folder, recursive=True)[0] == ["a.jpeg", "b.PNG", "sub/c.jpg"]
+    assert inference.list_images(folder, recursive=False) == ["a.jpeg", "b.PNG", "link.png"]
+    assert inference.list_images(folder, recursive=True) == ["a.jpeg", "b.PNG", "link.png", "sub/c.jpg"]
 
 
 def test_partial_scores_drop_a_truncated_last_row(tmp_path):

@@ -75,3 +75,14 @@ def test_multi_token_answer_letters_are_refused():
 
     with pytest.raises(ValueError, match="single-token"):
         answer_token_ids(SplittingTokenizer())
+
+
+def test_prompt_starts_with_a_single_bos(tiny_model_dir):
+    """The chat template writes <bos>; the tokenizer must not add a second one."""
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    bos = processor.tokenizer.bos_token_id
+    assert processor.tokenizer.encode("A")[0] == bos  # it adds <bos> itself, like the real Gemma 3 tokenizer
+    batch = PromptCollator(processor)(_examples(2))
+    for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+        real = ids[mask.bool()].tolist()
+        assert real[0] == bos and real.count(bos) == 1
