@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from localization_task.dataset import DataError, safe_join
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -122,7 +124,12 @@ def _jsonl_record(line: str, number: int, path: Path) -> tuple[str, np.ndarray, 
         raise InputError(f"{where} has a non-finite coordinate: fix that point.")
     size = None
     if record.get("width") is not None and record.get("height") is not None:
-        size = (int(record["width"]), int(record["height"]))
+        try:
+            size = (int(record["width"]), int(record["height"]))
+        except (TypeError, ValueError):
+            size = None
+        if size is None or min(size) <= 0:
+            raise InputError(f"{where} has a width/height that is not a positive whole number: fix or drop them.")
     return str(name), xy, conf, size
 
 
@@ -178,6 +185,10 @@ class ImageFinder:
         return self._by_basename
 
     def find(self, file_name: str) -> Path | None:
+        try:
+            safe_join(self.roots[0], file_name)  # names from the input files never leave the roots
+        except DataError as err:
+            raise InputError(str(err)) from None
         for root in self.roots:
             if (root / file_name).is_file():
                 return root / file_name

@@ -271,7 +271,14 @@ def check_resumable(output_dir: Path, records: dict, settings: dict) -> None:
     config_path = output_dir / RUN_CONFIG_JSON
     if not records or not config_path.is_file():
         return
-    saved = json.loads(config_path.read_text()).get("prediction_settings", {})
+    not_ours = DataError(f"{config_path} is not a run config written by this tool: delete it, or use "
+                         "another --output_dir.")
+    try:
+        saved = json.loads(config_path.read_text())["prediction_settings"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise not_ours from None
+    if not isinstance(saved, dict):
+        raise not_ours
     current = json.loads(json.dumps(settings))
     changed = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
     if changed:
@@ -350,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_config(argv)
         images = find_input_images(config)
+        if config.output_dir.exists() and not config.output_dir.is_dir():
+            raise DataError(f"--output_dir {config.output_dir} is a file: pass a folder for the results.")
         records = load_records(config.output_dir / PREDICTIONS_JSONL)
         check_resumable(config.output_dir, records, config.prediction_settings())
     except ValueError as error:  # includes DataError

@@ -205,6 +205,21 @@ def test_bad_input_exits_2_with_one_sentence(tmp_path, capsys, setup, expected):
     assert expected in line and str(input_dir) in line
 
 
+def test_output_dir_that_is_a_file_exits_2(tmp_path, capsys):
+    (tmp_path / "out").write_text("x")
+    assert _dry_run(DATA, tmp_path / "out") == 2
+    assert "is a file" in _single_sentence_error(capsys.readouterr().err)
+
+
+def test_foreign_run_config_exits_2(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _dry_run(DATA, out) == 0
+    (out / RUN_CONFIG_JSON).write_text("not json")
+    capsys.readouterr()
+    assert _dry_run(DATA, out) == 2
+    assert "not a run config" in _single_sentence_error(capsys.readouterr().err)
+
+
 def test_no_readable_image_exits_2(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "bad.png").write_bytes(b"x")

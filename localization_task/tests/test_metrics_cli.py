@@ -117,6 +117,7 @@ def test_cli_writes_overlays_of_a_16_bit_image(case, capsys):
     ({"pred.csv": "file_name,x,y\na.png,abc,3\n"}, "non-numeric x on line 2"),
     ({"pred.csv": ""}, "not a readable CSV"),
     ({"images/b.png": None}, "size of image b.png is unknown"),
+    ({"pred.csv": "file_name,x,y\n../secret.png,1,2\n"}, "escape its image folder"),
 ])
 def test_cli_bad_input_is_one_sentence_and_exit_2(case, capsys, change, expect):
     for name, text in change.items():
@@ -130,6 +131,9 @@ def test_cli_bad_jsonl_and_bad_flags(case, capsys):
     (case / "pred.jsonl").write_text('{"file_name": "a.png", "points": []}\n{not json\n')
     assert main(["--predictions", str(case / "pred.jsonl"), "--ground_truth", str(case / "gt.csv")]) == 2
     assert "line 2, is not valid JSON" in capsys.readouterr().err
+    (case / "pred.jsonl").write_text('{"file_name": "a.png", "width": "wide", "height": 4, "points": []}\n')
+    assert main(["--predictions", str(case / "pred.jsonl"), "--ground_truth", str(case / "gt.csv")]) == 2
+    assert "positive whole number" in capsys.readouterr().err
     assert run(case, "--thresholds", "tight=0.02", "--tight_frac", "0.03") == 2
     assert run(case, "--tight_frac", "1.5") == 2
     assert run(case, "--thresholds", "tight") == 2
