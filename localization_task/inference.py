@@ -4,13 +4,13 @@
         --output_dir outputs/localization --revision <commit SHA of StanfordAIMI/CheXagent-2-3b>
 
 The real model needs its own environment (transformers==4.40.0, see
-localization_task/requirements-chexagent2.txt); `--dry_run` swaps in a scripted
-test double and runs the same pipeline anywhere.
+localization_task/requirements-chexagent2.txt); `--backend scripted` swaps in a
+scripted test double and runs the same pipeline anywhere.
 
 Per image: read the size from the header, pre-process (grey, percentile clip,
 8-bit RGB) into a temporary PNG, ask the model, parse its boxes, keep the box
 centres in original pixels with confidence 1.0 (CheXagent-2 gives none).
-Writes, in --output_dir:
+Writes, in --output_dir (default outputs/localization):
   predictions.jsonl               one record per image; also the resume cache
   localization_test_results.csv   file_name,x,y,confidence (rebuilt from the
                                   JSONL, written atomically)
@@ -19,7 +19,6 @@ Rerunning the same command skips images already in predictions.jsonl.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -33,6 +32,7 @@ from typing import Literal
 from PIL import Image
 from tqdm import tqdm
 
+from localization_task import cli
 from localization_task.backends import (
     CHEXAGENT2_MODEL_ID,
     CHEXAGENT2_REVISION,
@@ -60,36 +60,37 @@ PREDICTIONS_JSONL = "predictions.jsonl"
 RESULTS_CSV = "localization_test_results.csv"
 RUN_CONFIG_JSON = "run_config.json"
 ANY_LABEL = "*"
-CHOICES = {  # the Literal fields of InferenceConfig
-    "backend": ("chexagent2", "scripted"),
-    "unlabelled_boxes": ("keep", "drop"),
-    "device": ("auto", "cuda", "cpu"),
-}
 
 
 @dataclass
 class InferenceConfig:
-    input_dir: Path
-    output_dir: Path
-    backend: Literal["chexagent2", "scripted"] = "chexagent2"
-    model_id: str = CHEXAGENT2_MODEL_ID
-    revision: str | None = CHEXAGENT2_REVISION
-    prompt: str = DEFAULT_PROMPT
-    finding: str = DEFAULT_FINDING
-    labels: tuple[str, ...] = DEFAULT_LABELS
-    unlabelled_boxes: Literal["keep", "drop"] = "keep"
-    recursive: bool = False
-    clip_low_pct: float = DEFAULT_CLIP_LOW_PCT
-    clip_high_pct: float = DEFAULT_CLIP_HIGH_PCT
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    max_new_tokens: int = MAX_NEW_TOKENS
+    input_dir: Path = cli.required("folder of PNG/JPEG radiographs")
+    output_dir: Path = cli.arg(Path("outputs/localization"), "where the CSV, JSONL and run config go")
+    backend: Literal["chexagent2", "scripted"] = cli.arg(
+        "chexagent2", "who answers: the real model, or a scripted test double that needs no model"
+    )
+    model_id: str = cli.arg(CHEXAGENT2_MODEL_ID, "hub id of the real model")
+    revision: str | None = cli.arg(
+        CHEXAGENT2_REVISION, "full commit SHA of --model_id; the real backend requires it (remote code)"
+    )
+    prompt: str = cli.arg(DEFAULT_PROMPT, "question template, {finding} is filled in")
+    finding: str = cli.arg(DEFAULT_FINDING, "what the model is asked to locate")
+    labels: tuple[str, ...] = cli.arg(
+        DEFAULT_LABELS, f"box labels that count as a nodule, case-insensitive; '{ANY_LABEL}' accepts any"
+    )
+    unlabelled_boxes: Literal["keep", "drop"] = cli.arg(
+        "keep", "boxes without a <|ref|> label; the prompt asks for one finding, so they are kept"
+    )
+    recursive: bool = cli.arg(False, "also look in sub-folders of --input_dir")
+    clip_low_pct: float = cli.arg(DEFAULT_CLIP_LOW_PCT, "per-image lower clip percentile")
+    clip_high_pct: float = cli.arg(DEFAULT_CLIP_HIGH_PCT, "per-image upper clip percentile")
+    device: Literal["auto", "cuda", "cpu"] = cli.arg("auto", "where the real model runs")
+    max_new_tokens: int = cli.arg(MAX_NEW_TOKENS, "generation length limit")
 
     def __post_init__(self):
         self.input_dir, self.output_dir = Path(self.input_dir), Path(self.output_dir)
         self.labels = tuple(self.labels)
-        for name, choices in CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"--{name} must be one of {', '.join(choices)}.")
+        cli.check_choices(self)
         if not 0 <= self.clip_low_pct < self.clip_high_pct <= 100:
             raise ValueError("--clip_low_pct and --clip_high_pct need 0 <= low < high <= 100.")
         if self.max_new_tokens < 1:
@@ -132,57 +133,21 @@ def _is_commit_sha(revision: str) -> bool:
     return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision.lower())
 
 
+DESCRIPTION = f"""\
+Nodule keypoints on chest radiographs with CheXagent-2, zero-shot.
+Writes {RESULTS_CSV} and {PREDICTIONS_JSONL} (also the resume cache:
+rerun the same command to continue an interrupted run)."""
+
 HELP_EPILOG = f"""\
 The real model (--backend chexagent2, the default) runs ONLY in its own
 environment with transformers==4.40.0, which its remote code asserts:
   {SETUP_COMMANDS.replace(" && ", chr(10) + "  ")}
   .venv-chexagent2/bin/python localization_task/inference.py --input_dir DIR \\
       --output_dir DIR --revision <full commit SHA of {CHEXAGENT2_MODEL_ID}>
---dry_run needs no model and works in any environment: a scripted test double
-answers in CheXagent-2's format (arbitrary boxes) so the pipeline can be checked.
-Confidence is always 1.0: CheXagent-2 gives no score.
+--backend scripted needs no model and works in any environment: a scripted test
+double answers in CheXagent-2's format (arbitrary boxes) so the pipeline can be
+checked. Confidence is always 1.0: CheXagent-2 gives no score.
 """
-
-
-def parse_config(argv: list[str] | None) -> InferenceConfig:
-    parser = argparse.ArgumentParser(
-        description="Nodule keypoints on chest radiographs with CheXagent-2, zero-shot.\n"
-        f"Writes {RESULTS_CSV} and {PREDICTIONS_JSONL} (also the resume cache:\n"
-        "rerun the same command to continue an interrupted run).",
-        epilog=HELP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add, default = parser.add_argument, " (default: %(default)s)"
-    add("--input_dir", type=Path, required=True, help="folder of PNG/JPEG radiographs")
-    add("--output_dir", type=Path, required=True, help="where the CSV, JSONL and run config go")
-    add("--recursive", action="store_true", help="also look in sub-folders of --input_dir")
-    add("--backend", choices=CHOICES["backend"], default="chexagent2", help="who answers" + default)
-    add("--dry_run", action="store_true",
-        help="same as --backend scripted: no model, works in any environment")
-    add("--model_id", default=CHEXAGENT2_MODEL_ID, help="hub id of the real model" + default)
-    add("--revision", default=CHEXAGENT2_REVISION,
-        help="full commit SHA of --model_id; the real backend requires it (remote code)")
-    add("--prompt", default=DEFAULT_PROMPT,
-        help="question template, {finding} is filled in" + default)
-    add("--finding", default=DEFAULT_FINDING, help="what the model is asked to locate" + default)
-    add("--labels", nargs="+", default=list(DEFAULT_LABELS),
-        help=f"box labels that count as a nodule, case-insensitive; '{ANY_LABEL}' accepts any"
-        + default)
-    add("--unlabelled_boxes", choices=CHOICES["unlabelled_boxes"], default="keep",
-        help="boxes without a <|ref|> label; the prompt asks for one finding, so they are kept"
-        + default)
-    add("--clip_low_pct", type=float, default=DEFAULT_CLIP_LOW_PCT,
-        help="per-image lower clip percentile" + default)
-    add("--clip_high_pct", type=float, default=DEFAULT_CLIP_HIGH_PCT,
-        help="per-image upper clip percentile" + default)
-    add("--device", choices=CHOICES["device"], default="auto",
-        help="where the real model runs" + default)
-    add("--max_new_tokens", type=int, default=MAX_NEW_TOKENS,
-        help="generation length limit" + default)
-    args = vars(parser.parse_args(argv))
-    if args.pop("dry_run"):
-        args["backend"] = "scripted"
-    return InferenceConfig(**args)
 
 
 def find_input_images(config: InferenceConfig) -> list[Path]:
@@ -354,8 +319,10 @@ def fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    config = cli.parse(InferenceConfig, DESCRIPTION, argv, HELP_EPILOG)
+    if config is None:
+        return 2
     try:
-        config = parse_config(argv)
         images = find_input_images(config)
         if config.output_dir.exists() and not config.output_dir.is_dir():
             raise DataError(f"--output_dir {config.output_dir} is a file: pass a folder for the results.")
