@@ -21,7 +21,6 @@ Formats read:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import pandas as pd
 from PIL import Image
 
 from localization_task.dataset import DataError, safe_join
+from localization_task.run_files import JsonLineError, iter_jsonl
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -105,16 +105,13 @@ def read_ground_truth(path: str | Path) -> dict[str, np.ndarray]:
     return xy
 
 
-def _jsonl_record(line: str, number: int, path: Path) -> tuple[str, np.ndarray, np.ndarray, tuple | None]:
+def _jsonl_record(record, number: int, path: Path) -> tuple[str, np.ndarray, np.ndarray, tuple | None]:
     where = f"The predictions file {path}, line {number},"
     try:
-        record = json.loads(line)
         name = record["file_name"]
         points = record["points"] or []
         xy = np.array([[float(p["x"]), float(p["y"])] for p in points], dtype=np.float64).reshape(-1, 2)
         conf = np.array([float(p.get("confidence", np.nan)) for p in points], dtype=np.float64)
-    except json.JSONDecodeError:
-        raise InputError(f"{where} is not valid JSON: regenerate the file or delete that line.")
     except (KeyError, TypeError, ValueError, AttributeError):
         raise InputError(
             f"{where} lacks file_name or points with numeric x and y: each record needs "
@@ -143,13 +140,15 @@ def read_predictions(path: str | Path) -> Predictions:
     if not path.is_file():
         raise InputError(f"The predictions file {path} does not exist: check the path.")
     preds = Predictions({}, {}, {})
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        name, xy, conf, size = _jsonl_record(line, number, path)
-        preds.xy[name], preds.confidence[name] = xy, conf  # as in inference.py, a later record wins
-        if size is not None:
-            preds.sizes[name] = size
+    try:
+        for number, record in iter_jsonl(path):
+            name, xy, conf, size = _jsonl_record(record, number, path)
+            preds.xy[name], preds.confidence[name] = xy, conf  # as in the resume cache, a later record wins
+            if size is not None:
+                preds.sizes[name] = size
+    except JsonLineError as err:
+        raise InputError(f"The predictions file {path}, line {err.line_no}, is not valid JSON: "
+                         "regenerate the file or delete that line.") from None
     return preds
 
 

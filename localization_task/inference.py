@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -54,11 +52,17 @@ from localization_task.dataset import (
     load_preprocessed,
 )
 from localization_task.parsing import DEFAULT_LABELS
-from localization_task.run_files import run_info, write_json_atomic, write_text_atomic
+from localization_task.run_files import (
+    PREDICTIONS_JSONL,
+    RUN_CONFIG_JSON,
+    append_record,
+    check_resumable,
+    load_records,
+    write_run_config,
+    write_text_atomic,
+)
 
-PREDICTIONS_JSONL = "predictions.jsonl"
 RESULTS_CSV = "localization_test_results.csv"
-RUN_CONFIG_JSON = "run_config.json"
 ANY_LABEL = "*"
 
 
@@ -182,75 +186,7 @@ def build_localizer(config: InferenceConfig) -> Localizer:
     )
 
 
-# --- run files: resume cache, results CSV, run config -------------------------
-
-
-def append_record(path: Path, record: dict) -> None:
-    """One JSON line per image, flushed to disk at once: a crash loses at most
-    the image being written."""
-    with path.open("a", encoding="utf-8") as cache:
-        cache.write(json.dumps(record) + "\n")
-        cache.flush()
-        os.fsync(cache.fileno())
-
-
-def load_records(path: Path) -> dict[str, dict]:
-    """Records of predictions.jsonl by file name. An incomplete last line (a
-    crash mid-write) is cut off, so that image is predicted again."""
-    if not path.is_file():
-        return {}
-    raw = path.read_bytes()
-    complete, _, partial = raw.rpartition(b"\n")
-    if partial:
-        with path.open("r+b") as cache:
-            cache.truncate(len(raw) - len(partial))
-        print(f"ignored an incomplete last record in {path}; that image is redone", file=sys.stderr)
-    records = {}
-    for line_no, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if not _is_record(record):
-            raise DataError(
-                f"{path} line {line_no} is not a prediction record: "
-                "delete the file to start afresh."
-            )
-        records[record["file_name"]] = record  # a later record for the same image wins
-    return records
-
-
-def _is_record(record) -> bool:
-    return (
-        isinstance(record, dict)
-        and isinstance(record.get("file_name"), str)
-        and isinstance(record.get("points"), list)
-        and all(
-            isinstance(p, dict) and {"x", "y", "confidence"} <= p.keys() for p in record["points"]
-        )
-    )
-
-
-def check_resumable(output_dir: Path, records: dict, settings: dict) -> None:
-    """Refuse to mix cached predictions made with other settings."""
-    config_path = output_dir / RUN_CONFIG_JSON
-    if not records or not config_path.is_file():
-        return
-    not_ours = DataError(f"{config_path} is not a run config written by this tool: delete it, or use "
-                         "another --output_dir.")
-    try:
-        saved = json.loads(config_path.read_text())["prediction_settings"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise not_ours from None
-    if not isinstance(saved, dict):
-        raise not_ours
-    current = json.loads(json.dumps(settings))
-    changed = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
-    if changed:
-        raise DataError(
-            f"{output_dir} holds predictions made with a different {', '.join(changed)}: "
-            f"use another --output_dir, or delete {output_dir / PREDICTIONS_JSONL} to start again."
-        )
+# --- the results CSV -------------------------------------------------------------
 
 
 def write_results_csv(path: Path, records: dict[str, dict], names: list[str]) -> int:
@@ -268,15 +204,6 @@ def write_results_csv(path: Path, records: dict[str, dict], names: list[str]) ->
     writer.writerows(rows)
     write_text_atomic(path, text.getvalue())
     return len(rows)
-
-
-def write_run_config(path: Path, config: dict, settings: dict) -> None:
-    run = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
-        "prediction_settings": settings,
-        **run_info(),
-    }
-    write_json_atomic(path, run)
 
 
 # --- the run ------------------------------------------------------------------

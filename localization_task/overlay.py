@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from localization_task.eval_io import InputError
-from localization_task.run_files import atomic_output
+from localization_task.run_files import write_png_atomic
 
 GT_COLOUR, PRED_COLOUR, MATCH_COLOUR = (0, 220, 0), (255, 40, 40), (255, 220, 0)
 RING_COLOURS = ((0, 200, 255), (160, 120, 255), (255, 255, 255))
@@ -62,11 +62,6 @@ def draw_overlay(image: Image.Image, gt_xy, pred_xy, pred_idx, gt_idx, radii_px:
     return canvas
 
 
-def save_png_atomic(image: Image.Image, path: Path) -> None:
-    with atomic_output(path, suffix=".png") as tmp:
-        image.save(tmp, format="PNG")
-
-
 def write_overlays(images, matches: list[dict], thresholds_frac: dict[str, float], overlay_dir: str | Path,
                    match_name: str = "") -> int:
     """One overlay per image with any GT point or prediction; ``images`` is metrics.EvalImages,
@@ -90,6 +85,6 @@ def write_overlays(images, matches: list[dict], thresholds_frac: dict[str, float
                                       radii, title)
         except OSError:
             raise InputError(f"The image {path} cannot be read: replace the file or drop --overlay_dir.")
-        save_png_atomic(canvas, Path(overlay_dir) / (name.replace("/", "__").rsplit(".", 1)[0] + ".png"))
+        write_png_atomic(Path(overlay_dir) / (name.replace("/", "__").rsplit(".", 1)[0] + ".png"), canvas)
         written += 1
     return written
