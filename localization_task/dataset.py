@@ -73,31 +73,72 @@ def discover_images(input_dir: Path, recursive: bool = False) -> list[Path]:
     return sorted(images, key=lambda p: p.relative_to(input_dir).as_posix())
 
 
-# --- labels -----------------------------------------------------------------
+# --- label tables -------------------------------------------------------------
 
 
-def load_localization_labels(csv_path: Path) -> pd.DataFrame:
-    """`file_name,x,y` rows (several per image), validated."""
-    if not csv_path.is_file():
-        raise DataError(
-            f"labels file {csv_path} not found: put the NoduLoCC data under "
-            f"{DEFAULT_DATA_ROOT} or pass the right data root."
-        )
-    labels = pd.read_csv(csv_path, dtype={"file_name": str})
-    missing = {"file_name", "x", "y"} - set(labels.columns)
+def read_table(path: str | Path, required: tuple[str, ...], what: str,
+               text_columns: tuple[str, ...] = ("file_name",)) -> pd.DataFrame:
+    """A CSV file with the `required` columns and no empty file_name; `what` names it in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"The {what} file {path} does not exist: check the path.")
+    try:
+        df = pd.read_csv(path, dtype={c: str for c in text_columns})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"The {what} file {path} is not a readable CSV file ({reason}): fix or regenerate it.")
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(
-            f"labels file {csv_path} lacks the column(s) {', '.join(sorted(missing))}: "
-            "it must have the header file_name,x,y."
+            f"The {what} file {path} lacks the column(s) {', '.join(missing)}: "
+            f"it needs a header with {','.join(required)}."
         )
-    coords = labels[["x", "y"]].apply(pd.to_numeric, errors="coerce")
-    if coords.isna().any().any() or labels["file_name"].isna().any():
-        raise DataError(
-            f"labels file {csv_path} has empty or non-numeric file_name/x/y values: "
-            "fix those rows."
-        )
-    labels[["x", "y"]] = coords.astype(float)
-    return labels
+    if df["file_name"].isna().any():
+        row = int(np.flatnonzero(df["file_name"].isna().to_numpy())[0]) + 2
+        raise DataError(f"The {what} file {path} has an empty file_name on line {row}: "
+                        "fill it in or drop the row.")
+    return df
+
+
+def _numeric_column(df: pd.DataFrame, column: str, path: Path, what: str) -> np.ndarray:
+    values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.isnan(values) & df[column].notna().to_numpy()
+    bad |= np.isinf(values)
+    if bad.any():
+        line = int(np.flatnonzero(bad)[0]) + 2
+        raise DataError(f"The {what} file {path} has a non-numeric {column} on line {line}: fix that value.")
+    return values
+
+
+def points_by_image(df: pd.DataFrame, path: Path, what: str) -> tuple[dict, dict]:
+    """`file_name,x,y[,confidence]` rows grouped by image, in order of first appearance:
+    ({file_name: (k, 2) x, y}, {file_name: (k,) confidence, NaN without the column}).
+    Rows with empty x and y only register the image."""
+    x = _numeric_column(df, "x", path, what)
+    y = _numeric_column(df, "y", path, what)
+    conf = _numeric_column(df, "confidence", path, what) if "confidence" in df else np.full(len(df), np.nan)
+    half = np.isnan(x) != np.isnan(y)
+    if half.any():
+        line = int(np.flatnonzero(half)[0]) + 2
+        raise DataError(f"The {what} file {path} has only one of x and y on line {line}: "
+                        "give both or neither.")
+    xy, confidence = {}, {}
+    for name, rows in df.groupby("file_name", sort=False).indices.items():
+        rows = rows[~np.isnan(x[rows])]
+        xy[str(name)] = np.stack([x[rows], y[rows]], axis=1).reshape(-1, 2)
+        confidence[str(name)] = conf[rows]
+    return xy, confidence
+
+
+def read_ground_truth(path: str | Path) -> dict[str, np.ndarray]:
+    """`localization_labels.csv` as ``{file_name: (k, 2) array of x, y in original px}``.
+
+    One row per nodule; a row with empty x and y registers an image without one.
+    """
+    df = read_table(path, ("file_name", "x", "y"), "ground-truth")
+    xy, _ = points_by_image(df, Path(path), "ground-truth")
+    return xy
+
 
 
 @dataclass(frozen=True)
@@ -124,11 +165,8 @@ class NoduLoCCLocalization:
     ):
         self.data_root = Path(data_root)
         self.image_dirs = tuple(image_dirs)
-        labels = load_localization_labels(self.data_root / labels_csv)
-        self.items = [
-            self._item(name, rows[["x", "y"]].to_numpy(dtype=float))
-            for name, rows in labels.groupby("file_name", sort=True)
-        ]
+        points = read_ground_truth(self.data_root / labels_csv)
+        self.items = [self._item(name, points[name]) for name in sorted(points)]
 
     def _item(self, file_name: str, points_px: np.ndarray) -> LabelledImage:
         path = self.find_image(file_name)

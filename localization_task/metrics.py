@@ -37,9 +37,8 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from localization_task import cli
-from localization_task.eval_io import (
-    ImageFinder, InputError, image_size, read_ground_truth, read_image_list, read_predictions,
-)
+from localization_task.dataset import DataError, read_ground_truth
+from localization_task.eval_io import ImageFinder, lookup_image_size, read_image_list, read_predictions
 from localization_task.run_files import run_info, write_json_atomic, write_text_atomic
 
 DEFAULT_THRESHOLDS = {"tight": 0.02, "tolerant": 0.05}
@@ -286,7 +285,7 @@ def load_inputs(cfg: EvalConfig) -> EvalImages:
     sizes = np.full((len(names), 2), np.nan)
     for i, name in enumerate(names):
         if len(gt_xy[i]) or len(pred_xy[i]):
-            sizes[i] = image_size(name, preds.sizes, finder)
+            sizes[i] = lookup_image_size(name, preds.sizes, finder)
     return EvalImages(names, gt_xy, pred_xy, pred_conf, sizes[:, 0], sizes[:, 1], finder)
 
 
@@ -363,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         images = load_inputs(cfg)
-    except (ValueError, InputError) as err:
+    except ValueError as err:  # includes DataError
         print(f"error: {err}", file=sys.stderr)
         return 2
     results, matches = evaluate(images, cfg)
@@ -378,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             n = write_overlays(images, matches[cfg.froc_threshold], cfg.thresholds, cfg.overlay_dir,
                                cfg.froc_threshold)
-        except InputError as err:
+        except DataError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(f"wrote {n} overlays to {cfg.overlay_dir}")
