@@ -186,7 +186,7 @@ def build_localizer(config: InferenceConfig) -> Localizer:
     )
 
 
-# --- the results CSV -------------------------------------------------------------
+# --- the results CSV ----------------------------------------------------------
 
 
 def write_results_csv(path: Path, records: dict[str, dict], names: list[str]) -> int:

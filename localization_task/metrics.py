@@ -1,7 +1,7 @@
 """Localization evaluation: threshold-aware Hungarian matching, count accuracy, FROC.
 
     python localization_task/metrics.py \\
-        --predictions outputs/chexagent2/predictions.jsonl \\
+        --predictions outputs/localization/predictions.jsonl \\
         --ground_truth data/nodulocc/localization_labels.csv \\
         --image_roots data/nodulocc/lidc_png_16_bit data/nodulocc/nih_filtered_images \\
         --output_dir outputs/localization_eval --overlay_dir outputs/localization_eval/overlays
