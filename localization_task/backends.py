@@ -169,8 +169,8 @@ def check_chexagent2_environment(revision: str | None) -> None:
         raise BackendUnavailable(
             f"CheXagent-2's remote code needs transformers=={REQUIRED_TRANSFORMERS} but this "
             f"environment has {version}: create its own environment with `{SETUP_COMMANDS}` "
-            "and rerun this command with .venv-chexagent2/bin/python (or add --dry_run to "
-            "test the pipeline here)."
+            "and rerun this command with .venv-chexagent2/bin/python (or add --backend scripted "
+            "to test the pipeline here)."
         )
     if revision is None:
         raise BackendUnavailable(
@@ -303,7 +303,7 @@ def scripted_response(file_name: str) -> str:
 
 
 class ScriptedBackend(GroundingBackend):
-    """Test double standing in for CheXagent-2 (`--dry_run`).
+    """Test double standing in for CheXagent-2 (`--backend scripted`).
 
     The real model cannot be downloaded or run in CI (no hub access, and its
     remote code needs transformers 4.40.0), so this double answers instead:

@@ -4,9 +4,16 @@ Source: the NoduLoCC2026 challenge data, laid out under a data root (default
 `data/nodulocc`, relative to the repository root):
 
     data/nodulocc/
+        classification_labels.csv file_name,label,LIDC_ID  one row per image;
+                                  label 'Nodule' | 'No Finding', LIDC_ID only
+                                  for LIDC images
         localization_labels.csv   file_name,x,y  one row per nodule, original px
-        nih_filtered_images/      NIH ChestX-ray14 PNGs (mostly 8-bit 1024x1024)
+        nih_filtered_images/      NIH ChestX-ray14 PNGs named PPPPPPPP_FFF.png
+                                  (patient, follow-up; mostly 8-bit 1024x1024)
         lidc_png_16_bit/          LIDC-derived 16-bit PNGs (e.g. 2022x2022)
+
+`load_localization_data` joins the two label files into one table of images
+with their keypoints, for training a localizer.
 
 Pre-processing (what the CheXagent-2 reference did): any PNG/JPEG mode -> grey
 -> per-image percentile clip (0.5 / 99.5 %) -> rescale to 0-255 uint8 -> RGB.
@@ -16,8 +23,8 @@ costs one `np.bincount` instead of a sort, and they equal
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
@@ -25,8 +32,11 @@ import pandas as pd
 from PIL import Image
 
 DEFAULT_DATA_ROOT = Path("data/nodulocc")
-LABELS_CSV = "localization_labels.csv"
+CLASSIFICATION_CSV = "classification_labels.csv"
+LOCALIZATION_CSV = "localization_labels.csv"
 IMAGE_DIRS: tuple[str, ...] = ("nih_filtered_images", "lidc_png_16_bit")
+LABEL_TO_INT = {"No Finding": 0, "Nodule": 1}
+NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)  # PPPPPPPP_FFF.png
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_CLIP_LOW_PCT = 0.5
 DEFAULT_CLIP_HIGH_PCT = 99.5
@@ -73,83 +83,152 @@ def discover_images(input_dir: Path, recursive: bool = False) -> list[Path]:
     return sorted(images, key=lambda p: p.relative_to(input_dir).as_posix())
 
 
-# --- labels -----------------------------------------------------------------
+# --- label tables -------------------------------------------------------------
 
 
-def load_localization_labels(csv_path: Path) -> pd.DataFrame:
-    """`file_name,x,y` rows (several per image), validated."""
-    if not csv_path.is_file():
-        raise DataError(
-            f"labels file {csv_path} not found: put the NoduLoCC data under "
-            f"{DEFAULT_DATA_ROOT} or pass the right data root."
-        )
-    labels = pd.read_csv(csv_path, dtype={"file_name": str})
-    missing = {"file_name", "x", "y"} - set(labels.columns)
+def read_table(path: str | Path, required: tuple[str, ...], what: str,
+               text_columns: tuple[str, ...] = ("file_name",)) -> pd.DataFrame:
+    """A CSV file with the `required` columns and no empty file_name; `what` names it in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"The {what} file {path} does not exist: check the path.")
+    try:
+        df = pd.read_csv(path, dtype={c: str for c in text_columns})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"The {what} file {path} is not a readable CSV file ({reason}): fix or regenerate it.")
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(
-            f"labels file {csv_path} lacks the column(s) {', '.join(sorted(missing))}: "
-            "it must have the header file_name,x,y."
+            f"The {what} file {path} lacks the column(s) {', '.join(missing)}: "
+            f"it needs a header with {','.join(required)}."
         )
-    coords = labels[["x", "y"]].apply(pd.to_numeric, errors="coerce")
-    if coords.isna().any().any() or labels["file_name"].isna().any():
-        raise DataError(
-            f"labels file {csv_path} has empty or non-numeric file_name/x/y values: "
-            "fix those rows."
-        )
-    labels[["x", "y"]] = coords.astype(float)
-    return labels
+    if df["file_name"].isna().any():
+        row = int(np.flatnonzero(df["file_name"].isna().to_numpy())[0]) + 2
+        raise DataError(f"The {what} file {path} has an empty file_name on line {row}: "
+                        "fill it in or drop the row.")
+    return df
 
 
-@dataclass(frozen=True)
-class LabelledImage:
-    file_name: str
-    path: Path
-    width_px: int
-    height_px: int
-    points_px: np.ndarray  # (n, 2): x, y in original pixels
+def _numeric_column(df: pd.DataFrame, column: str, path: Path, what: str) -> np.ndarray:
+    values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.isnan(values) & df[column].notna().to_numpy()
+    bad |= np.isinf(values)
+    if bad.any():
+        line = int(np.flatnonzero(bad)[0]) + 2
+        raise DataError(f"The {what} file {path} has a non-numeric {column} on line {line}: fix that value.")
+    return values
 
 
-class NoduLoCCLocalization:
-    """NoduLoCC2026 localization set: one `LabelledImage` per labelled image.
+def points_by_image(df: pd.DataFrame, path: Path, what: str) -> tuple[dict, dict]:
+    """`file_name,x,y[,confidence]` rows grouped by image, in order of first appearance:
+    ({file_name: (k, 2) x, y}, {file_name: (k,) confidence, NaN without the column}).
+    Rows with empty x and y only register the image."""
+    x = _numeric_column(df, "x", path, what)
+    y = _numeric_column(df, "y", path, what)
+    conf = _numeric_column(df, "confidence", path, what) if "confidence" in df else np.full(len(df), np.nan)
+    half = np.isnan(x) != np.isnan(y)
+    if half.any():
+        line = int(np.flatnonzero(half)[0]) + 2
+        raise DataError(f"The {what} file {path} has only one of x and y on line {line}: "
+                        "give both or neither.")
+    xy, confidence = {}, {}
+    for name, rows in df.groupby("file_name", sort=False).indices.items():
+        rows = rows[~np.isnan(x[rows])]
+        xy[str(name)] = np.stack([x[rows], y[rows]], axis=1).reshape(-1, 2)
+        confidence[str(name)] = conf[rows]
+    return xy, confidence
 
-    Images are looked up in `nih_filtered_images/` then `lidc_png_16_bit/`;
-    sizes come from headers only, so building the index decodes no pixels.
+
+def read_ground_truth(path: str | Path) -> dict[str, np.ndarray]:
+    """`localization_labels.csv` as ``{file_name: (k, 2) array of x, y in original px}``.
+
+    One row per nodule; a row with empty x and y registers an image without one.
     """
+    df = read_table(path, ("file_name", "x", "y"), "ground-truth")
+    xy, _ = points_by_image(df, Path(path), "ground-truth")
+    return xy
 
-    def __init__(
-        self,
-        data_root: Path = DEFAULT_DATA_ROOT,
-        labels_csv: str = LABELS_CSV,
-        image_dirs: Sequence[str] = IMAGE_DIRS,
-    ):
-        self.data_root = Path(data_root)
-        self.image_dirs = tuple(image_dirs)
-        labels = load_localization_labels(self.data_root / labels_csv)
-        self.items = [
-            self._item(name, rows[["x", "y"]].to_numpy(dtype=float))
-            for name, rows in labels.groupby("file_name", sort=True)
-        ]
 
-    def _item(self, file_name: str, points_px: np.ndarray) -> LabelledImage:
-        path = self.find_image(file_name)
-        width_px, height_px = image_size(path)
-        return LabelledImage(file_name, path, width_px, height_px, points_px)
+# --- the labelled NoduLoCC localization set -----------------------------------
 
-    def find_image(self, file_name: str) -> Path:
-        for folder in self.image_dirs:
-            path = safe_join(self.data_root / folder, file_name)
-            if path.is_file():
-                return path
-        folders = " or ".join(str(self.data_root / d) for d in self.image_dirs)
+
+def load_localization_data(data_root: str | Path = DEFAULT_DATA_ROOT) -> pd.DataFrame:
+    """Every image of `classification_labels.csv` with its keypoints, one row each.
+
+    Columns: `file_name`; `path` (str, the image in `nih_filtered_images/`,
+    else `lidc_png_16_bit/`); `label` (1 Nodule, 0 No Finding); `lidc_id`
+    ('' for NIH images); `patient_id` (`nih:PPPPPPPP`, `lidc:<LIDC_ID>`, else
+    `file:<file_name>`: split on it, not on images); `points_px` ((k, 2) float
+    array of x, y in original pixels, (0, 2) without keypoints).
+
+    Rows follow the classification CSV, then images found only in
+    `localization_labels.csv`. An image with keypoints counts as Nodule, also
+    when the classification CSV says otherwise or lacks it. No image is opened:
+    sizes are left to whoever reads the pixels.
+    """
+    data_root = Path(data_root)
+    classification_csv, localization_csv = data_root / CLASSIFICATION_CSV, data_root / LOCALIZATION_CSV
+    for csv_path in (classification_csv, localization_csv):
+        if not csv_path.is_file():
+            raise DataError(f"labels file {csv_path} not found: put the NoduLoCC data under "
+                            f"{DEFAULT_DATA_ROOT} or pass the right data root.")
+    labels = read_table(classification_csv, ("file_name", "label"), "classification-labels",
+                        text_columns=("file_name", "label", "LIDC_ID"))
+    unknown = sorted(set(labels["label"].fillna("")) - set(LABEL_TO_INT))
+    if unknown:
+        raise DataError(f"labels file {classification_csv} has the label(s) {unknown[:3]}: "
+                        "use 'Nodule' or 'No Finding'.")
+    points = read_ground_truth(localization_csv)
+    listed = set(labels["file_name"])
+    extra = [name for name in points if name not in listed]
+    lidc_ids = labels["LIDC_ID"].fillna("") if "LIDC_ID" in labels else pd.Series([""] * len(labels))
+    frame = pd.DataFrame({
+        "file_name": [*labels["file_name"], *extra],
+        "label": [*labels["label"].map(LABEL_TO_INT), *[1] * len(extra)],
+        "lidc_id": [*lidc_ids, *[""] * len(extra)],
+    })
+    frame["points_px"] = pd.Series(
+        [points.get(name, np.zeros((0, 2))) for name in frame["file_name"]], index=frame.index, dtype=object
+    )
+    frame.loc[frame["points_px"].map(len) > 0, "label"] = 1
+    sources = [classification_csv] * len(labels) + [localization_csv] * len(extra)
+    frame["path"] = _find_images(data_root, list(frame["file_name"]), sources)
+    frame["patient_id"] = [patient_id(name, lidc) for name, lidc in zip(frame["file_name"], frame["lidc_id"])]
+    return frame[["file_name", "path", "label", "lidc_id", "patient_id", "points_px"]]
+
+
+def find_image(data_root: Path, file_name: str) -> Path | None:
+    """The image in `nih_filtered_images/`, else `lidc_png_16_bit/`; None if in neither."""
+    for folder in IMAGE_DIRS:
+        path = safe_join(data_root / folder, file_name)
+        if path.is_file():
+            return path
+    return None
+
+
+def _find_images(data_root: Path, names: list[str], sources: list[Path]) -> list[str]:
+    paths = [find_image(data_root, name) for name in names]
+    missing = [i for i, path in enumerate(paths) if path is None]
+    if missing:
+        first = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        folders = " or ".join(str(data_root / d) for d in IMAGE_DIRS)
         raise DataError(
-            f"image {file_name!r} from the labels is not in {folders}: check the data root."
+            f"image {names[first]!r} listed in {sources[first]}{more} is not in {folders}: "
+            "copy the images there, or pass the data root that holds them."
         )
+    return [str(path) for path in paths]
 
-    def __len__(self) -> int:
-        return len(self.items)
 
-    def __getitem__(self, index: int) -> LabelledImage:
-        return self.items[index]
+def patient_id(file_name: str, lidc_id: str = "") -> str:
+    """NIH `PPPPPPPP_FFF.png` -> `nih:PPPPPPPP`; an LIDC image -> `lidc:<LIDC_ID>`; else `file:<name>`."""
+    match = NIH_NAME.match(Path(file_name).name)
+    if match:
+        return f"nih:{match.group(1)}"
+    if lidc_id:
+        return f"lidc:{lidc_id}"
+    return f"file:{file_name}"
 
 
 # --- pre-processing ---------------------------------------------------------

@@ -4,13 +4,13 @@
         --output_dir outputs/localization --revision <commit SHA of StanfordAIMI/CheXagent-2-3b>
 
 The real model needs its own environment (transformers==4.40.0, see
-localization_task/requirements-chexagent2.txt); `--dry_run` swaps in a scripted
-test double and runs the same pipeline anywhere.
+localization_task/requirements-chexagent2.txt); `--backend scripted` swaps in a
+scripted test double and runs the same pipeline anywhere.
 
 Per image: read the size from the header, pre-process (grey, percentile clip,
 8-bit RGB) into a temporary PNG, ask the model, parse its boxes, keep the box
 centres in original pixels with confidence 1.0 (CheXagent-2 gives none).
-Writes, in --output_dir:
+Writes, in --output_dir (default outputs/localization):
   predictions.jsonl               one record per image; also the resume cache
   localization_test_results.csv   file_name,x,y,confidence (rebuilt from the
                                   JSONL, written atomically)
@@ -19,11 +19,8 @@ Rerunning the same command skips images already in predictions.jsonl.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
-import os
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -33,6 +30,7 @@ from typing import Literal
 from PIL import Image
 from tqdm import tqdm
 
+from localization_task import cli
 from localization_task.backends import (
     CHEXAGENT2_MODEL_ID,
     CHEXAGENT2_REVISION,
@@ -54,42 +52,49 @@ from localization_task.dataset import (
     load_preprocessed,
 )
 from localization_task.parsing import DEFAULT_LABELS
-from localization_task.run_files import run_info, write_json_atomic, write_text_atomic
+from localization_task.run_files import (
+    PREDICTIONS_JSONL,
+    RUN_CONFIG_JSON,
+    append_record,
+    check_resumable,
+    load_records,
+    write_run_config,
+    write_text_atomic,
+)
 
-PREDICTIONS_JSONL = "predictions.jsonl"
 RESULTS_CSV = "localization_test_results.csv"
-RUN_CONFIG_JSON = "run_config.json"
 ANY_LABEL = "*"
-CHOICES = {  # the Literal fields of InferenceConfig
-    "backend": ("chexagent2", "scripted"),
-    "unlabelled_boxes": ("keep", "drop"),
-    "device": ("auto", "cuda", "cpu"),
-}
 
 
 @dataclass
 class InferenceConfig:
-    input_dir: Path
-    output_dir: Path
-    backend: Literal["chexagent2", "scripted"] = "chexagent2"
-    model_id: str = CHEXAGENT2_MODEL_ID
-    revision: str | None = CHEXAGENT2_REVISION
-    prompt: str = DEFAULT_PROMPT
-    finding: str = DEFAULT_FINDING
-    labels: tuple[str, ...] = DEFAULT_LABELS
-    unlabelled_boxes: Literal["keep", "drop"] = "keep"
-    recursive: bool = False
-    clip_low_pct: float = DEFAULT_CLIP_LOW_PCT
-    clip_high_pct: float = DEFAULT_CLIP_HIGH_PCT
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    max_new_tokens: int = MAX_NEW_TOKENS
+    input_dir: Path = cli.required("folder of PNG/JPEG radiographs")
+    output_dir: Path = cli.arg(Path("outputs/localization"), "where the CSV, JSONL and run config go")
+    backend: Literal["chexagent2", "scripted"] = cli.arg(
+        "chexagent2", "who answers: the real model, or a scripted test double that needs no model"
+    )
+    model_id: str = cli.arg(CHEXAGENT2_MODEL_ID, "hub id of the real model")
+    revision: str | None = cli.arg(
+        CHEXAGENT2_REVISION, "full commit SHA of --model_id; the real backend requires it (remote code)"
+    )
+    prompt: str = cli.arg(DEFAULT_PROMPT, "question template, {finding} is filled in")
+    finding: str = cli.arg(DEFAULT_FINDING, "what the model is asked to locate")
+    labels: tuple[str, ...] = cli.arg(
+        DEFAULT_LABELS, f"box labels that count as a nodule, case-insensitive; '{ANY_LABEL}' accepts any"
+    )
+    unlabelled_boxes: Literal["keep", "drop"] = cli.arg(
+        "keep", "boxes without a <|ref|> label; the prompt asks for one finding, so they are kept"
+    )
+    recursive: bool = cli.arg(False, "also look in sub-folders of --input_dir")
+    clip_low_pct: float = cli.arg(DEFAULT_CLIP_LOW_PCT, "per-image lower clip percentile")
+    clip_high_pct: float = cli.arg(DEFAULT_CLIP_HIGH_PCT, "per-image upper clip percentile")
+    device: Literal["auto", "cuda", "cpu"] = cli.arg("auto", "where the real model runs")
+    max_new_tokens: int = cli.arg(MAX_NEW_TOKENS, "generation length limit")
 
     def __post_init__(self):
         self.input_dir, self.output_dir = Path(self.input_dir), Path(self.output_dir)
         self.labels = tuple(self.labels)
-        for name, choices in CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"--{name} must be one of {', '.join(choices)}.")
+        cli.check_choices(self)
         if not 0 <= self.clip_low_pct < self.clip_high_pct <= 100:
             raise ValueError("--clip_low_pct and --clip_high_pct need 0 <= low < high <= 100.")
         if self.max_new_tokens < 1:
@@ -132,57 +137,21 @@ def _is_commit_sha(revision: str) -> bool:
     return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision.lower())
 
 
+DESCRIPTION = f"""\
+Nodule keypoints on chest radiographs with CheXagent-2, zero-shot.
+Writes {RESULTS_CSV} and {PREDICTIONS_JSONL} (also the resume cache:
+rerun the same command to continue an interrupted run)."""
+
 HELP_EPILOG = f"""\
 The real model (--backend chexagent2, the default) runs ONLY in its own
 environment with transformers==4.40.0, which its remote code asserts:
   {SETUP_COMMANDS.replace(" && ", chr(10) + "  ")}
   .venv-chexagent2/bin/python localization_task/inference.py --input_dir DIR \\
       --output_dir DIR --revision <full commit SHA of {CHEXAGENT2_MODEL_ID}>
---dry_run needs no model and works in any environment: a scripted test double
-answers in CheXagent-2's format (arbitrary boxes) so the pipeline can be checked.
-Confidence is always 1.0: CheXagent-2 gives no score.
+--backend scripted needs no model and works in any environment: a scripted test
+double answers in CheXagent-2's format (arbitrary boxes) so the pipeline can be
+checked. Confidence is always 1.0: CheXagent-2 gives no score.
 """
-
-
-def parse_config(argv: list[str] | None) -> InferenceConfig:
-    parser = argparse.ArgumentParser(
-        description="Nodule keypoints on chest radiographs with CheXagent-2, zero-shot.\n"
-        f"Writes {RESULTS_CSV} and {PREDICTIONS_JSONL} (also the resume cache:\n"
-        "rerun the same command to continue an interrupted run).",
-        epilog=HELP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add, default = parser.add_argument, " (default: %(default)s)"
-    add("--input_dir", type=Path, required=True, help="folder of PNG/JPEG radiographs")
-    add("--output_dir", type=Path, required=True, help="where the CSV, JSONL and run config go")
-    add("--recursive", action="store_true", help="also look in sub-folders of --input_dir")
-    add("--backend", choices=CHOICES["backend"], default="chexagent2", help="who answers" + default)
-    add("--dry_run", action="store_true",
-        help="same as --backend scripted: no model, works in any environment")
-    add("--model_id", default=CHEXAGENT2_MODEL_ID, help="hub id of the real model" + default)
-    add("--revision", default=CHEXAGENT2_REVISION,
-        help="full commit SHA of --model_id; the real backend requires it (remote code)")
-    add("--prompt", default=DEFAULT_PROMPT,
-        help="question template, {finding} is filled in" + default)
-    add("--finding", default=DEFAULT_FINDING, help="what the model is asked to locate" + default)
-    add("--labels", nargs="+", default=list(DEFAULT_LABELS),
-        help=f"box labels that count as a nodule, case-insensitive; '{ANY_LABEL}' accepts any"
-        + default)
-    add("--unlabelled_boxes", choices=CHOICES["unlabelled_boxes"], default="keep",
-        help="boxes without a <|ref|> label; the prompt asks for one finding, so they are kept"
-        + default)
-    add("--clip_low_pct", type=float, default=DEFAULT_CLIP_LOW_PCT,
-        help="per-image lower clip percentile" + default)
-    add("--clip_high_pct", type=float, default=DEFAULT_CLIP_HIGH_PCT,
-        help="per-image upper clip percentile" + default)
-    add("--device", choices=CHOICES["device"], default="auto",
-        help="where the real model runs" + default)
-    add("--max_new_tokens", type=int, default=MAX_NEW_TOKENS,
-        help="generation length limit" + default)
-    args = vars(parser.parse_args(argv))
-    if args.pop("dry_run"):
-        args["backend"] = "scripted"
-    return InferenceConfig(**args)
 
 
 def find_input_images(config: InferenceConfig) -> list[Path]:
@@ -217,75 +186,7 @@ def build_localizer(config: InferenceConfig) -> Localizer:
     )
 
 
-# --- run files: resume cache, results CSV, run config -------------------------
-
-
-def append_record(path: Path, record: dict) -> None:
-    """One JSON line per image, flushed to disk at once: a crash loses at most
-    the image being written."""
-    with path.open("a", encoding="utf-8") as cache:
-        cache.write(json.dumps(record) + "\n")
-        cache.flush()
-        os.fsync(cache.fileno())
-
-
-def load_records(path: Path) -> dict[str, dict]:
-    """Records of predictions.jsonl by file name. An incomplete last line (a
-    crash mid-write) is cut off, so that image is predicted again."""
-    if not path.is_file():
-        return {}
-    raw = path.read_bytes()
-    complete, _, partial = raw.rpartition(b"\n")
-    if partial:
-        with path.open("r+b") as cache:
-            cache.truncate(len(raw) - len(partial))
-        print(f"ignored an incomplete last record in {path}; that image is redone", file=sys.stderr)
-    records = {}
-    for line_no, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if not _is_record(record):
-            raise DataError(
-                f"{path} line {line_no} is not a prediction record: "
-                "delete the file to start afresh."
-            )
-        records[record["file_name"]] = record  # a later record for the same image wins
-    return records
-
-
-def _is_record(record) -> bool:
-    return (
-        isinstance(record, dict)
-        and isinstance(record.get("file_name"), str)
-        and isinstance(record.get("points"), list)
-        and all(
-            isinstance(p, dict) and {"x", "y", "confidence"} <= p.keys() for p in record["points"]
-        )
-    )
-
-
-def check_resumable(output_dir: Path, records: dict, settings: dict) -> None:
-    """Refuse to mix cached predictions made with other settings."""
-    config_path = output_dir / RUN_CONFIG_JSON
-    if not records or not config_path.is_file():
-        return
-    not_ours = DataError(f"{config_path} is not a run config written by this tool: delete it, or use "
-                         "another --output_dir.")
-    try:
-        saved = json.loads(config_path.read_text())["prediction_settings"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise not_ours from None
-    if not isinstance(saved, dict):
-        raise not_ours
-    current = json.loads(json.dumps(settings))
-    changed = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
-    if changed:
-        raise DataError(
-            f"{output_dir} holds predictions made with a different {', '.join(changed)}: "
-            f"use another --output_dir, or delete {output_dir / PREDICTIONS_JSONL} to start again."
-        )
+# --- the results CSV ----------------------------------------------------------
 
 
 def write_results_csv(path: Path, records: dict[str, dict], names: list[str]) -> int:
@@ -303,15 +204,6 @@ def write_results_csv(path: Path, records: dict[str, dict], names: list[str]) ->
     writer.writerows(rows)
     write_text_atomic(path, text.getvalue())
     return len(rows)
-
-
-def write_run_config(path: Path, config: dict, settings: dict) -> None:
-    run = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
-        "prediction_settings": settings,
-        **run_info(),
-    }
-    write_json_atomic(path, run)
 
 
 # --- the run ------------------------------------------------------------------
@@ -354,8 +246,10 @@ def fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    config = cli.parse(InferenceConfig, DESCRIPTION, argv, HELP_EPILOG)
+    if config is None:
+        return 2
     try:
-        config = parse_config(argv)
         images = find_input_images(config)
         if config.output_dir.exists() and not config.output_dir.is_dir():
             raise DataError(f"--output_dir {config.output_dir} is a file: pass a folder for the results.")

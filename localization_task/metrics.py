@@ -1,7 +1,7 @@
 """Localization evaluation: threshold-aware Hungarian matching, count accuracy, FROC.
 
     python localization_task/metrics.py \\
-        --predictions outputs/chexagent2/predictions.jsonl \\
+        --predictions outputs/localization/predictions.jsonl \\
         --ground_truth data/nodulocc/localization_labels.csv \\
         --image_roots data/nodulocc/lidc_png_16_bit data/nodulocc/nih_filtered_images \\
         --output_dir outputs/localization_eval --overlay_dir outputs/localization_eval/overlays
@@ -28,18 +28,17 @@ ddof=0). NaN is written as null in ``eval_summary.json``.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from localization_task.eval_io import (
-    ImageFinder, InputError, image_size, read_ground_truth, read_image_list, read_predictions,
-)
+from localization_task import cli
+from localization_task.dataset import DataError, read_ground_truth
+from localization_task.eval_io import ImageFinder, lookup_image_size, read_image_list, read_predictions
 from localization_task.run_files import run_info, write_json_atomic, write_text_atomic
 
 DEFAULT_THRESHOLDS = {"tight": 0.02, "tolerant": 0.05}
@@ -187,20 +186,27 @@ def froc(gt_xy, pred_xy, pred_conf, threshold_px, fp_per_image=FROC_FP_PER_IMAGE
 
 @dataclass
 class EvalConfig:
-    predictions: str
-    ground_truth: str
-    image_roots: list[str] = field(default_factory=list)
-    output_dir: str = "outputs/localization_eval"
-    overlay_dir: str | None = None
-    thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
-    froc_threshold: str | None = None  # None: "tolerant" if present, else the largest threshold
-    pixel_spacing_mm: float | None = None
-    image_list: str | None = None
-    scan_image_roots: bool = False  # count every image under --image_roots (no GT, no prediction) as a negative
+    predictions: str = cli.required("localization_test_results.csv or predictions.jsonl")
+    ground_truth: str = cli.required("localization_labels.csv (file_name,x,y)")
+    image_roots: list[str] = cli.arg([], "folders holding the images", action="extend")
+    output_dir: str = cli.arg("outputs/localization_eval", "where eval_summary.json and per_image_metrics.csv go")
+    overlay_dir: str | None = cli.arg(None, "write PNG overlays of GT, predictions and matches here")
+    tight_frac: float | None = cli.arg(None, "tight threshold, fraction of diagonal (0.02)")
+    tolerant_frac: float | None = cli.arg(None, "tolerant threshold (0.05)")
+    # After __post_init__: {name: fraction of the diagonal}; on the command line NAME=FRAC pairs.
+    thresholds: dict[str, float] | None = cli.arg(
+        None, "named thresholds, e.g. tight=0.02 tolerant=0.05; replace --tight_frac/--tolerant_frac",
+        nargs="+", type=str, metavar="NAME=FRAC",
+    )
+    froc_threshold: str | None = cli.arg(None, "threshold name used for FROC (default tolerant, else the largest)")
+    pixel_spacing_mm: float | None = cli.arg(None, "also report radial errors in mm")
+    image_list: str | None = cli.arg(None, "text/CSV file of all evaluated file names")
+    scan_image_roots: bool = cli.arg(
+        False, "evaluate every image under --image_roots (no GT, no prediction: a negative)"
+    )
 
     def __post_init__(self):
-        if not self.thresholds:
-            raise ValueError("Give at least one threshold.")
+        self.thresholds = resolve_thresholds(self.thresholds, self.tight_frac, self.tolerant_frac)
         for name, frac in self.thresholds.items():
             if not name.isidentifier():
                 raise ValueError(f"Threshold name {name!r} must be a plain identifier such as tight.")
@@ -219,6 +225,20 @@ class EvalConfig:
                              "given with --image_roots.")
 
 
+def resolve_thresholds(thresholds: dict | list[str] | None, tight_frac: float | None,
+                       tolerant_frac: float | None) -> dict[str, float]:
+    """The evaluated thresholds: ``thresholds`` (a dict, or NAME=FRAC pairs), else tight/tolerant."""
+    if thresholds is not None and (tight_frac is not None or tolerant_frac is not None):
+        raise ValueError("Use either --thresholds or --tight_frac/--tolerant_frac, not both.")
+    if thresholds is None:
+        return {"tight": DEFAULT_THRESHOLDS["tight"] if tight_frac is None else tight_frac,
+                "tolerant": DEFAULT_THRESHOLDS["tolerant"] if tolerant_frac is None else tolerant_frac}
+    thresholds = parse_thresholds(thresholds) if isinstance(thresholds, list) else dict(thresholds)
+    if not thresholds:
+        raise ValueError("Give at least one threshold.")
+    return thresholds
+
+
 def parse_thresholds(items: list[str]) -> dict[str, float]:
     """``["tight=0.02", "tolerant=0.05"]`` -> ``{"tight": 0.02, "tolerant": 0.05}``."""
     out = {}
@@ -233,32 +253,6 @@ def parse_thresholds(items: list[str]) -> dict[str, float]:
                              f"got {item!r}.")
         out[name] = value
     return out
-
-
-def parse_args(argv: list[str] | None = None) -> EvalConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--predictions", required=True, help="localization_test_results.csv or predictions.jsonl")
-    p.add_argument("--ground_truth", required=True, help="localization_labels.csv (file_name,x,y)")
-    p.add_argument("--image_roots", nargs="+", action="extend", default=[], help="folders holding the images")
-    p.add_argument("--output_dir", default=EvalConfig.output_dir)
-    p.add_argument("--overlay_dir", default=None, help="write PNG overlays of GT, predictions and matches here")
-    p.add_argument("--tight_frac", type=float, default=None, help="tight threshold, fraction of diagonal (0.02)")
-    p.add_argument("--tolerant_frac", type=float, default=None, help="tolerant threshold (0.05)")
-    p.add_argument("--thresholds", nargs="+", default=None, metavar="NAME=FRAC", help="replaces tight/tolerant")
-    p.add_argument("--froc_threshold", default=None, help="threshold name used for FROC (default tolerant)")
-    p.add_argument("--pixel_spacing_mm", type=float, default=None, help="also report radial errors in mm")
-    p.add_argument("--image_list", default=None, help="text/CSV file of all evaluated file names")
-    p.add_argument("--scan_image_roots", action="store_true", help="evaluate every image under --image_roots")
-    args = vars(p.parse_args(argv))
-    tight, tolerant, items = args.pop("tight_frac"), args.pop("tolerant_frac"), args.pop("thresholds")
-    if items is not None and (tight is not None or tolerant is not None):
-        raise ValueError("Use either --thresholds or --tight_frac/--tolerant_frac, not both.")
-    if items is not None:
-        thresholds = parse_thresholds(items)
-    else:
-        thresholds = {"tight": DEFAULT_THRESHOLDS["tight"] if tight is None else tight,
-                      "tolerant": DEFAULT_THRESHOLDS["tolerant"] if tolerant is None else tolerant}
-    return EvalConfig(thresholds=thresholds, **args)
 
 
 @dataclass
@@ -291,7 +285,7 @@ def load_inputs(cfg: EvalConfig) -> EvalImages:
     sizes = np.full((len(names), 2), np.nan)
     for i, name in enumerate(names):
         if len(gt_xy[i]) or len(pred_xy[i]):
-            sizes[i] = image_size(name, preds.sizes, finder)
+            sizes[i] = lookup_image_size(name, preds.sizes, finder)
     return EvalImages(names, gt_xy, pred_xy, pred_conf, sizes[:, 0], sizes[:, 1], finder)
 
 
@@ -363,10 +357,12 @@ def format_table(results: dict, names: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    cfg = cli.parse(EvalConfig, __doc__.split("\n\n")[0], argv)
+    if cfg is None:
+        return 2
     try:
-        cfg = parse_args(argv)
         images = load_inputs(cfg)
-    except (ValueError, InputError) as err:
+    except ValueError as err:  # includes DataError
         print(f"error: {err}", file=sys.stderr)
         return 2
     results, matches = evaluate(images, cfg)
@@ -381,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             n = write_overlays(images, matches[cfg.froc_threshold], cfg.thresholds, cfg.overlay_dir,
                                cfg.froc_threshold)
-        except InputError as err:
+        except DataError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(f"wrote {n} overlays to {cfg.overlay_dir}")

@@ -14,21 +14,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from localization_task.eval_io import InputError
-from localization_task.run_files import atomic_output
+from localization_task.dataset import (
+    DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT, DataError, percentile_clip_to_uint8, to_grey_array,
+)
+from localization_task.run_files import write_png_atomic
 
 GT_COLOUR, PRED_COLOUR, MATCH_COLOUR = (0, 220, 0), (255, 40, 40), (255, 220, 0)
 RING_COLOURS = ((0, 200, 255), (160, 120, 255), (255, 255, 255))
 
 
-def to_display_uint8(image: Image.Image, low_pct: float = 0.5, high_pct: float = 99.5) -> Image.Image:
-    """Greyscale 8-bit image, linearly stretched between two intensity percentiles."""
-    if image.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
-        image = image.convert("L")
-    pixels = np.asarray(image, dtype=np.float64)
-    low, high = np.percentile(pixels, [low_pct, high_pct])
-    scaled = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
-    return Image.fromarray((np.clip(scaled, 0, 1) * 255).round().astype(np.uint8))
+def to_display_uint8(image: Image.Image, low_pct: float = DEFAULT_CLIP_LOW_PCT,
+                     high_pct: float = DEFAULT_CLIP_HIGH_PCT) -> Image.Image:
+    """Greyscale 8-bit image, linearly stretched between two intensity percentiles
+    (the same stretch the model input gets)."""
+    return Image.fromarray(percentile_clip_to_uint8(to_grey_array(image), low_pct, high_pct))
 
 
 def draw_overlay(image: Image.Image, gt_xy, pred_xy, pred_idx, gt_idx, radii_px: dict[str, float],
@@ -62,11 +61,6 @@ def draw_overlay(image: Image.Image, gt_xy, pred_xy, pred_idx, gt_idx, radii_px:
     return canvas
 
 
-def save_png_atomic(image: Image.Image, path: Path) -> None:
-    with atomic_output(path, suffix=".png") as tmp:
-        image.save(tmp, format="PNG")
-
-
 def write_overlays(images, matches: list[dict], thresholds_frac: dict[str, float], overlay_dir: str | Path,
                    match_name: str = "") -> int:
     """One overlay per image with any GT point or prediction; ``images`` is metrics.EvalImages,
@@ -77,8 +71,8 @@ def write_overlays(images, matches: list[dict], thresholds_frac: dict[str, float
             continue
         path = images.finder.find(name)
         if path is None:
-            raise InputError(f"The image {name} is not under --image_roots, so it cannot be drawn: "
-                             "pass the folder that holds it, or drop --overlay_dir.")
+            raise DataError(f"The image {name} is not under --image_roots, so it cannot be drawn: "
+                            "pass the folder that holds it, or drop --overlay_dir.")
         diag_px = float(np.hypot(images.width_px[i], images.height_px[i]))
         radii = {k: f * diag_px for k, f in thresholds_frac.items()}
         m = matches[i]
@@ -89,7 +83,7 @@ def write_overlays(images, matches: list[dict], thresholds_frac: dict[str, float
                 canvas = draw_overlay(im, images.gt_xy[i], images.pred_xy[i], m["pred_idx"], m["gt_idx"],
                                       radii, title)
         except OSError:
-            raise InputError(f"The image {path} cannot be read: replace the file or drop --overlay_dir.")
-        save_png_atomic(canvas, Path(overlay_dir) / (name.replace("/", "__").rsplit(".", 1)[0] + ".png"))
+            raise DataError(f"The image {path} cannot be read: replace the file or drop --overlay_dir.")
+        write_png_atomic(Path(overlay_dir) / (name.replace("/", "__").rsplit(".", 1)[0] + ".png"), canvas)
         written += 1
     return written

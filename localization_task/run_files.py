@@ -1,4 +1,12 @@
-"""Files a run writes: atomic text/JSON outputs and the run's provenance."""
+"""Files a run writes: atomic outputs, the run's provenance and the predictions cache.
+
+Every result file is replaced in one step (temp file beside it, then
+`os.replace`), so an interrupted run never leaves half a file. Beside the
+results, `run_config.json` holds the resolved config, package versions and
+git commit. `predictions.jsonl` holds one JSON record per image and is also
+the resume cache: records are appended and flushed one by one, and a rerun
+skips the images it already holds.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from localization_task.dataset import DataError
+
+PREDICTIONS_JSONL = "predictions.jsonl"
+RUN_CONFIG_JSON = "run_config.json"
 PACKAGES = ("numpy", "scipy", "pandas", "pillow", "torch", "transformers", "accelerate")
 
 
@@ -39,6 +52,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         out.write(text)
         out.flush()
         os.fsync(out.fileno())
+
+
+def write_png_atomic(path: str | Path, image) -> None:
+    """Save a Pillow image as PNG, replacing `path` in one step."""
+    with atomic_output(path, suffix=".png") as tmp:
+        image.save(tmp, format="PNG")
 
 
 def nan_to_none(obj):
@@ -76,3 +95,106 @@ def run_info() -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"git_commit": commit, "versions": versions}
+
+
+def write_run_config(path: Path, config: dict, settings: dict) -> None:
+    """The resolved config, what the cached predictions depend on, versions and commit."""
+    run = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
+        "prediction_settings": settings,
+        **run_info(),
+    }
+    write_json_atomic(path, run)
+
+
+# --- predictions.jsonl: one record per image, also the resume cache ------------
+
+
+class JsonLineError(ValueError):
+    """A line of a JSON Lines file that is not JSON (`line_no` counts from 1)."""
+
+    def __init__(self, line_no: int):
+        super().__init__(f"line {line_no} is not valid JSON")
+        self.line_no = line_no
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, decoded value) for each non-blank line of a JSON Lines file.
+
+    The one reader of predictions.jsonl: the evaluator and the resume cache
+    check the records each in their own way.
+    """
+    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError:
+            raise JsonLineError(line_no) from None
+
+
+def append_record(path: Path, record: dict) -> None:
+    """One JSON line per image, flushed to disk at once: a crash loses at most
+    the image being written."""
+    with path.open("a", encoding="utf-8") as cache:
+        cache.write(json.dumps(record) + "\n")
+        cache.flush()
+        os.fsync(cache.fileno())
+
+
+def load_records(path: Path) -> dict[str, dict]:
+    """Records of predictions.jsonl by file name; a later record for the same
+    image wins. An incomplete last line (a crash mid-write) is cut off, so
+    that image is predicted again."""
+    if not path.is_file():
+        return {}
+    raw = path.read_bytes()
+    partial = raw.rpartition(b"\n")[2]
+    if partial:
+        with path.open("r+b") as cache:
+            cache.truncate(len(raw) - len(partial))
+        print(f"ignored an incomplete last record in {path}; that image is redone", file=sys.stderr)
+    records = {}
+    try:
+        for line_no, record in iter_jsonl(path):
+            if not _is_record(record):
+                raise JsonLineError(line_no)
+            records[record["file_name"]] = record
+    except JsonLineError as error:
+        raise DataError(
+            f"{path} line {error.line_no} is not a prediction record: delete the file to start afresh."
+        ) from None
+    return records
+
+
+def _is_record(record) -> bool:
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("file_name"), str)
+        and isinstance(record.get("points"), list)
+        and all(
+            isinstance(p, dict) and {"x", "y", "confidence"} <= p.keys() for p in record["points"]
+        )
+    )
+
+
+def check_resumable(output_dir: Path, records: dict, settings: dict) -> None:
+    """Refuse to mix cached predictions made with other settings."""
+    config_path = output_dir / RUN_CONFIG_JSON
+    if not records or not config_path.is_file():
+        return
+    not_ours = DataError(f"{config_path} is not a run config written by this tool: delete it, or use "
+                         "another --output_dir.")
+    try:
+        saved = json.loads(config_path.read_text())["prediction_settings"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise not_ours from None
+    if not isinstance(saved, dict):
+        raise not_ours
+    current = json.loads(json.dumps(settings))
+    changed = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
+    if changed:
+        raise DataError(
+            f"{output_dir} holds predictions made with a different {', '.join(changed)}: "
+            f"use another --output_dir, or delete {output_dir / PREDICTIONS_JSONL} to start again."
+        )

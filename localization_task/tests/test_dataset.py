@@ -8,10 +8,10 @@ from PIL import Image, ImageFile
 
 from localization_task.dataset import (
     DataError,
-    NoduLoCCLocalization,
     discover_images,
     histogram_percentiles,
     image_size,
+    load_localization_data,
     percentile_clip_to_uint8,
     preprocess_image,
     safe_join,
@@ -152,45 +152,101 @@ def test_discover_images_sorted_and_optionally_recursive(tmp_path):
     assert deep == ["a.JPG", "b.png", "c.jpeg", "sub/d.png"]
 
 
-# --- the NoduLoCC localization loader ------------------------------------------
+# --- the labelled NoduLoCC localization set -----------------------------------
+
+CLASSIFICATION_CSV = (
+    "file_name,label,LIDC_ID\n"
+    "00000001_000.png,No Finding,\n"
+    "lidc_0001.png,Nodule,LIDC-IDRI-0001\n"
+    "00000001_001.png,Nodule,\n"
+    "other.png,No Finding,\n"
+)
+LOCALIZATION_CSV = "file_name,x,y\nlidc_0001.png,100,200\n00000001_001.png,10.5,20\nlidc_0001.png,300,400\n"
 
 
-def _data_root(tmp_path, csv_text):
+def _data_root(tmp_path, localization_csv=LOCALIZATION_CSV, classification_csv=CLASSIFICATION_CSV):
     (tmp_path / "nih_filtered_images").mkdir()
     (tmp_path / "lidc_png_16_bit").mkdir()
-    shutil.copy(NIH_8BIT, tmp_path / "nih_filtered_images" / "00000001_000.png")
-    shutil.copy(NODE21_16BIT, tmp_path / "lidc_png_16_bit" / "lidc_0001.png")
-    (tmp_path / "localization_labels.csv").write_text(csv_text)
+    for name in ("00000001_000.png", "00000001_001.png"):
+        shutil.copy(NIH_8BIT, tmp_path / "nih_filtered_images" / name)
+    for name in ("lidc_0001.png", "lidc_0002.png", "other.png"):
+        shutil.copy(NODE21_16BIT, tmp_path / "lidc_png_16_bit" / name)
+    (tmp_path / "classification_labels.csv").write_text(classification_csv)
+    (tmp_path / "localization_labels.csv").write_text(localization_csv)
     return tmp_path
 
 
-def test_loader_groups_points_and_reads_sizes(tmp_path):
-    csv_text = "file_name,x,y\nlidc_0001.png,100,200\n00000001_000.png,10.5,20\nlidc_0001.png,300,400\n"
-    data = NoduLoCCLocalization(_data_root(tmp_path, csv_text))
-    assert len(data) == 2
-    nih, lidc = data[0], data[1]
-    assert (nih.file_name, nih.width_px, nih.height_px) == ("00000001_000.png", 512, 512)
-    assert nih.path.parent.name == "nih_filtered_images"
-    np.testing.assert_array_equal(nih.points_px, [[10.5, 20.0]])
-    assert (lidc.width_px, lidc.height_px) == (1024, 1024)
-    np.testing.assert_array_equal(lidc.points_px, [[100.0, 200.0], [300.0, 400.0]])
+def test_loader_joins_labels_paths_and_points_per_image(tmp_path):
+    data = load_localization_data(_data_root(tmp_path))
+    assert list(data.columns) == ["file_name", "path", "label", "lidc_id", "patient_id", "points_px"]
+    assert data["file_name"].tolist() == ["00000001_000.png", "lidc_0001.png", "00000001_001.png", "other.png"]
+    assert data["label"].tolist() == [0, 1, 1, 0]
+    assert [Path(p).parent.name for p in data["path"]] == [
+        "nih_filtered_images", "lidc_png_16_bit", "nih_filtered_images", "lidc_png_16_bit"]
+    assert all(Path(p).is_file() for p in data["path"])
+    points = dict(zip(data["file_name"], data["points_px"]))
+    np.testing.assert_array_equal(points["lidc_0001.png"], [[100.0, 200.0], [300.0, 400.0]])
+    np.testing.assert_array_equal(points["00000001_001.png"], [[10.5, 20.0]])
+    for name in ("00000001_000.png", "other.png"):
+        assert points[name].shape == (0, 2) and points[name].dtype == np.float64
+
+
+def test_loader_patient_ids_group_nih_follow_ups_and_lidc_cases(tmp_path):
+    data = load_localization_data(_data_root(tmp_path))
+    assert data["lidc_id"].tolist() == ["", "LIDC-IDRI-0001", "", ""]
+    assert data["patient_id"].tolist() == ["nih:00000001", "lidc:LIDC-IDRI-0001", "nih:00000001", "file:other.png"]
+
+
+def test_keypoints_make_a_nodule_also_outside_the_classification_csv(tmp_path):
+    localization_csv = LOCALIZATION_CSV + "lidc_0002.png,5,6\nother.png,7,8\n"
+    data = load_localization_data(_data_root(tmp_path, localization_csv)).set_index("file_name")
+    assert data.index[-1] == "lidc_0002.png" and len(data) == 5
+    assert data.loc["lidc_0002.png", "label"] == 1 and data.loc["lidc_0002.png", "patient_id"] == "file:lidc_0002.png"
+    assert data.loc["other.png", "label"] == 1  # listed as No Finding, but it has a keypoint
+    np.testing.assert_array_equal(data.loc["lidc_0002.png", "points_px"], [[5.0, 6.0]])
+
+
+def test_loader_opens_no_image(tmp_path, monkeypatch):
+    root = _data_root(tmp_path)
+
+    def no_opening(*args, **kwargs):
+        raise AssertionError("an image was opened")
+
+    monkeypatch.setattr(Image, "open", no_opening)
+    assert len(load_localization_data(root)) == 4
 
 
 @pytest.mark.parametrize(
-    "csv_text, match",
+    "localization_csv, classification_csv, match",
     [
-        ("file_name,x,y\n../../secret.png,1,2\n", "escape"),
-        ("file_name,x,y\n/abs/path.png,1,2\n", "escape"),
-        ("file_name,x\nlidc_0001.png,1\n", "column"),
-        ("file_name,x,y\nlidc_0001.png,one,2\n", "non-numeric"),
-        ("file_name,x,y\nmissing.png,1,2\n", "is not in"),
+        ("file_name,x,y\n../../secret.png,1,2\n", CLASSIFICATION_CSV, "escape"),
+        (LOCALIZATION_CSV, CLASSIFICATION_CSV + "/abs/path.png,Nodule,\n", "escape"),
+        ("file_name,x\nlidc_0001.png,1\n", CLASSIFICATION_CSV, "column"),
+        ("file_name,x,y\nlidc_0001.png,one,2\n", CLASSIFICATION_CSV, "non-numeric"),
+        (LOCALIZATION_CSV, "file_name,LIDC_ID\nother.png,\n", "column"),
+        (LOCALIZATION_CSV, CLASSIFICATION_CSV + "x.png,Maybe,\n", "'Maybe'"),
     ],
 )
-def test_loader_rejects_bad_csvs_with_a_plain_message(tmp_path, csv_text, match):
+def test_loader_rejects_bad_csvs_with_a_plain_message(tmp_path, localization_csv, classification_csv, match):
     with pytest.raises(DataError, match=match):
-        NoduLoCCLocalization(_data_root(tmp_path, csv_text))
+        load_localization_data(_data_root(tmp_path, localization_csv, classification_csv))
 
 
-def test_loader_names_a_missing_labels_file(tmp_path):
-    with pytest.raises(DataError, match="localization_labels.csv"):
-        NoduLoCCLocalization(tmp_path)
+@pytest.mark.parametrize("csv_name", ["classification_labels.csv", "localization_labels.csv"])
+def test_a_missing_image_names_its_csv_and_the_fix(tmp_path, csv_name):
+    root = _data_root(tmp_path)
+    with (root / csv_name).open("a") as csv_file:
+        csv_file.write("missing.png,Nodule,\n" if csv_name.startswith("class") else "missing.png,1,2\n")
+    with pytest.raises(DataError) as error:
+        load_localization_data(root)
+    message = str(error.value)
+    assert "'missing.png'" in message and str(root / csv_name) in message
+    assert "copy the images there" in message and message.endswith(".") and "\n" not in message
+
+
+@pytest.mark.parametrize("csv_name", ["classification_labels.csv", "localization_labels.csv"])
+def test_loader_names_a_missing_labels_file(tmp_path, csv_name):
+    root = _data_root(tmp_path)
+    (root / csv_name).unlink()
+    with pytest.raises(DataError, match=f"{csv_name} not found: put the NoduLoCC data under"):
+        load_localization_data(root)

@@ -1,7 +1,7 @@
 """The inference command end to end, with the scripted test double.
 
 CheXagent-2 itself cannot be downloaded or run here (no hub access; its remote
-code needs transformers 4.40.0), so `--dry_run` swaps in `ScriptedBackend`,
+code needs transformers 4.40.0), so `--backend scripted` swaps in `ScriptedBackend`,
 which answers in the trained format and goes through the same parser,
 coordinate, cache and CSV code. The real backend is checked for its
 environment guard and, with fakes for the tokenizer and model, for the exact
@@ -23,7 +23,7 @@ from PIL import Image
 
 from localization_task import backends
 from localization_task.backends import CheXagent2Backend, ImageInput, ScriptedBackend
-from localization_task.inference import PREDICTIONS_JSONL, RESULTS_CSV, RUN_CONFIG_JSON, main
+from localization_task.inference import PREDICTIONS_JSONL, RESULTS_CSV, RUN_CONFIG_JSON, InferenceConfig, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data"
@@ -39,8 +39,8 @@ def _read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _dry_run(input_dir, output_dir, *extra):
-    return main(["--input_dir", str(input_dir), "--output_dir", str(output_dir), "--dry_run", *extra])
+def _scripted(input_dir, output_dir, *extra):
+    return main(["--input_dir", str(input_dir), "--output_dir", str(output_dir), "--backend", "scripted", *extra])
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_jpeg_and_odd_names_go_through(tmp_path):
     folder.mkdir()
     Image.open(DATA / "00000001_000.png").save(folder / "a, b.jpg", quality=90)  # comma in name
     Image.open(DATA / "00000001_000.png").crop((0, 0, 512, 300)).save(folder / "wide.JPEG")
-    assert _dry_run(folder, tmp_path / "out", "--labels", "*") == 0
+    assert _scripted(folder, tmp_path / "out", "--labels", "*") == 0
     records = _read_jsonl(tmp_path / "out" / PREDICTIONS_JSONL)
     assert [(r["file_name"], r["width"], r["height"]) for r in records] == [
         ("a, b.jpg", 512, 512),
@@ -70,7 +70,7 @@ def test_jpeg_and_odd_names_go_through(tmp_path):
     assert {row["file_name"] for row in rows} <= {"a, b.jpg", "wide.JPEG"}
 
 
-def test_dry_run_over_the_real_fixtures(tmp_path, capsys, monkeypatch):
+def test_scripted_backend_over_the_real_fixtures(tmp_path, capsys, monkeypatch):
     model_inputs = []
     real_generate = ScriptedBackend.generate
 
@@ -80,7 +80,7 @@ def test_dry_run_over_the_real_fixtures(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(ScriptedBackend, "generate", spy)
     out = tmp_path / "out"
-    assert _dry_run(DATA, out) == 0
+    assert _scripted(DATA, out) == 0
     assert len(model_inputs) == 3 and not any(path.exists() for path in model_inputs)
     sizes = {"00000001_000.png": (512, 512), "00027426_000.png": (512, 512), "node21_3_16bit.png": (1024, 1024)}
 
@@ -111,15 +111,15 @@ def test_dry_run_over_the_real_fixtures(tmp_path, capsys, monkeypatch):
 
 
 def test_recursive_names_are_posix_paths_relative_to_input_dir(many_images, tmp_path):
-    assert _dry_run(many_images, tmp_path / "flat") == 0
+    assert _scripted(many_images, tmp_path / "flat") == 0
     assert len(_read_jsonl(tmp_path / "flat" / PREDICTIONS_JSONL)) == 6
-    assert _dry_run(many_images, tmp_path / "deep", "--recursive") == 0
+    assert _scripted(many_images, tmp_path / "deep", "--recursive") == 0
     names = [r["file_name"] for r in _read_jsonl(tmp_path / "deep" / PREDICTIONS_JSONL)]
     assert names[-2:] == ["sub/img_6.png", "sub/img_7.png"]
 
 
 def test_resume_after_a_crash_gives_the_same_csv(many_images, tmp_path, monkeypatch):
-    assert _dry_run(many_images, tmp_path / "reference", "--recursive") == 0
+    assert _scripted(many_images, tmp_path / "reference", "--recursive") == 0
     expected = (tmp_path / "reference" / RESULTS_CSV).read_text()
 
     calls = []
@@ -134,7 +134,7 @@ def test_resume_after_a_crash_gives_the_same_csv(many_images, tmp_path, monkeypa
     monkeypatch.setattr(ScriptedBackend, "generate", crash_after_three)
     out = tmp_path / "resumed"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _dry_run(many_images, out, "--recursive")
+        _scripted(many_images, out, "--recursive")
     assert len(_read_jsonl(out / PREDICTIONS_JSONL)) == 3
     assert not (out / RESULTS_CSV).exists()
 
@@ -143,7 +143,7 @@ def test_resume_after_a_crash_gives_the_same_csv(many_images, tmp_path, monkeypa
     monkeypatch.setattr(
         ScriptedBackend, "generate", lambda self, item: seen.append(item.file_name) or real_generate(self, item)
     )
-    assert _dry_run(many_images, out, "--recursive") == 0
+    assert _scripted(many_images, out, "--recursive") == 0
     assert set(seen).isdisjoint(calls) and len(seen) == 5  # only the missing images
     assert (out / RESULTS_CSV).read_text() == expected
     assert len(_read_jsonl(out / PREDICTIONS_JSONL)) == 8
@@ -151,14 +151,14 @@ def test_resume_after_a_crash_gives_the_same_csv(many_images, tmp_path, monkeypa
 
 def test_truncated_last_record_is_ignored_and_redone(many_images, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _dry_run(many_images, out) == 0
+    assert _scripted(many_images, out) == 0
     expected = (out / RESULTS_CSV).read_text()
     jsonl = out / PREDICTIONS_JSONL
     text = jsonl.read_text()
     jsonl.write_text(text[: text.rstrip("\n").rfind("\n") + 1] + text.splitlines()[-1][:25])
     (out / RESULTS_CSV).unlink()
 
-    assert _dry_run(many_images, out) == 0
+    assert _scripted(many_images, out) == 0
     captured = capsys.readouterr()
     assert "incomplete last record" in captured.err
     assert "1 images predicted, 5 reused" in captured.out
@@ -168,15 +168,15 @@ def test_truncated_last_record_is_ignored_and_redone(many_images, tmp_path, caps
 
 def test_resume_refuses_other_settings(many_images, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _dry_run(many_images, out) == 0
-    assert _dry_run(many_images, out, "--finding", "mass") == 2
+    assert _scripted(many_images, out) == 0
+    assert _scripted(many_images, out, "--finding", "mass") == 2
     assert "different prompt" in capsys.readouterr().err
 
 
 def test_unreadable_images_are_skipped_and_counted(many_images, tmp_path, capsys):
     (many_images / "broken.png").write_bytes(b"not a png at all")
     out = tmp_path / "out"
-    assert _dry_run(many_images, out) == 0
+    assert _scripted(many_images, out) == 0
     captured = capsys.readouterr()
     assert "skipped unreadable image" in captured.err and "broken.png" in captured.err
     assert "1 skipped as unreadable" in captured.out
@@ -200,30 +200,47 @@ def _single_sentence_error(err):
 def test_bad_input_exits_2_with_one_sentence(tmp_path, capsys, setup, expected):
     input_dir = tmp_path / "missing_or_empty"
     setup(input_dir)
-    assert _dry_run(input_dir, tmp_path / "out") == 2
+    assert _scripted(input_dir, tmp_path / "out") == 2
     line = _single_sentence_error(capsys.readouterr().err)
     assert expected in line and str(input_dir) in line
 
 
+def test_output_dir_defaults_to_outputs_localization(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--input_dir", str(DATA), "--backend", "scripted"]) == 0
+    assert (tmp_path / "outputs" / "localization" / RESULTS_CSV).is_file()
+
+
+def test_input_dir_is_required_and_choices_come_from_the_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--backend", "scripted"])
+    assert exit_info.value.code == 2 and "--input_dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--input_dir", str(DATA), "--backend", "dry"])
+    assert "chexagent2" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--device must be one of auto, cuda, cpu"):
+        InferenceConfig(input_dir=DATA, device="tpu")
+
+
 def test_output_dir_that_is_a_file_exits_2(tmp_path, capsys):
     (tmp_path / "out").write_text("x")
-    assert _dry_run(DATA, tmp_path / "out") == 2
+    assert _scripted(DATA, tmp_path / "out") == 2
     assert "is a file" in _single_sentence_error(capsys.readouterr().err)
 
 
 def test_foreign_run_config_exits_2(tmp_path, capsys):
     out = tmp_path / "out"
-    assert _dry_run(DATA, out) == 0
+    assert _scripted(DATA, out) == 0
     (out / RUN_CONFIG_JSON).write_text("not json")
     capsys.readouterr()
-    assert _dry_run(DATA, out) == 2
+    assert _scripted(DATA, out) == 2
     assert "not a run config" in _single_sentence_error(capsys.readouterr().err)
 
 
 def test_no_readable_image_exits_2(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "bad.png").write_bytes(b"x")
-    assert _dry_run(tmp_path / "images", tmp_path / "out") == 2
+    assert _scripted(tmp_path / "images", tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "skipped unreadable image" in err
     assert err.splitlines()[-1] == (
@@ -240,23 +257,24 @@ def test_no_readable_image_exits_2(tmp_path, capsys):
     ],
 )
 def test_bad_settings_exit_2_with_one_sentence(tmp_path, capsys, extra, expected):
-    assert _dry_run(DATA, tmp_path / "out", *extra) == 2
+    assert _scripted(DATA, tmp_path / "out", *extra) == 2
     assert expected in _single_sentence_error(capsys.readouterr().err)
 
 
-def test_help_names_the_second_environment_and_dry_run(capsys):
+def test_help_names_the_second_environment_and_scripted(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for phrase in ("transformers==4.40.0", "requirements-chexagent2.txt", "--dry_run", "1.0"):
+    for phrase in ("transformers==4.40.0", "requirements-chexagent2.txt", "--backend scripted", "1.0"):
         assert phrase in text
 
 
 @pytest.mark.parametrize("how", [["localization_task/inference.py"], ["-m", "localization_task.inference"]])
 def test_runs_as_a_script_and_as_a_module(tmp_path, how):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, *how, "--input_dir", str(DATA), "--output_dir", str(tmp_path), "--dry_run"]
+    command = [sys.executable, *how, "--input_dir", str(DATA), "--output_dir", str(tmp_path),
+               "--backend", "scripted"]
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert len(_read_csv(tmp_path / RESULTS_CSV)) >= 1
@@ -271,7 +289,7 @@ def test_real_backend_in_the_main_environment_exits_2(tmp_path, capsys):
     assert code == 2
     line = _single_sentence_error(capsys.readouterr().err)
     assert "transformers==4.40.0" in line and transformers.__version__ in line
-    assert "localization_task/requirements-chexagent2.txt" in line and "--dry_run" in line
+    assert "localization_task/requirements-chexagent2.txt" in line and "--backend scripted" in line
     assert not (tmp_path / "out").exists()
 
 

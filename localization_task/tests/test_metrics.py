@@ -90,7 +90,8 @@ def test_empty_inputs_match_nothing():
 # --------------------------------------------------------- hand-computed metrics
 
 def test_seed_counts_reproduce_reported_scores():
-    """SPEC: 179 GT points; tight TP 10 FP 43 FN 169, tolerant TP 28 FP 25 FN 151."""
+    """The reference CheXagent-2 run: 179 GT points, 53 predictions; tight TP 10 FP 43 FN 169,
+    tolerant TP 28 FP 25 FN 151."""
     reported = [((10, 43, 169), (0.189, 0.056, 0.086)), ((28, 25, 151), (0.528, 0.156, 0.241))]
     for (tp, fp, fn), (p, r, f1) in reported:
         assert tp + fn == 179 and tp + fp == 53

@@ -102,6 +102,13 @@ def test_cli_jsonl_sizes_equal_confidences_and_custom_thresholds(case, capsys):
     assert s["froc"]["operating_point"] == pytest.approx({"fp_per_image": 2 / 3, "sensitivity": 2 / 3})
 
 
+def test_cli_tight_and_tolerant_fractions_replace_the_defaults_one_by_one(case):
+    assert run(case, "--image_roots", str(case / "images"), "--tolerant_frac", "0.1") == 0
+    s = summary(case)
+    assert (s["tight"]["threshold_frac"], s["tolerant"]["threshold_frac"]) == (0.02, 0.1)
+    assert s["config"]["thresholds"] == {"tight": 0.02, "tolerant": 0.1}
+
+
 def test_cli_writes_overlays_of_a_16_bit_image(case, capsys):
     pixels = (np.arange(300 * 400).reshape(400, 300) % 4000 + 500).astype(np.uint16)
     Image.fromarray(pixels).save(case / "images" / "a.png")
