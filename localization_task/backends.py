@@ -6,12 +6,14 @@ file of the original size, plus the original width and height) and returns an
 confidence) in original pixels. Any model that fits `Localizer.predict` plugs
 into `inference.py`.
 
-CheXagent-2 gives no confidence, so every keypoint it yields has confidence
-1.0 (`NO_CONFIDENCE`).
+A CheXagent-2 keypoint's confidence is the geometric mean probability of the
+tokens the model generated for its box; an answer without token probabilities
+gives every keypoint 1.0 (`NO_CONFIDENCE`).
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +26,8 @@ from localization_task.parsing import (
     box_centre_px,
     box_to_px,
     label_accepted,
-    parse_boxes,
+    parse_boxes_with_spans,
+    span_confidence,
 )
 
 CHEXAGENT2_MODEL_ID = "StanfordAIMI/CheXagent-2-3b"
@@ -51,7 +54,7 @@ DEFAULT_PROMPT = (
 )
 DEFAULT_FINDING = "nodule/mass"
 MAX_NEW_TOKENS = 512
-NO_CONFIDENCE = 1.0  # CheXagent-2 scores nothing; every keypoint gets 1.0
+NO_CONFIDENCE = 1.0  # for answers that come without token probabilities
 
 
 class BackendUnavailable(RuntimeError):
@@ -67,11 +70,27 @@ class ImageInput:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """A generated answer: its text as decoded tokens and each token's probability.
+
+    `"".join(pieces)` is the text; `probs` is None when the model gave none.
+    """
+
+    pieces: list[str]
+    probs: list[float] | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+@dataclass(frozen=True)
 class DetectedBox:
     label: str
     xyxy_pct: tuple[float, float, float, float]  # model units: % of width / height
     xyxy_px: tuple[float, float, float, float]  # original pixels
     kept: bool  # passed the label filter, so its centre is a keypoint
+    confidence: float  # geometric mean probability of the box's tokens (1.0 without them)
 
 
 @dataclass(frozen=True)
@@ -106,7 +125,7 @@ class Localizer(Protocol):
 
 
 def prediction_from_response(
-    response: str,
+    response: str | Answer,
     width_px: int,
     height_px: int,
     labels: Sequence[str] | None = DEFAULT_LABELS,
@@ -114,19 +133,29 @@ def prediction_from_response(
 ) -> ImagePrediction:
     """Raw grounding answer -> boxes and keypoints (box centres) in pixels.
 
-    A box repeated with identical coordinates yields one keypoint: the same
-    box cannot be two nodules.
+    Each box's confidence comes from the probabilities of its generated
+    tokens when the answer carries them. A box repeated with identical
+    coordinates yields one keypoint (the same box cannot be two nodules), with
+    the highest confidence among the repeats.
     """
-    prediction = ImagePrediction(response)
-    kept_boxes: set[tuple[float, float, float, float]] = set()
-    for label, xyxy_pct in parse_boxes(response):
+    answer = response if isinstance(response, Answer) else Answer([response])
+    prediction = ImagePrediction(answer.text)
+    kept_points: dict[tuple[float, float, float, float], int] = {}
+    for label, xyxy_pct, span in parse_boxes_with_spans(answer.text):
         kept = label_accepted(label, labels, keep_unlabelled)
+        confidence = NO_CONFIDENCE if answer.probs is None else span_confidence(answer.pieces, answer.probs, span)
         xyxy_px = box_to_px(xyxy_pct, width_px, height_px)
-        prediction.boxes.append(DetectedBox(label, xyxy_pct, xyxy_px, kept))
-        if kept and xyxy_pct not in kept_boxes:
-            kept_boxes.add(xyxy_pct)
-            x, y = box_centre_px(xyxy_pct, width_px, height_px)
-            prediction.points.append(Keypoint(x, y, NO_CONFIDENCE))
+        prediction.boxes.append(DetectedBox(label, xyxy_pct, xyxy_px, kept, confidence))
+        if not kept:
+            continue
+        if xyxy_pct in kept_points:
+            index = kept_points[xyxy_pct]
+            best = max(prediction.points[index].confidence, confidence)
+            prediction.points[index] = Keypoint(prediction.points[index].x, prediction.points[index].y, best)
+            continue
+        kept_points[xyxy_pct] = len(prediction.points)
+        x, y = box_centre_px(xyxy_pct, width_px, height_px)
+        prediction.points.append(Keypoint(x, y, confidence))
     return prediction
 
 
@@ -144,13 +173,13 @@ class GroundingBackend:
         self.labels = labels
         self.keep_unlabelled = keep_unlabelled
 
-    def generate(self, item: ImageInput) -> str:
+    def generate(self, item: ImageInput) -> Answer:
         raise NotImplementedError
 
     def predict(self, item: ImageInput) -> ImagePrediction:
-        response = self.generate(item)
+        answer = self.generate(item)
         return prediction_from_response(
-            response, item.width_px, item.height_px, self.labels, self.keep_unlabelled
+            answer, item.width_px, item.height_px, self.labels, self.keep_unlabelled
         )
 
 
@@ -236,7 +265,7 @@ class CheXagent2Backend(GroundingBackend):
             ) from None
         self.model = model.to(self.device).eval()
 
-    def generate(self, item: ImageInput) -> str:
+    def generate(self, item: ImageInput) -> Answer:
         import torch
 
         # The model opens the image itself, so it gets a file path.
@@ -257,9 +286,18 @@ class CheXagent2Backend(GroundingBackend):
                 top_p=1.0,
                 use_cache=True,
                 max_new_tokens=self.max_new_tokens,
+                output_scores=True,
+                return_dict_in_generate=True,
             )
-        # Keep special tokens: the <|ref|>/<|box|> tags are special tokens.
-        return self.tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=False)
+            # Log-probability of each chosen token under the softmax of its step's logits.
+            log_probs = self.model.compute_transition_scores(
+                output.sequences, output.scores, normalize_logits=True
+            )[0]
+        new_ids = output.sequences[0, input_ids.shape[1] :]
+        # Token by token, so each box's characters map back to its tokens; special
+        # tokens are kept because the <|ref|>/<|box|> tags are special tokens.
+        pieces = [self.tokenizer.decode(token[None], skip_special_tokens=False) for token in new_ids]
+        return Answer(pieces, log_probs.float().exp().tolist())
 
 
 # --- scripted test double -------------------------------------------------------
@@ -302,6 +340,18 @@ def scripted_response(file_name: str) -> str:
     return scripts[digest[0] % len(scripts)]
 
 
+# Special tags, numbers, or single other characters: roughly how a tokenizer cuts an answer.
+_PIECE = re.compile(r"<\|/?\w+\|>|</s>|\d+|\w+|.", re.DOTALL)
+
+
+def scripted_answer(file_name: str) -> Answer:
+    """`scripted_response` as token pieces, each with a probability fixed per file and position."""
+    pieces = _PIECE.findall(scripted_response(file_name))
+    seed = hashlib.sha256(f"probs:{file_name}".encode()).digest()
+    probs = [0.35 + 0.65 * seed[i % len(seed)] / 255 for i in range(len(pieces))]
+    return Answer(pieces, probs)
+
+
 class ScriptedBackend(GroundingBackend):
     """Test double standing in for CheXagent-2 (`--backend scripted`).
 
@@ -311,11 +361,12 @@ class ScriptedBackend(GroundingBackend):
     existing 8-bit RGB PNG of the original size), then returns a canned answer
     in the trained format, deterministic per file name (negative answers, one
     box, several boxes, other findings, unlabelled and swapped boxes, trailing
-    special tokens). That answer goes through the same parser and coordinate
-    code as a real one, so the whole command runs end to end. Its boxes are
-    arbitrary: they say nothing about the images.
+    special tokens), cut into token-like pieces with made-up token
+    probabilities. That answer goes through the same parser, confidence and
+    coordinate code as a real one, so the whole command runs end to end. Its
+    boxes and probabilities are arbitrary: they say nothing about the images.
     """
 
-    def generate(self, item: ImageInput) -> str:
+    def generate(self, item: ImageInput) -> Answer:
         check_model_input(item)
-        return scripted_response(item.file_name)
+        return scripted_answer(item.file_name)

@@ -15,6 +15,7 @@ tested on literal strings.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 
@@ -61,7 +62,12 @@ def parse_boxes(text: str) -> list[LabelledBox]:
       `</s>` or `<|endoftext|>` and free text are ignored, so a negative answer
       ("No nodule/mass detected.") gives [].
     """
-    boxes: list[LabelledBox] = []
+    return [(label, coords) for label, coords, _ in parse_boxes_with_spans(text)]
+
+
+def parse_boxes_with_spans(text: str) -> list[tuple[str, tuple[float, float, float, float], tuple[int, int]]]:
+    """`parse_boxes`, each box with the (start, end) character span of its `<|box|>` tag."""
+    boxes = []
     label = ""
     last_end = 0
     for match in _TAG.finditer(text):
@@ -73,8 +79,25 @@ def parse_boxes(text: str) -> list[LabelledBox]:
             continue
         coords = parse_box_body(match.group("box"))
         if coords is not None:
-            boxes.append((label, coords))
+            boxes.append((label, coords, match.span()))
     return boxes
+
+
+def span_confidence(pieces: list[str], probs: list[float], span: tuple[int, int]) -> float:
+    """Geometric mean probability of the generated tokens that overlap `span`.
+
+    `pieces` are the decoded tokens whose concatenation is the answer text, and
+    `probs` the probability the model gave each one when it chose it. A box the
+    model was unsure of (any coordinate token of low probability) scores low;
+    the geometric mean keeps boxes of different token counts comparable.
+    """
+    start, end = span
+    log_probs, offset = [], 0
+    for piece, prob in zip(pieces, probs):
+        if offset < end and offset + len(piece) > start:
+            log_probs.append(math.log(max(prob, 1e-12)))
+        offset += len(piece)
+    return math.exp(sum(log_probs) / len(log_probs)) if log_probs else 0.0
 
 
 def label_accepted(

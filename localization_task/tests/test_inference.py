@@ -9,11 +9,13 @@ calls it makes.
 """
 import csv
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -103,7 +105,9 @@ def test_scripted_backend_over_the_real_fixtures(tmp_path, capsys, monkeypatch):
     for row in rows:
         width, height = sizes[row["file_name"]]
         assert 0 <= float(row["x"]) <= width and 0 <= float(row["y"]) <= height
-        assert float(row["confidence"]) == 1.0
+        assert 0 < float(row["confidence"]) <= 1  # from the double's token probabilities
+    assert sorted(float(row["confidence"]) for row in rows) == pytest.approx(
+        sorted(p["confidence"] for r in records for p in r["points"]))
 
     run = json.loads((out / RUN_CONFIG_JSON).read_text())
     assert run["config"]["backend"] == "scripted" and "numpy" in run["versions"]
@@ -313,12 +317,17 @@ class _FakeTokenizer:
         self.calls["chat"] = (conversation, kwargs)
         return torch.tensor([[1, 2, 3]])
 
+    # Token ids 7, 8, 9 of the fake vocabulary decode to these pieces.
+    PIECES = {7: "<|ref|>Nodule/Mass<|/ref|>", 8: "<|box|>(10,20),(30,40)<|/box|>", 9: "<|endoftext|>"}
+
     def decode(self, ids, **kwargs):
-        self.calls["decode"] = (ids.tolist(), kwargs)
-        return "<|ref|>Nodule/Mass<|/ref|><|box|>(10,20),(30,40)<|/box|><|endoftext|>"
+        self.calls.setdefault("decode", []).append((ids.tolist(), kwargs))
+        return "".join(self.PIECES[i] for i in ids.tolist())
 
 
 class _FakeModel:
+    """Stands in for the remote-code model: generate() returns the reference's output structure."""
+
     @classmethod
     def from_pretrained(cls, model_id, **kwargs):
         _FakeTokenizer.calls["model"] = (model_id, kwargs)
@@ -332,7 +341,21 @@ class _FakeModel:
 
     def generate(self, input_ids, **kwargs):
         _FakeTokenizer.calls["generate"] = (input_ids.tolist(), kwargs)
-        return torch.tensor([[1, 2, 3, 7, 8, 9]])
+        # One step of logits per new token; the chosen token (7, 8, 9) has logit log(p) + c.
+        chosen_probs = [0.9, 0.4, 0.99]
+        scores = []
+        for token, prob in zip((7, 8, 9), chosen_probs):
+            logits = torch.full((1, 10), -1e9)
+            logits[0, token] = math.log(prob)
+            logits[0, 0] = math.log(1 - prob)  # the rest of the probability mass
+            scores.append(logits)
+        return types.SimpleNamespace(sequences=torch.tensor([[1, 2, 3, 7, 8, 9]]), scores=tuple(scores))
+
+    def compute_transition_scores(self, sequences, scores, normalize_logits=False):
+        # As in transformers: log-softmax of each step's scores, taken at the chosen token.
+        steps = torch.stack(scores, dim=1).log_softmax(-1) if normalize_logits else torch.stack(scores, dim=1)
+        chosen = sequences[:, -len(scores):]
+        return steps.gather(-1, chosen[..., None])[..., 0]
 
 
 @pytest.fixture
@@ -382,8 +405,12 @@ def test_real_backend_makes_the_reference_calls(fake_chexagent_env, tmp_path):
     assert kwargs == {"add_generation_prompt": True, "return_tensors": "pt"}
     _, kwargs = calls["generate"]
     assert kwargs["do_sample"] is False and kwargs["num_beams"] == 1 and kwargs["max_new_tokens"] == 512
-    assert calls["decode"] == ([7, 8, 9], {"skip_special_tokens": False})  # new tokens only
-    assert [(p.x, p.y, p.confidence) for p in prediction.points] == [(60.0, 60.0, 1.0)]
+    assert kwargs["output_scores"] is True and kwargs["return_dict_in_generate"] is True
+    # New tokens only, one at a time, special tokens kept.
+    assert calls["decode"] == [([t], {"skip_special_tokens": False}) for t in (7, 8, 9)]
+    # The box's confidence is the probability of its one token.
+    assert [(p.x, p.y) for p in prediction.points] == [(60.0, 60.0)]
+    assert prediction.points[0].confidence == pytest.approx(0.4)
 
 
 @pytest.mark.gpu

@@ -1,13 +1,17 @@
 """The CheXagent-2 answer parser and box -> pixel geometry, on literal strings."""
+import math
+
 import pytest
 
-from localization_task.backends import NO_CONFIDENCE, prediction_from_response
+from localization_task.backends import NO_CONFIDENCE, Answer, prediction_from_response
 from localization_task.parsing import (
     box_centre_px,
     box_to_px,
     label_accepted,
     parse_box_body,
     parse_boxes,
+    parse_boxes_with_spans,
+    span_confidence,
 )
 
 NODULE = "<|ref|>Nodule/Mass<|/ref|>"
@@ -140,3 +144,29 @@ def test_prediction_from_response_keeps_nodules_as_box_centres():
 def test_prediction_from_negative_answer_is_empty():
     prediction = prediction_from_response("No nodule/mass detected.", 512, 512)
     assert prediction.boxes == [] and prediction.points == []
+
+
+def test_box_spans_cover_their_box_tag():
+    text = f"{NODULE}<|box|>(10,20),(30,60)<|/box|>free text<|box|>(1,2),(3,4)<|/box|>"
+    spans = [span for _, _, span in parse_boxes_with_spans(text)]
+    assert [text[a:b] for a, b in spans] == ["<|box|>(10,20),(30,60)<|/box|>", "<|box|>(1,2),(3,4)<|/box|>"]
+    assert [(label, xyxy) for label, xyxy, _ in parse_boxes_with_spans(text)] == parse_boxes(text)
+
+
+def test_span_confidence_is_the_geometric_mean_of_overlapping_tokens():
+    pieces = ["<|box|>", "(", "10", ",", "20", ")", "<|/box|>", "tail"]
+    probs = [1.0, 1.0, 0.5, 1.0, 0.125, 1.0, 1.0, 0.01]
+    span = (0, sum(len(p) for p in pieces[:7]))
+    expected = math.exp((math.log(0.5) + math.log(0.125)) / 7)
+    assert span_confidence(pieces, probs, span) == pytest.approx(expected)
+    assert span_confidence(pieces, probs, (len("<|box|>("), len("<|box|>(10"))) == pytest.approx(0.5)
+    assert span_confidence(pieces, probs, (1000, 1010)) == 0.0  # no token there
+
+
+def test_prediction_confidence_comes_from_token_probabilities():
+    box = "<|box|>(10,20),(30,60)<|/box|>"
+    sure, unsure = Answer([NODULE, box], [0.9, 0.8]), Answer([NODULE, box], [0.9, 0.2])
+    assert prediction_from_response(sure, 100, 100).points[0].confidence == pytest.approx(0.8)
+    assert prediction_from_response(unsure, 100, 100).points[0].confidence == pytest.approx(0.2)
+    repeated = Answer([NODULE, box, box], [0.9, 0.3, 0.6])  # one keypoint, its best confidence
+    assert [p.confidence for p in prediction_from_response(repeated, 100, 100).points] == pytest.approx([0.6])
