@@ -9,7 +9,8 @@ scripted test double and runs the same pipeline anywhere.
 
 Per image: read the size from the header, pre-process (grey, percentile clip,
 8-bit RGB) into a temporary PNG, ask the model, parse its boxes, keep the box
-centres in original pixels with confidence 1.0 (CheXagent-2 gives none).
+centres in original pixels; each keypoint's confidence is the geometric mean
+probability of the tokens the model generated for its box.
 Writes, in --output_dir (default outputs/localization):
   predictions.jsonl               one record per image; also the resume cache
   localization_test_results.csv   file_name,x,y,confidence (rebuilt from the
@@ -150,7 +151,8 @@ environment with transformers==4.40.0, which its remote code asserts:
       --output_dir DIR --revision <full commit SHA of {CHEXAGENT2_MODEL_ID}>
 --backend scripted needs no model and works in any environment: a scripted test
 double answers in CheXagent-2's format (arbitrary boxes) so the pipeline can be
-checked. Confidence is always 1.0: CheXagent-2 gives no score.
+checked. A keypoint's confidence is the mean probability (geometric) of the
+tokens CheXagent-2 generated for its box.
 """
 
 

@@ -270,7 +270,7 @@ def test_help_names_the_second_environment_and_scripted(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for phrase in ("transformers==4.40.0", "requirements-chexagent2.txt", "--backend scripted", "1.0"):
+    for phrase in ("transformers==4.40.0", "requirements-chexagent2.txt", "--backend scripted", "probability"):
         assert phrase in text
 
 
