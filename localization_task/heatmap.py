@@ -1,0 +1,309 @@
+"""Heatmap geometry, training targets, losses and peak decoding for the keypoint localizer.
+
+Coordinates are pixel indices: pixel (i, j) has its centre at x = i, y = j and
+covers [i - 0.5, i + 0.5). Resizing by a factor s maps x to (x + 0.5) * s - 0.5,
+the half-pixel alignment that OpenCV's resize uses, so resized pixels and
+mapped coordinates agree.
+
+Three frames, one `Letterbox` per image to move between them:
+
+    original  the radiograph as read, width_px x height_px
+    input     the square model input of input_size_px: the original resized
+              keeping its aspect to fit, then padded with black at the bottom
+              and right, so the image keeps the top-left corner and the
+              padding never shifts a coordinate
+    heatmap   the model output, input_size_px // stride cells a side; one
+              cell spans input_size_px / heatmap_size input pixels (exactly
+              the stride when it divides the input size)
+
+Targets are CenterNet-style Gaussians (the nearest cell of each keypoint is
+exactly 1.0, every other cell is below 1), trained with the penalty-reduced
+focal loss; images with only an image label (nodule or not) are trained
+through the maximum of their heatmap. Decoding keeps local maxima, refines
+them to sub-cell precision and maps them back to original pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# The largest float32 below 1: every cell but a keypoint's own stays under it,
+# so `target >= 1` finds exactly one positive cell per keypoint.
+_BELOW_ONE = np.nextafter(np.float32(1.0), np.float32(0.0))
+_LOG_FLOOR = 1e-12  # keeps log() finite where a heatmap is exactly zero
+
+
+# --- geometry ---------------------------------------------------------------
+
+
+def heatmap_size(input_size_px: int, stride: int) -> int:
+    """Cells per side of the heatmap for a square input and an output stride."""
+    if input_size_px < stride or stride < 1:
+        raise ValueError(f"input size {input_size_px} px is too small for stride {stride}.")
+    return input_size_px // stride
+
+
+def _rescale(xy: np.ndarray, scale_xy) -> np.ndarray:
+    """Map pixel-index coordinates through a resize by `scale_xy` (half-pixel aligned)."""
+    return (np.asarray(xy, dtype=np.float64) + 0.5) * np.asarray(scale_xy, dtype=np.float64) - 0.5
+
+
+def input_to_heatmap(xy_in, input_size_px: int, stride: int) -> np.ndarray:
+    """Input pixels -> heatmap cells, with the exact scale heatmap_size / input_size_px."""
+    return _rescale(xy_in, heatmap_size(input_size_px, stride) / input_size_px)
+
+
+def heatmap_to_input(xy_hm, input_size_px: int, stride: int) -> np.ndarray:
+    """Heatmap cells -> input pixels (inverse of `input_to_heatmap`)."""
+    return _rescale(xy_hm, input_size_px / heatmap_size(input_size_px, stride))
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How one original image sits in the square model input (resized, padded bottom/right)."""
+
+    width_px: int
+    height_px: int
+    input_size_px: int
+    resized_width_px: int
+    resized_height_px: int
+
+    def __post_init__(self) -> None:
+        if min(self.width_px, self.height_px, self.resized_width_px, self.resized_height_px) < 1:
+            raise ValueError(f"image sizes must be positive, got {self}.")
+        if max(self.resized_width_px, self.resized_height_px) > self.input_size_px:
+            raise ValueError(f"the resized image does not fit the input of {self.input_size_px} px.")
+
+    @classmethod
+    def for_image(cls, width_px: int, height_px: int, input_size_px: int) -> Letterbox:
+        """The letterbox that fits a width_px x height_px image into input_size_px, aspect kept."""
+        scale = input_size_px / max(width_px, height_px)
+        return cls(
+            width_px=width_px,
+            height_px=height_px,
+            input_size_px=input_size_px,
+            resized_width_px=min(input_size_px, max(1, round(width_px * scale))),
+            resized_height_px=min(input_size_px, max(1, round(height_px * scale))),
+        )
+
+    @property
+    def scale_xy(self) -> np.ndarray:
+        # Per axis, because rounding the resized sizes makes the two scales differ slightly.
+        return np.array(
+            [self.resized_width_px / self.width_px, self.resized_height_px / self.height_px]
+        )
+
+    def to_input(self, xy_px) -> np.ndarray:
+        """Original pixels (..., 2) -> input pixels."""
+        return _rescale(xy_px, self.scale_xy)
+
+    def to_original(self, xy_in) -> np.ndarray:
+        """Input pixels (..., 2) -> original pixels."""
+        return _rescale(xy_in, 1.0 / self.scale_xy)
+
+    def to_heatmap(self, xy_px, stride: int) -> np.ndarray:
+        """Original pixels -> heatmap cells."""
+        return input_to_heatmap(self.to_input(xy_px), self.input_size_px, stride)
+
+    def from_heatmap(self, xy_hm, stride: int) -> np.ndarray:
+        """Heatmap cells -> original pixels."""
+        return self.to_original(heatmap_to_input(xy_hm, self.input_size_px, stride))
+
+    def in_image(self, xy_in) -> np.ndarray:
+        """Which input-pixel points (..., 2) fall on the resized image rather than the padding."""
+        xy_in = np.asarray(xy_in, dtype=np.float64)
+        size = np.array([self.resized_width_px, self.resized_height_px])
+        return np.all((xy_in >= -0.5) & (xy_in <= size - 0.5), axis=-1)
+
+
+def letterbox_image(grey_uint8: np.ndarray, box: Letterbox) -> np.ndarray:
+    """Resize a (height, width) grey image into the box's square input, black padding bottom/right."""
+    if grey_uint8.shape != (box.height_px, box.width_px):
+        raise ValueError(
+            f"image of shape {grey_uint8.shape} does not match the letterbox "
+            f"{box.width_px} x {box.height_px} px (width x height)."
+        )
+    size = (box.resized_width_px, box.resized_height_px)
+    shrinking = box.resized_width_px < box.width_px
+    # Area averaging when shrinking avoids aliasing the fine texture of a 2k radiograph.
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    resized = cv2.resize(grey_uint8, size, interpolation=interpolation)
+    canvas = np.zeros((box.input_size_px, box.input_size_px), dtype=grey_uint8.dtype)
+    canvas[: box.resized_height_px, : box.resized_width_px] = resized
+    return canvas
+
+
+# --- targets ----------------------------------------------------------------
+
+
+def sigma_hm_from_frac(sigma_frac: float, input_size_px: int, stride: int) -> float:
+    """Gaussian sigma in heatmap cells for a sigma given as a fraction of the input side."""
+    if sigma_frac <= 0:
+        raise ValueError(f"sigma_frac must be positive, got {sigma_frac}.")
+    return sigma_frac * heatmap_size(input_size_px, stride)
+
+
+def gaussian_heatmap(points_hm, size_hm: int | tuple[int, int], sigma_hm: float) -> np.ndarray:
+    """(H, W) float32 target in [0, 1]: the maximum of one Gaussian per keypoint.
+
+    Each Gaussian is centred on the sub-cell keypoint; the keypoint's nearest
+    cell is then set to exactly 1.0 and all others stay below 1, so a
+    keypoint always yields one positive cell for `focal_heatmap_loss`.
+    Keypoints outside the grid are ignored; no keypoints give all zeros.
+    """
+    height, width = (size_hm, size_hm) if isinstance(size_hm, int) else size_hm
+    if sigma_hm <= 0:
+        raise ValueError(f"sigma_hm must be positive, got {sigma_hm}.")
+    points = np.asarray(points_hm, dtype=np.float64).reshape(-1, 2)
+    cells = np.floor(points + 0.5).astype(np.int64)
+    inside = np.all((cells >= 0) & (cells < [width, height]), axis=1)
+    points, cells = points[inside], cells[inside]
+    target = np.zeros((height, width), dtype=np.float32)
+    if len(points) == 0:
+        return target
+    xs = np.arange(width)[None, None, :] - points[:, 0, None, None]
+    ys = np.arange(height)[None, :, None] - points[:, 1, None, None]
+    gaussians = np.exp(-(xs**2 + ys**2) / (2.0 * sigma_hm**2)).max(axis=0)
+    target[:] = np.minimum(gaussians, _BELOW_ONE)
+    target[cells[:, 1], cells[:, 0]] = 1.0
+    return target
+
+
+# --- losses -----------------------------------------------------------------
+
+
+def focal_heatmap_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
+) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss on sigmoid(logits), summed, per positive cell.
+
+    Positives are the cells where target == 1 (one per keypoint, see
+    `gaussian_heatmap`); the (1 - target)^beta factor forgives confident
+    predictions next to a keypoint. The sum is divided by the number of
+    positives in the batch, at least 1, so all-zero targets (negative images)
+    contribute their negative term only.
+    """
+    if logits.shape != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape.")
+    logits, target = logits.float(), target.float()
+    log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+    prob = log_p.exp()
+    positive = target >= 1.0
+    pos_term = (1.0 - prob) ** alpha * log_p
+    neg_term = (1.0 - target) ** beta * prob**alpha * log_not_p
+    loss_sum = -torch.where(positive, pos_term, neg_term).sum()
+    return loss_sum / positive.sum().clamp(min=1)
+
+
+def weak_image_loss(logits: torch.Tensor, image_labels: torch.Tensor) -> torch.Tensor:
+    """Multiple-instance loss: BCE of each image's maximum heatmap logit towards its image label.
+
+    For images with an image label but no keypoints: a nodule image (label 1)
+    must have some confident cell, a negative one (label 0) none. An empty
+    batch gives a zero that still carries the graph.
+    """
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    max_logits = logits.float().flatten(1).amax(dim=1)
+    labels = image_labels.to(max_logits).reshape(-1)
+    return F.binary_cross_entropy_with_logits(max_logits, labels)
+
+
+# --- decoding ---------------------------------------------------------------
+
+
+class Peak(NamedTuple):
+    x_hm: float
+    y_hm: float
+    confidence: float
+
+
+class Keypoint(NamedTuple):
+    x_px: float
+    y_px: float
+    confidence: float
+
+
+def _parabola_offset(left: float, centre: float, right: float) -> float:
+    """Sub-cell offset of a peak from three samples, by a parabola through their logs.
+
+    The log of a Gaussian is a parabola, so a Gaussian peak is recovered
+    exactly; anything flatter than a strict maximum stays at the cell.
+    """
+    log_l, log_c, log_r = np.log(np.maximum([left, centre, right], _LOG_FLOOR))
+    curvature = log_l - 2.0 * log_c + log_r
+    if curvature >= 0:
+        return 0.0
+    return float(np.clip(0.5 * (log_l - log_r) / curvature, -0.5, 0.5))
+
+
+def refine_peak(heatmap: np.ndarray, col: int, row: int) -> tuple[float, float]:
+    """Sub-cell (x, y) of the local maximum at (col, row) of a 2-D heatmap."""
+    height, width = heatmap.shape
+    x, y = float(col), float(row)
+    if 0 < col < width - 1:
+        x += _parabola_offset(*heatmap[row, col - 1 : col + 2])
+    if 0 < row < height - 1:
+        y += _parabola_offset(*heatmap[row - 1 : row + 2, col])
+    return x, y
+
+
+def _as_batch(heatmap_prob) -> torch.Tensor:
+    heatmaps = torch.as_tensor(heatmap_prob).detach().float().cpu()
+    if heatmaps.ndim == 2:
+        return heatmaps[None, None]
+    if heatmaps.ndim == 4 and heatmaps.shape[1] == 1:
+        return heatmaps
+    raise ValueError(f"expected a (B, 1, H, W) or (H, W) heatmap, got shape {tuple(heatmaps.shape)}.")
+
+
+def decode_peaks(
+    heatmap_prob, max_points: int = 5, min_confidence: float = 0.3, nms_kernel: int = 3
+) -> list[list[Peak]]:
+    """Peaks of probability heatmaps, one list per image, strongest first.
+
+    `heatmap_prob` is (B, 1, H, W) or one (H, W) map (then a one-item list is
+    returned). A peak is a cell equal to the maximum of its nms_kernel x
+    nms_kernel neighbourhood and at least `min_confidence`; its confidence is
+    its value and its position is refined to sub-cell precision.
+    """
+    if nms_kernel < 1 or nms_kernel % 2 == 0:
+        raise ValueError(f"nms_kernel must be a positive odd number, got {nms_kernel}.")
+    if max_points < 0:
+        raise ValueError(f"max_points must be at least 0, got {max_points}.")
+    heatmaps = _as_batch(heatmap_prob)
+    pooled = F.max_pool2d(heatmaps, nms_kernel, stride=1, padding=nms_kernel // 2)
+    is_peak = (heatmaps == pooled) & (heatmaps >= min_confidence)
+    results = []
+    for heatmap, peaks_mask in zip(heatmaps[:, 0].numpy(), is_peak[:, 0].numpy()):
+        rows, cols = np.nonzero(peaks_mask)
+        values = heatmap[rows, cols]
+        order = np.argsort(-values, kind="stable")[:max_points]
+        results.append(
+            [Peak(*refine_peak(heatmap, cols[i], rows[i]), float(values[i])) for i in order]
+        )
+    return results
+
+
+def peaks_to_original(peaks: list[Peak], box: Letterbox, stride: int) -> list[Keypoint]:
+    """Heatmap peaks of one image -> keypoints in its original pixels.
+
+    Peaks in the padding are dropped (they are not on the image); the others
+    are clipped to the image, as a border peak may refine a little past it.
+    """
+    if not peaks:
+        return []
+    xy_in = heatmap_to_input([(p.x_hm, p.y_hm) for p in peaks], box.input_size_px, stride)
+    keep = box.in_image(xy_in)
+    xy_px = box.to_original(xy_in)
+    xy_px = np.clip(xy_px, 0.0, [box.width_px - 1, box.height_px - 1])
+    return [
+        Keypoint(float(x), float(y), peak.confidence)
+        for (x, y), peak, kept in zip(xy_px, peaks, keep)
+        if kept
+    ]

@@ -1,0 +1,339 @@
+"""Heatmap keypoint localizer: a pretrained ViT encoder, a light upsampling head, one heatmap.
+
+    pixel_values (B, 3, S, S) -> encoder patch tokens (B, C, S/patch, S/patch)
+        -> 1x1 conv -> bilinear upsampling to S/stride -> 2 x (3x3 conv, GroupNorm, GELU)
+        -> 1x1 conv -> logits (B, 1, S/stride, S/stride)
+
+Encoders: a Dinov2 model (default `microsoft/rad-dino`, a ViT-B/14 trained on
+chest radiographs) or the SigLIP vision tower of a Gemma 3 checkpoint such as
+`google/medgemma-1.5-4b-it` (only `model.vision_tower` is kept; the language
+model and projector are discarded after loading). The encoder is frozen,
+adapted with LoRA on its attention projections, or fully trained.
+
+`HeatmapLocalizer` is a transformers `PreTrainedModel`: `save_pretrained`
+writes config.json and model.safetensors, and `from_pretrained` rebuilds the
+same structure (LoRA included) from the config alone, so no checkpoint is
+ever unpickled. Images are resized by `heatmap.letterbox_image`, never by an
+image processor; only the processor's mean and std are kept.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+from torch.nn import functional as F
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageTextToText,
+    Dinov2Config,
+    Dinov2Model,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+
+DEFAULT_ENCODER = "microsoft/rad-dino"
+ENCODER_MODES = ("frozen", "lora", "full")
+STRIDES = (4, 8)
+# The attention projections LoRA adapts, by encoder type (transformers 5 module names).
+LORA_TARGETS = {
+    "dinov2": ["attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"],
+    "siglip_vision_model": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"],
+}
+# sigmoid(-2.19) = 0.1: CenterNet's prior, so the untrained heatmap starts nearly empty
+# and the many negative cells do not swamp the first steps of the focal loss.
+PRIOR_LOGIT = -2.19
+
+
+class HeatmapLocalizerConfig(PretrainedConfig):
+    """Everything needed to rebuild a `HeatmapLocalizer`; thresholds tuned after training ride along."""
+
+    model_type = "heatmap_localizer"
+
+    encoder_config: dict | None = None  # the encoder's own config as a dict; None: Dinov2 ViT-B/14
+    input_size_px: int = 518
+    stride: int = 4
+    head_channels: int = 128
+    encoder_mode: str = "frozen"
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    image_mean: list[float] | None = None  # None: ImageNet's
+    image_std: list[float] | None = None
+    min_confidence_f1: float | None = None  # peak threshold that maximised F1 on validation
+    min_confidence_count: float | None = None  # peak threshold that maximised count accuracy
+
+    def __post_init__(self, **kwargs) -> None:
+        if self.encoder_config is None:
+            self.encoder_config = Dinov2Config().to_dict()
+        elif isinstance(self.encoder_config, PretrainedConfig):
+            self.encoder_config = self.encoder_config.to_dict()
+        self.image_mean = list(self.image_mean or IMAGENET_DEFAULT_MEAN)
+        self.image_std = list(self.image_std or IMAGENET_DEFAULT_STD)
+        self._validate()
+        super().__post_init__(**kwargs)
+
+    def _validate(self) -> None:
+        encoder_type = self.encoder_config.get("model_type")
+        if encoder_type not in LORA_TARGETS:
+            raise ValueError(f"encoder type {encoder_type!r} is not supported; use one of {sorted(LORA_TARGETS)}.")
+        if self.encoder_mode not in ENCODER_MODES:
+            raise ValueError(f"encoder_mode must be one of {ENCODER_MODES}, got {self.encoder_mode!r}.")
+        if self.stride not in STRIDES:
+            raise ValueError(f"stride must be one of {STRIDES}, got {self.stride}.")
+        if self.input_size_px < self.patch_size_px or self.input_size_px % self.patch_size_px:
+            raise ValueError(
+                f"input_size_px {self.input_size_px} must be a positive multiple of the encoder's "
+                f"patch size {self.patch_size_px}."
+            )
+        if self.head_channels < 1 or self.lora_r < 1:
+            raise ValueError("head_channels and lora_r must be positive.")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError("image_mean and image_std need three values each, std positive.")
+
+    @property
+    def patch_size_px(self) -> int:
+        patch = self.encoder_config["patch_size"]
+        return patch if isinstance(patch, int) else patch[0]
+
+    @property
+    def encoder_type(self) -> str:
+        return self.encoder_config["model_type"]
+
+
+class HeatmapHead(nn.Module):
+    """Patch features -> heatmap logits at a fixed output size."""
+
+    def __init__(self, in_channels: int, head_channels: int, size_hm: int) -> None:
+        super().__init__()
+        self.size_hm = size_hm
+        groups = math.gcd(head_channels, 8)
+        self.project = nn.Conv2d(in_channels, head_channels, kernel_size=1)
+        self.refine = nn.Sequential(
+            nn.Conv2d(head_channels, head_channels, kernel_size=3, padding=1),
+            nn.GroupNorm(groups, head_channels),
+            nn.GELU(),
+            nn.Conv2d(head_channels, head_channels, kernel_size=3, padding=1),
+            nn.GroupNorm(groups, head_channels),
+            nn.GELU(),
+        )
+        self.out = nn.Conv2d(head_channels, 1, kernel_size=1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        nn.init.constant_(self.out.bias, PRIOR_LOGIT)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.project(features)
+        x = F.interpolate(x, size=(self.size_hm, self.size_hm), mode="bilinear", align_corners=False)
+        return self.out(self.refine(x))
+
+
+def build_encoder(encoder_config: dict) -> PreTrainedModel:
+    """A random-init encoder from its config dict (weights come from a checkpoint afterwards)."""
+    settings = {k: v for k, v in encoder_config.items() if k not in ("model_type", "dtype")}
+    return AutoModel.from_config(AutoConfig.for_model(encoder_config["model_type"], **settings))
+
+
+class HeatmapLocalizer(PreTrainedModel):
+    """Encoder + heatmap head; `forward(pixel_values) -> logits (B, 1, S/stride, S/stride)`."""
+
+    config_class = HeatmapLocalizerConfig
+    base_model_prefix = "localizer"
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: HeatmapLocalizerConfig, encoder: PreTrainedModel | None = None) -> None:
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else build_encoder(config.encoder_config)
+        self.head = HeatmapHead(
+            in_channels=self.encoder.config.hidden_size,
+            head_channels=config.head_channels,
+            size_hm=config.input_size_px // config.stride,
+        )
+        self.post_init()
+        # LoRA after post_init: weight initialisation would otherwise overwrite
+        # the zero-initialised LoRA B matrices (and the adapter would not start as a no-op).
+        if config.encoder_mode == "lora":
+            lora = LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=LORA_TARGETS[config.encoder_type],
+            )
+            inject_adapter_in_model(lora, self.encoder)
+        self._set_trainable()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The encoder initialises itself; only the head is ours.
+        if isinstance(module, HeatmapHead):
+            module.reset_parameters()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> HeatmapLocalizer:
+        model = super().from_pretrained(*args, **kwargs)
+        # Loading materialises fresh parameters, all trainable: restore the mode's choice.
+        model._set_trainable()
+        return model
+
+    def _set_trainable(self) -> None:
+        mode = self.config.encoder_mode
+        for name, param in self.encoder.named_parameters():
+            param.requires_grad = mode == "full" or (mode == "lora" and "lora_" in name)
+        for param in self.head.parameters():
+            param.requires_grad = True
+
+    def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, C, S/patch, S/patch) from the encoder's last hidden state."""
+        grid = pixel_values.shape[-1] // self.config.patch_size_px
+        # SigLIP's position embeddings are for its trained size; Dinov2 interpolates by itself.
+        extra = {"interpolate_pos_encoding": True} if self.config.encoder_type == "siglip_vision_model" else {}
+        hidden = self.encoder(pixel_values=pixel_values, **extra).last_hidden_state
+        # Dinov2 prepends a CLS token (SigLIP none): the patch tokens are the last grid^2.
+        patches = hidden[:, -grid * grid :]
+        return patches.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[-1], grid, grid)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        size = self.config.input_size_px
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
+            raise ValueError(f"expected pixel_values of shape (B, 3, {size}, {size}), got {tuple(pixel_values.shape)}.")
+        # A frozen encoder needs no activations kept for backward: much less memory.
+        train_encoder = torch.is_grad_enabled() and self.config.encoder_mode != "frozen"
+        with torch.set_grad_enabled(train_encoder):
+            features = self.patch_features(pixel_values)
+        return self.head(features.to(self.head.out.weight.dtype))
+
+    @classmethod
+    def from_encoder(
+        cls,
+        encoder_id_or_path: str | Path = DEFAULT_ENCODER,
+        encoder_mode: str = "frozen",
+        input_size_px: int | None = None,
+        stride: int = 4,
+        head_channels: int = 128,
+        lora_r: int = 16,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        token: str | None = None,
+    ) -> HeatmapLocalizer:
+        """A new localizer on pretrained encoder weights; input size defaults to the encoder's own."""
+        encoder = load_pretrained_encoder(encoder_id_or_path, token=token)
+        image_mean, image_std = image_normalisation(encoder_id_or_path, token=token)
+        config = HeatmapLocalizerConfig(
+            encoder_config=encoder.config,
+            input_size_px=input_size_px or _image_size_px(encoder.config),
+            stride=stride,
+            head_channels=head_channels,
+            encoder_mode=encoder_mode,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            image_mean=image_mean,
+            image_std=image_std,
+        )
+        return cls(config, encoder=encoder)
+
+
+def _image_size_px(encoder_config) -> int:
+    size = encoder_config.image_size
+    return size if isinstance(size, int) else size[0]
+
+
+def _explained_load(what: str, encoder_id_or_path, load):
+    """Run `load()`, turning a missing or unreadable checkpoint into one plain sentence."""
+    try:
+        return load()
+    except OSError as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(
+            f"could not load the {what} of {str(encoder_id_or_path)!r} ({reason}); "
+            "check --encoder (a hub id or a local folder) and, for a gated model, HF_TOKEN."
+        ) from None
+
+
+def load_pretrained_encoder(encoder_id_or_path: str | Path, token: str | None = None) -> PreTrainedModel:
+    """The pretrained encoder of a Dinov2 checkpoint, or the vision tower of a Gemma 3 one, in float32."""
+    source = str(encoder_id_or_path)
+    config = _explained_load("config", source, lambda: AutoConfig.from_pretrained(source, token=token))
+    if config.model_type == "dinov2":
+        return _explained_load(
+            "weights", source, lambda: AutoModel.from_pretrained(source, dtype=torch.float32, token=token)
+        )
+    if config.model_type == "gemma3":
+        # The stored dtype (bf16 for MedGemma) keeps the soon-dropped language model small.
+        full = _explained_load(
+            "weights",
+            source,
+            lambda: AutoModelForImageTextToText.from_pretrained(source, dtype="auto", token=token),
+        )
+        tower = full.model.vision_tower
+        del full
+        return tower.to(torch.float32)
+    raise ValueError(
+        f"--encoder {source!r} is a {config.model_type!r} model; it must be a Dinov2 checkpoint "
+        f"(e.g. {DEFAULT_ENCODER}) or a Gemma 3 one (e.g. google/medgemma-1.5-4b-it)."
+    )
+
+
+def image_normalisation(encoder_id_or_path: str | Path, token: str | None = None) -> tuple[list, list]:
+    """(image_mean, image_std) from the checkpoint's image processor config; ImageNet's if it has none."""
+    try:
+        processor = AutoImageProcessor.from_pretrained(str(encoder_id_or_path), token=token)
+    except OSError:
+        return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
+    return [float(v) for v in processor.image_mean], [float(v) for v in processor.image_std]
+
+
+def pixel_values_from_grey(grey_uint8: np.ndarray, image_mean, image_std) -> torch.Tensor:
+    """Letterboxed grey uint8 images (S, S) or (B, S, S) -> normalised (B, 3, S, S) float32."""
+    images = torch.as_tensor(np.asarray(grey_uint8), dtype=torch.float32) / 255.0
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim != 3:
+        raise ValueError(f"expected (S, S) or (B, S, S) grey images, got shape {tuple(images.shape)}.")
+    mean = torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (images[:, None].expand(-1, 3, -1, -1) - mean) / std
+
+
+def build_tiny_dinov2(
+    folder: str | Path,
+    input_size_px: int = 56,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Save a tiny random-init Dinov2 (2 layers, 2 heads) and its image processor config.
+
+    Loading it with `HeatmapLocalizer.from_encoder(folder)` runs the same
+    `from_pretrained` path as the hub model, offline and in seconds. The mean
+    and std differ from ImageNet's so that reading them can be checked.
+    """
+    folder = Path(folder)
+    config = Dinov2Config(
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=input_size_px,
+        patch_size=patch_size,
+    )
+    torch.manual_seed(seed)
+    Dinov2Model(config).save_pretrained(folder)
+    BitImageProcessorPil(
+        size={"height": input_size_px, "width": input_size_px},
+        do_center_crop=False,
+        image_mean=[0.53, 0.53, 0.53],
+        image_std=[0.26, 0.26, 0.26],
+    ).save_pretrained(folder)
+    return folder
