@@ -361,9 +361,11 @@ class _FakeModel:
 @pytest.fixture
 def fake_chexagent_env(monkeypatch):
     _FakeTokenizer.calls = {}
-    monkeypatch.setattr(transformers, "__version__", "4.40.0")
-    monkeypatch.setattr(transformers, "AutoTokenizer", _FakeTokenizer)
-    monkeypatch.setattr(transformers, "AutoModelForCausalLM", _FakeModel)
+    # By dotted path: the first import of some transformers submodules replaces the
+    # `transformers` entry in sys.modules, and the backend imports whatever is there now.
+    monkeypatch.setattr("transformers.__version__", "4.40.0")
+    monkeypatch.setattr("transformers.AutoTokenizer", _FakeTokenizer)
+    monkeypatch.setattr("transformers.AutoModelForCausalLM", _FakeModel)
     return _FakeTokenizer.calls
 
 
