@@ -24,7 +24,7 @@ from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from torch.utils.data import Dataset
 
-from classification_task.atomic import atomic_output
+from classification_task.run_files import atomic_output
 
 LABELS_CSV = "classification_labels.csv"
 IMAGE_FOLDERS = ("nih_filtered_images", "lidc_png_16_bit")

@@ -8,7 +8,7 @@
 Writes, in --output_dir:
   classification_test_results.csv    file_name,label,confidence (confidence = p(nodule);
                                      label Nodule when confidence >= --threshold), written atomically
-  config.json                        resolved config, package versions, git commit
+  run_config.json                    resolved config, package versions, git commit
   unreadable_files.csv               file_name,error for files that could not be decoded (if any)
   .classification_partial.<key>.csv  the resume cache: file_name,confidence, one file per
                                      model/adapter/pre-processing, appended after every batch
@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from classification_task import cli
 from classification_task.dataset import INT_TO_LABEL, DataError, Preprocessing, load_image, safe_join
 from classification_task.model import MEDGEMMA_ID, load_processor, load_with_adapter
-from classification_task.run_info import write_csv_atomic, write_run_config
+from classification_task.run_files import write_csv_atomic, write_run_config
 from classification_task.scoring import PromptCollator, answer_logits, answer_token_ids, p_nodule_from_logits
 
 RESULTS_CSV = "classification_test_results.csv"

@@ -14,9 +14,7 @@ present, sensitivity without positives, specificity without negatives.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,7 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from classification_task.atomic import atomic_output
+from classification_task.run_files import write_json_atomic
 
 FLOAT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
                  "f1", "mcc", "roc_auc", "pr_auc", "brier")
@@ -249,34 +247,6 @@ def format_table(rows: dict[str, dict], ci: dict[str, dict] | None = None, digit
              for line in table]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
-
-
-def _jsonable(obj):
-    """Plain JSON types; NaN and infinities become null so strict parsers accept the file."""
-    if isinstance(obj, dict):
-        return {str(key): _jsonable(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(value) for value in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> Path:
-    """Write JSON through a temp file in the same folder, so readers never see half a file."""
-    path = Path(path)
-    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(_jsonable(obj), handle, indent=2, allow_nan=False)
-        handle.write("\n")
-    return path
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -166,7 +166,7 @@ def test_cli_on_real_radiographs(tiny_model_dir, tmp_path):
     assert frame["file_name"].tolist() == sorted(p.name for p in DATA_DIR.glob("*.png"))
     assert frame["confidence"].between(0, 1).all()
     assert (frame["label"] == np.where(frame["confidence"] >= 0.5, "Nodule", "No Finding")).all()
-    assert (out / "config.json").is_file()
+    assert (out / "run_config.json").is_file()
 
 
 def test_corrupt_file_is_skipped_and_counted(tiny_model_dir, tmp_path, capsys):
