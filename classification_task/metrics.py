@@ -13,7 +13,6 @@ present, sensitivity without positives, specificity without negatives.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from classification_task import cli
 from classification_task.run_files import write_json_atomic
 
 FLOAT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
@@ -258,12 +258,12 @@ class InputError(Exception):
 
 @dataclass
 class ScoreConfig:
-    labels: Path
-    predictions: Path
-    threshold: float = 0.5
-    bootstrap: int = 1000
-    seed: int = 0
-    json_path: Path | None = None
+    labels: Path = cli.arg(cli.REQUIRED, "classification_labels.csv (file_name,label,LIDC_ID)")
+    predictions: Path = cli.arg(cli.REQUIRED, "classification_test_results.csv (file_name,label,confidence)")
+    threshold: float = cli.arg(0.5, "predict Nodule when confidence >= threshold")
+    bootstrap: int = cli.arg(1000, "stratified bootstrap resamples for 95% intervals; 0 disables")
+    seed: int = cli.arg(0, "bootstrap seed")
+    json_path: Path | None = cli.arg(None, "also write metrics, intervals and counts to this JSON file", flag="json")
 
     def __post_init__(self):
         self.labels, self.predictions = Path(self.labels), Path(self.predictions)
@@ -351,25 +351,12 @@ def score_files(config: ScoreConfig) -> dict:
             "sensitivity_at_specificity": sensitivity_at_specificity(y, p)}
 
 
-def _parse_args(argv: list[str] | None) -> ScoreConfig:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--labels", type=Path, required=True,
-                        help="classification_labels.csv (file_name,label,LIDC_ID)")
-    parser.add_argument("--predictions", type=Path, required=True,
-                        help="classification_test_results.csv (file_name,label,confidence)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="predict Nodule when confidence >= threshold (default 0.5)")
-    parser.add_argument("--bootstrap", type=int, default=1000,
-                        help="stratified bootstrap resamples for 95%% intervals; 0 disables")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--json", dest="json_path", type=Path, default=None,
-                        help="also write metrics, intervals and counts to this JSON file")
-    return ScoreConfig(**vars(parser.parse_args(argv)))
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    config = cli.parse(ScoreConfig, __doc__, argv)
+    if config is None:
+        return 2
     try:
-        config = _parse_args(argv)
         result = score_files(config)
     except (ValueError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
