@@ -21,9 +21,9 @@ from classification_task.metrics import (
     select_thresholds,
     sensitivity_at_specificity,
 )
+from classification_task.model import score_dataset
 from classification_task.plots import save_all_plots
 from classification_task.run_files import write_csv_atomic, write_json_atomic
-from classification_task.scoring import score_dataset
 
 
 def score_split(model, processor, frame: pd.DataFrame, prep: Preprocessing, batch_size: int, desc: str,

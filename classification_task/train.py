@@ -24,9 +24,17 @@ from transformers.trainer_utils import get_last_checkpoint
 from classification_task import cli
 from classification_task.dataset import SPLITS, DataError, Preprocessing, RadiographDataset, load_labels, load_or_make_split
 from classification_task.evaluate import evaluate_run
-from classification_task.model import MEDGEMMA_ID, add_lora, load_base_model, load_processor, load_with_adapter, lora_config
+from classification_task.model import (
+    MEDGEMMA_ID,
+    PromptCollator,
+    add_lora,
+    answer_token_ids,
+    load_base_model,
+    load_processor,
+    load_with_adapter,
+    lora_config,
+)
 from classification_task.run_files import write_csv_atomic, write_run_config
-from classification_task.scoring import PromptCollator, answer_token_ids
 from classification_task.trainer import NoduleTrainer, compute_metrics
 
 METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "balanced_accuracy", "mcc", "loss")

@@ -8,8 +8,8 @@ from transformers import Trainer
 
 from classification_task.loss import answer_loss
 from classification_task.metrics import binary_metrics
+from classification_task.model import answer_logits, p_nodule_from_logits
 from classification_task.sampler import RotatingBalancedSampler
-from classification_task.scoring import answer_logits, p_nodule_from_logits
 
 
 class NoduleTrainer(Trainer):
