@@ -20,16 +20,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from classification_task import cli
+from classification_task.dataset import DataError, read_csv_table, read_labels_csv
 from classification_task.run_files import write_json_atomic
 
 FLOAT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
                  "f1", "mcc", "roc_auc", "pr_auc", "brier")
 COUNT_METRICS = ("tp", "tn", "fp", "fn")
-LABEL_VALUES = {"Nodule": 1, "No Finding": 0}
 
 
 def _check_inputs(labels: ArrayLike, p_nodule: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -252,10 +253,6 @@ def format_table(rows: dict[str, dict], ci: dict[str, dict] | None = None, digit
 # ----------------------------------------------------------------------------- CLI
 
 
-class InputError(Exception):
-    """A problem with a user's file; the message is one sentence naming the file and the fix."""
-
-
 @dataclass
 class ScoreConfig:
     labels: Path = cli.arg(cli.REQUIRED, "classification_labels.csv (file_name,label,LIDC_ID)")
@@ -274,49 +271,14 @@ class ScoreConfig:
             raise ValueError(f"--bootstrap must be 0 (off) or a number of resamples, got {self.bootstrap}.")
 
 
-def _read_csv(path: Path, columns: Sequence[str], flag: str):
-    import pandas as pd  # only the CLI needs pandas
-
-    if not path.is_file():
-        raise InputError(f"{path} does not exist; pass an existing CSV file with {flag}.")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path} could not be read as CSV ({exc.__class__.__name__}); "
-                         f"pass a comma-separated text file with {flag}.") from None
-    missing = [column for column in columns if column not in frame.columns]
-    if missing:
-        raise InputError(f"{path} lacks the column(s) {', '.join(missing)}; {flag} needs a CSV "
-                         f"with the columns {', '.join(columns)}.")
-    frame["file_name"] = frame["file_name"].str.strip()
-    duplicated = frame["file_name"][frame["file_name"].duplicated()]
-    if len(duplicated):
-        raise InputError(f"{path} lists {duplicated.iloc[0]} (and {len(duplicated) - 1} other "
-                         f"file names) more than once; keep one row per image.")
-    return frame.set_index("file_name")
-
-
-def load_labels(path: Path):
-    """`classification_labels.csv` (file_name,label,LIDC_ID) -> Series file_name -> 0/1."""
-    frame = _read_csv(path, ("file_name", "label"), "--labels")
-    labels = frame["label"].str.strip()
-    unknown = sorted(set(labels) - set(LABEL_VALUES))
-    if unknown:
-        raise InputError(f"{path} has unknown label values {unknown[:3]}; use only "
-                         f"'Nodule' or 'No Finding' in the label column.")
-    return labels.map(LABEL_VALUES).astype(int)
-
-
-def load_predictions(path: Path):
+def load_predictions(path: Path) -> pd.Series:
     """`classification_test_results.csv` (file_name,label,confidence) -> Series file_name -> p."""
-    import pandas as pd
-
-    frame = _read_csv(path, ("file_name", "confidence"), "--predictions")
-    confidence = pd.to_numeric(frame["confidence"], errors="coerce")
+    frame = read_csv_table(path, ("file_name", "confidence"), "pass an existing CSV file with --predictions")
+    confidence = pd.to_numeric(frame.set_index("file_name")["confidence"], errors="coerce")
     bad = confidence.index[~confidence.between(0.0, 1.0)]  # NaN from coercion fails too
     if len(bad):
-        raise InputError(f"{path} has a confidence outside [0, 1] or not a number (first at "
-                         f"{bad[0]}); write p(nodule) as a number between 0 and 1.")
+        raise DataError(f"{path} has a confidence outside [0, 1] or not a number (first at "
+                        f"{bad[0]}); write p(nodule) as a number between 0 and 1.")
     return confidence.astype(float)
 
 
@@ -334,12 +296,13 @@ def _match_base_names(predictions, labels):
 
 def score_files(config: ScoreConfig) -> dict:
     """Metrics, intervals and match counts for the files present in both CSVs."""
-    labels, predictions = load_labels(config.labels), load_predictions(config.predictions)
-    predictions = _match_base_names(predictions, labels)
+    labels = read_labels_csv(config.labels, "pass an existing CSV file with --labels")
+    labels = labels.set_index("file_name")["label"]
+    predictions = _match_base_names(load_predictions(config.predictions), labels)
     common = labels.index.intersection(predictions.index)
     if common.empty:
-        raise InputError(f"none of the file names in {config.predictions} appear in "
-                         f"{config.labels}; check that both files describe the same images.")
+        raise DataError(f"none of the file names in {config.predictions} appear in "
+                        f"{config.labels}; check that both files describe the same images.")
     y, p = labels.loc[common].to_numpy(), predictions.loc[common].to_numpy()
     counts = {"scored": int(common.size), "nodule": int(y.sum()), "no_finding": int((1 - y).sum()),
               "labelled_without_prediction": int(labels.index.difference(common).size),
@@ -358,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = score_files(config)
-    except (ValueError, InputError) as exc:
+    except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     counts = result["counts"]
