@@ -95,12 +95,10 @@ def load_base_model(model_id: str, quantization: Quantization = "nf4"):
         )
 
 
-def lora_config(rank: int = 16, alpha: int = 16, dropout: float = 0.05,
-                modules_to_save: list[str] | None = None) -> LoraConfig:
+def lora_config(rank: int = 16, alpha: int = 16, dropout: float = 0.05) -> LoraConfig:
     # The reference recipe trains no full modules. Never add lm_head/embed_tokens:
     # they are tied, and training them would make ~1.3 B parameters trainable.
     return LoraConfig(
-        modules_to_save=modules_to_save or None,
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
