@@ -223,8 +223,8 @@ def score_images(config: InferenceConfig, names: list[str], cache: PartialScores
     model, processor = load_model(config)
     images = FolderImages(config.input_dir, names, config.preprocessing)
     unreadable = []
-    for file_names, p_nodule, skipped in score_batches(model, processor, images, config.batch_size,
-                                                       config.num_workers):
+    batches = score_batches(model, processor, images, config.batch_size, config.num_workers)
+    for file_names, p_nodule, skipped in batches:
         if file_names:
             cache.append(file_names, p_nodule)
         unreadable += skipped

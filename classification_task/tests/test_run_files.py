@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classification_task.run_files import RUN_CONFIG_JSON, atomic_output, write_csv_atomic, write_json_atomic, write_run_config
+from classification_task.run_files import (
+    RUN_CONFIG_JSON,
+    atomic_output,
+    write_csv_atomic,
+    write_json_atomic,
+    write_run_config,
+)
 
 
 def test_write_json_atomic_writes_strict_json_with_nan_as_null(tmp_path):
