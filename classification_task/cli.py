@@ -10,14 +10,28 @@ import types
 import typing
 from typing import Any, Literal
 
+REQUIRED = dataclasses.MISSING  # as a default: the field has none, and the flag must be given
 
-def arg(default: Any, help: str, const: Any = None) -> Any:
-    """A dataclass field that is also a command-line flag `--NAME` with this help."""
-    return dataclasses.field(default=default, metadata={"help": help, "const": const})
+
+def arg(default: Any, help: str, const: Any = None, flag: str | None = None) -> Any:
+    """A dataclass field that is also a command-line flag `--NAME` with this help.
+
+    `default=REQUIRED` makes the flag mandatory; `flag` spells it other than the
+    field name (`--json` for `json_path`); `const` is the value of the flag given
+    without one.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "const": const, "flag": flag})
 
 
 def _flag_kwargs(field: dataclasses.Field, hint: Any) -> dict:
-    kwargs = {"default": field.default, "help": f"{field.metadata['help']} (default: {field.default})"}
+    required = field.default is REQUIRED
+    note = "required" if required else f"default: {field.default}"
+    # argparse %-formats help texts: a literal % must be doubled.
+    kwargs = {"help": f"{field.metadata['help']} ({note})".replace("%", "%%"), "dest": field.name}
+    if required:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = field.default
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
     if base is bool:
@@ -35,7 +49,8 @@ def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        parser.add_argument(f"--{field.name}", **_flag_kwargs(field, hints[field.name]))
+        flag = field.metadata.get("flag") or field.name
+        parser.add_argument(f"--{flag}", **_flag_kwargs(field, hints[field.name]))
     return parser
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -24,7 +25,7 @@ from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from torch.utils.data import Dataset
 
-from classification_task.atomic import atomic_output
+from classification_task.run_files import atomic_output
 
 LABELS_CSV = "classification_labels.csv"
 IMAGE_FOLDERS = ("nih_filtered_images", "lidc_png_16_bit")
@@ -63,19 +64,47 @@ def resolve_image_path(data_root: Path, file_name: str) -> Path | None:
     return None
 
 
+def read_csv_table(path: Path, columns: Sequence[str], if_missing: str) -> pd.DataFrame:
+    """A CSV as text with these columns and one row per stripped `file_name`.
+
+    Problems raise DataError naming `path`; `if_missing` says what to do when it does not exist.
+    """
+    if not path.is_file():
+        raise DataError(f"{path} not found; {if_missing}.")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path} could not be read as CSV ({exc.__class__.__name__}); "
+                        "save it as comma-separated text.") from None
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks the column(s) {', '.join(missing)}; it needs the columns {', '.join(columns)}.")
+    frame["file_name"] = frame["file_name"].str.strip()
+    duplicated = frame["file_name"][frame["file_name"].duplicated()]
+    if len(duplicated):
+        raise DataError(f"{path} lists {duplicated.iloc[0]} (and {len(duplicated) - 1} other "
+                        f"file names) more than once; keep one row per image.")
+    return frame
+
+
+def read_labels_csv(path: Path, if_missing: str) -> pd.DataFrame:
+    """`classification_labels.csv` alone, no image looked at: columns file_name, label (0/1), lidc_id."""
+    frame = read_csv_table(path, ("file_name", "label"), if_missing)
+    labels = frame["label"].str.strip()
+    unknown = sorted(set(labels) - set(LABEL_TO_INT))
+    if unknown:
+        raise DataError(f"{path} has unknown label values {unknown[:3]}; use only "
+                        f"'Nodule' or 'No Finding' in the label column.")
+    lidc_ids = frame["LIDC_ID"] if "LIDC_ID" in frame.columns else pd.Series([""] * len(frame))
+    return pd.DataFrame({"file_name": frame["file_name"], "label": labels.map(LABEL_TO_INT).astype(int),
+                         "lidc_id": lidc_ids.astype(str)})
+
+
 def load_labels(data_root: str | Path) -> pd.DataFrame:
-    """Read `classification_labels.csv`: columns file_name, label (0/1), lidc_id, path, patient_id."""
+    """`classification_labels.csv` with each image found: columns file_name, label (0/1), lidc_id, path, patient_id."""
     data_root = Path(data_root)
     csv_path = data_root / LABELS_CSV
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path} not found; point --data_root at the folder holding {LABELS_CSV}.")
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    missing = {"file_name", "label"} - set(frame.columns)
-    if missing:
-        raise DataError(f"{csv_path} lacks the column(s) {sorted(missing)}; expected file_name,label,LIDC_ID.")
-    unknown = sorted(set(frame["label"]) - set(LABEL_TO_INT))
-    if unknown:
-        raise DataError(f"{csv_path} has unknown label(s) {unknown[:3]}; use 'Nodule' or 'No Finding'.")
+    frame = read_labels_csv(csv_path, f"point --data_root at the folder holding {LABELS_CSV}")
     paths = [resolve_image_path(data_root, name) for name in frame["file_name"]]
     absent = [name for name, path in zip(frame["file_name"], paths) if path is None]
     if absent:
@@ -83,15 +112,9 @@ def load_labels(data_root: str | Path) -> pd.DataFrame:
             f"{len(absent)} image(s) listed in {csv_path} are missing from {data_root}/{{{','.join(IMAGE_FOLDERS)}}}, "
             f"e.g. {absent[0]!r}; copy the images there or remove those rows."
         )
-    lidc_ids = frame["LIDC_ID"] if "LIDC_ID" in frame.columns else pd.Series([""] * len(frame))
-    return pd.DataFrame(
-        {
-            "file_name": frame["file_name"],
-            "label": frame["label"].map(LABEL_TO_INT).astype(int),
-            "lidc_id": lidc_ids.fillna("").astype(str),
-            "path": [str(p) for p in paths],
-            "patient_id": [patient_id(n, l) for n, l in zip(frame["file_name"], lidc_ids)],
-        }
+    return frame.assign(
+        path=[str(p) for p in paths],
+        patient_id=[patient_id(n, l) for n, l in zip(frame["file_name"], frame["lidc_id"])],
     )
 
 

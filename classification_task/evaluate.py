@@ -20,11 +20,10 @@ from classification_task.metrics import (
     format_table,
     select_thresholds,
     sensitivity_at_specificity,
-    write_json_atomic,
 )
+from classification_task.model import score_dataset
 from classification_task.plots import save_all_plots
-from classification_task.run_info import write_csv_atomic
-from classification_task.scoring import score_dataset
+from classification_task.run_files import write_csv_atomic, write_json_atomic
 
 
 def score_split(model, processor, frame: pd.DataFrame, prep: Preprocessing, batch_size: int, desc: str,

@@ -8,7 +8,7 @@
 Writes, in --output_dir:
   classification_test_results.csv    file_name,label,confidence (confidence = p(nodule);
                                      label Nodule when confidence >= --threshold), written atomically
-  config.json                        resolved config, package versions, git commit
+  run_config.json                    resolved config, package versions, git commit
   unreadable_files.csv               file_name,error for files that could not be decoded (if any)
   .classification_partial.<key>.csv  the resume cache: file_name,confidence, one file per
                                      model/adapter/pre-processing, appended after every batch
@@ -30,15 +30,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from classification_task import cli
 from classification_task.dataset import INT_TO_LABEL, DataError, Preprocessing, load_image, safe_join
-from classification_task.model import MEDGEMMA_ID, load_processor, load_with_adapter
-from classification_task.run_info import write_csv_atomic, write_run_config
-from classification_task.scoring import PromptCollator, answer_logits, answer_token_ids, p_nodule_from_logits
+from classification_task.model import MEDGEMMA_ID, answer_token_ids, load_processor, load_with_adapter, score_batches
+from classification_task.run_files import write_csv_atomic, write_run_config
 
 RESULTS_CSV = "classification_test_results.csv"
 UNREADABLE_CSV = "unreadable_files.csv"
@@ -213,44 +210,24 @@ class FolderImages(Dataset):
         return {"file_name": name, "image": image}
 
 
-class SkippingCollator:
-    """PromptCollator over the readable images of a batch; the unreadable ones are passed on by name."""
-
-    def __init__(self, processor):
-        self.prompts = PromptCollator(processor)  # left padding
-
-    def __call__(self, items: list[dict]) -> dict:
-        readable = [item for item in items if item["image"] is not None]
-        return {
-            "inputs": self.prompts([{"image": item["image"]} for item in readable]) if readable else None,
-            "file_names": [item["file_name"] for item in readable],
-            "failed": [(item["file_name"], item["error"]) for item in items if item["image"] is None],
-        }
-
-
 def load_model(config: InferenceConfig):
-    """Processor and model (adapter applied, merged if asked); load failures raise DataError."""
+    """Model (adapter applied, merged if asked) and processor; load failures raise DataError."""
     processor = load_processor(config.model_id)
-    answer_ids = answer_token_ids(processor.tokenizer)  # fails early on a non-Gemma tokenizer
+    answer_token_ids(processor.tokenizer)  # fails early on a non-Gemma tokenizer
     model = load_with_adapter(config.model_id, config.adapter, config.quantization, config.merge_adapter)
-    return model, processor, answer_ids
+    return model, processor
 
 
-@torch.no_grad()
 def score_images(config: InferenceConfig, names: list[str], cache: PartialScores) -> list[tuple[str, str]]:
     """Score `names` batch by batch into `cache`; returns (file_name, error) of unreadable ones."""
-    model, processor, answer_ids = load_model(config)
-    loader = DataLoader(FolderImages(config.input_dir, names, config.preprocessing), batch_size=config.batch_size,
-                        collate_fn=SkippingCollator(processor), num_workers=config.num_workers)
-    device = next(model.parameters()).device
+    model, processor = load_model(config)
+    images = FolderImages(config.input_dir, names, config.preprocessing)
     unreadable = []
-    with tqdm(total=len(names), desc="scoring", unit="img") as progress:
-        for batch in loader:
-            unreadable += batch["failed"]
-            if batch["file_names"]:
-                inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
-                cache.append(batch["file_names"], p_nodule_from_logits(answer_logits(model, inputs, answer_ids).cpu()))
-            progress.update(len(batch["file_names"]) + len(batch["failed"]))
+    batches = score_batches(model, processor, images, config.batch_size, config.num_workers)
+    for file_names, p_nodule, skipped in batches:
+        if file_names:
+            cache.append(file_names, p_nodule)
+        unreadable += skipped
     return unreadable
 
 

@@ -13,25 +13,24 @@ present, sensitivity without positives, specificity without negatives.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from classification_task.atomic import atomic_output
+from classification_task import cli
+from classification_task.dataset import DataError, read_csv_table, read_labels_csv
+from classification_task.run_files import write_json_atomic
 
 FLOAT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
                  "f1", "mcc", "roc_auc", "pr_auc", "brier")
 COUNT_METRICS = ("tp", "tn", "fp", "fn")
-LABEL_VALUES = {"Nodule": 1, "No Finding": 0}
 
 
 def _check_inputs(labels: ArrayLike, p_nodule: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -251,49 +250,17 @@ def format_table(rows: dict[str, dict], ci: dict[str, dict] | None = None, digit
     return "\n".join(lines)
 
 
-def _jsonable(obj):
-    """Plain JSON types; NaN and infinities become null so strict parsers accept the file."""
-    if isinstance(obj, dict):
-        return {str(key): _jsonable(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(value) for value in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> Path:
-    """Write JSON through a temp file in the same folder, so readers never see half a file."""
-    path = Path(path)
-    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(_jsonable(obj), handle, indent=2, allow_nan=False)
-        handle.write("\n")
-    return path
-
-
 # ----------------------------------------------------------------------------- CLI
-
-
-class InputError(Exception):
-    """A problem with a user's file; the message is one sentence naming the file and the fix."""
 
 
 @dataclass
 class ScoreConfig:
-    labels: Path
-    predictions: Path
-    threshold: float = 0.5
-    bootstrap: int = 1000
-    seed: int = 0
-    json_path: Path | None = None
+    labels: Path = cli.arg(cli.REQUIRED, "classification_labels.csv (file_name,label,LIDC_ID)")
+    predictions: Path = cli.arg(cli.REQUIRED, "classification_test_results.csv (file_name,label,confidence)")
+    threshold: float = cli.arg(0.5, "predict Nodule when confidence >= threshold")
+    bootstrap: int = cli.arg(1000, "stratified bootstrap resamples for 95% intervals; 0 disables")
+    seed: int = cli.arg(0, "bootstrap seed")
+    json_path: Path | None = cli.arg(None, "also write metrics, intervals and counts to this JSON file", flag="json")
 
     def __post_init__(self):
         self.labels, self.predictions = Path(self.labels), Path(self.predictions)
@@ -304,49 +271,14 @@ class ScoreConfig:
             raise ValueError(f"--bootstrap must be 0 (off) or a number of resamples, got {self.bootstrap}.")
 
 
-def _read_csv(path: Path, columns: Sequence[str], flag: str):
-    import pandas as pd  # only the CLI needs pandas
-
-    if not path.is_file():
-        raise InputError(f"{path} does not exist; pass an existing CSV file with {flag}.")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path} could not be read as CSV ({exc.__class__.__name__}); "
-                         f"pass a comma-separated text file with {flag}.") from None
-    missing = [column for column in columns if column not in frame.columns]
-    if missing:
-        raise InputError(f"{path} lacks the column(s) {', '.join(missing)}; {flag} needs a CSV "
-                         f"with the columns {', '.join(columns)}.")
-    frame["file_name"] = frame["file_name"].str.strip()
-    duplicated = frame["file_name"][frame["file_name"].duplicated()]
-    if len(duplicated):
-        raise InputError(f"{path} lists {duplicated.iloc[0]} (and {len(duplicated) - 1} other "
-                         f"file names) more than once; keep one row per image.")
-    return frame.set_index("file_name")
-
-
-def load_labels(path: Path):
-    """`classification_labels.csv` (file_name,label,LIDC_ID) -> Series file_name -> 0/1."""
-    frame = _read_csv(path, ("file_name", "label"), "--labels")
-    labels = frame["label"].str.strip()
-    unknown = sorted(set(labels) - set(LABEL_VALUES))
-    if unknown:
-        raise InputError(f"{path} has unknown label values {unknown[:3]}; use only "
-                         f"'Nodule' or 'No Finding' in the label column.")
-    return labels.map(LABEL_VALUES).astype(int)
-
-
-def load_predictions(path: Path):
+def load_predictions(path: Path) -> pd.Series:
     """`classification_test_results.csv` (file_name,label,confidence) -> Series file_name -> p."""
-    import pandas as pd
-
-    frame = _read_csv(path, ("file_name", "confidence"), "--predictions")
-    confidence = pd.to_numeric(frame["confidence"], errors="coerce")
+    frame = read_csv_table(path, ("file_name", "confidence"), "pass an existing CSV file with --predictions")
+    confidence = pd.to_numeric(frame.set_index("file_name")["confidence"], errors="coerce")
     bad = confidence.index[~confidence.between(0.0, 1.0)]  # NaN from coercion fails too
     if len(bad):
-        raise InputError(f"{path} has a confidence outside [0, 1] or not a number (first at "
-                         f"{bad[0]}); write p(nodule) as a number between 0 and 1.")
+        raise DataError(f"{path} has a confidence outside [0, 1] or not a number (first at "
+                        f"{bad[0]}); write p(nodule) as a number between 0 and 1.")
     return confidence.astype(float)
 
 
@@ -364,12 +296,13 @@ def _match_base_names(predictions, labels):
 
 def score_files(config: ScoreConfig) -> dict:
     """Metrics, intervals and match counts for the files present in both CSVs."""
-    labels, predictions = load_labels(config.labels), load_predictions(config.predictions)
-    predictions = _match_base_names(predictions, labels)
+    labels = read_labels_csv(config.labels, "pass an existing CSV file with --labels")
+    labels = labels.set_index("file_name")["label"]
+    predictions = _match_base_names(load_predictions(config.predictions), labels)
     common = labels.index.intersection(predictions.index)
     if common.empty:
-        raise InputError(f"none of the file names in {config.predictions} appear in "
-                         f"{config.labels}; check that both files describe the same images.")
+        raise DataError(f"none of the file names in {config.predictions} appear in "
+                        f"{config.labels}; check that both files describe the same images.")
     y, p = labels.loc[common].to_numpy(), predictions.loc[common].to_numpy()
     counts = {"scored": int(common.size), "nodule": int(y.sum()), "no_finding": int((1 - y).sum()),
               "labelled_without_prediction": int(labels.index.difference(common).size),
@@ -381,27 +314,14 @@ def score_files(config: ScoreConfig) -> dict:
             "sensitivity_at_specificity": sensitivity_at_specificity(y, p)}
 
 
-def _parse_args(argv: list[str] | None) -> ScoreConfig:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--labels", type=Path, required=True,
-                        help="classification_labels.csv (file_name,label,LIDC_ID)")
-    parser.add_argument("--predictions", type=Path, required=True,
-                        help="classification_test_results.csv (file_name,label,confidence)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="predict Nodule when confidence >= threshold (default 0.5)")
-    parser.add_argument("--bootstrap", type=int, default=1000,
-                        help="stratified bootstrap resamples for 95%% intervals; 0 disables")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--json", dest="json_path", type=Path, default=None,
-                        help="also write metrics, intervals and counts to this JSON file")
-    return ScoreConfig(**vars(parser.parse_args(argv)))
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    config = cli.parse(ScoreConfig, __doc__, argv)
+    if config is None:
+        return 2
     try:
-        config = _parse_args(argv)
         result = score_files(config)
-    except (ValueError, InputError) as exc:
+    except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     counts = result["counts"]

@@ -1,20 +1,40 @@
-"""Loading MedGemma (or any Gemma 3 checkpoint) with QLoRA or plain LoRA adapters."""
+"""The classifier: MedGemma (or any Gemma 3 checkpoint) with QLoRA or plain LoRA adapters.
+
+MedGemma is asked a fixed multiple-choice question about the radiograph and
+would answer with one letter. Instead of generating, we read the logits of the
+two answer letters at the answer position (the last prompt token, right after
+`<start_of_turn>model\n`): p(nodule) = softmax over those two logits.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
+import numpy as np
 import torch
 from dotenv import load_dotenv
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
 from classification_task.dataset import DataError
 
 MEDGEMMA_ID = "google/medgemma-1.5-4b-it"
 Quantization = Literal["nf4", "none"]
+QUESTION = (
+    "Look at this chest X-ray. Is there a lung nodule?\n"
+    "A: no nodule\n"
+    "B: lung nodule\n"
+    "Answer with a single letter."
+)
+ANSWER_LETTERS = ("A", "B")  # index 0 = healthy, index 1 = nodule
+
+
+# ----------------------------------------------------------------------------- loading
 
 
 def hub_token() -> str | None:
@@ -75,12 +95,10 @@ def load_base_model(model_id: str, quantization: Quantization = "nf4"):
         )
 
 
-def lora_config(rank: int = 16, alpha: int = 16, dropout: float = 0.05,
-                modules_to_save: list[str] | None = None) -> LoraConfig:
+def lora_config(rank: int = 16, alpha: int = 16, dropout: float = 0.05) -> LoraConfig:
     # The reference recipe trains no full modules. Never add lm_head/embed_tokens:
     # they are tied, and training them would make ~1.3 B parameters trainable.
     return LoraConfig(
-        modules_to_save=modules_to_save or None,
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
@@ -105,3 +123,130 @@ def load_with_adapter(model_id: str, adapter: str | None, quantization: Quantiza
         if merge:
             model = model.merge_and_unload()
     return model.eval()
+
+
+# ----------------------------------------------------------------------------- prompt and answer
+
+
+def answer_token_ids(tokenizer) -> list[int]:
+    """Token ids of the two answer letters; each must be one token of its own."""
+    ids = []
+    for letter in ANSWER_LETTERS:
+        pieces = tokenizer.encode(letter, add_special_tokens=False)
+        if len(pieces) != 1:
+            raise ValueError(
+                f"answer letter {letter!r} is {len(pieces)} tokens in this tokenizer; "
+                "the classifier needs single-token answers, so use a Gemma 3 tokenizer."
+            )
+        ids.append(pieces[0])
+    return ids
+
+
+def prompt_text(processor) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+class PromptCollator:
+    """Turns [{"image", "label"?}] into model inputs: one prompt per image, plus labels."""
+
+    def __init__(self, processor, padding_side: str = "left"):
+        self.processor = processor
+        self.text = prompt_text(processor)
+        self.padding_side = padding_side
+
+    def __call__(self, examples: list[dict]) -> dict:
+        self.processor.tokenizer.padding_side = self.padding_side
+        batch = self.processor(
+            text=[self.text] * len(examples),
+            images=[[example["image"]] for example in examples],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,  # the chat template already starts with <bos>
+        )
+        if "label" in examples[0]:
+            batch["labels"] = torch.tensor([example["label"] for example in examples], dtype=torch.long)
+        return dict(batch)
+
+
+def answer_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row, for left or right padding."""
+    seq_len = attention_mask.shape[1]
+    return seq_len - 1 - attention_mask.flip(dims=[1]).long().argmax(dim=1)
+
+
+def model_dtype(model) -> torch.dtype:
+    """The dtype images must have: that of the vision tower's patch embedding."""
+    for name, param in model.named_parameters():
+        if "patch_embedding" in name:
+            return param.dtype
+    return torch.float32
+
+
+def answer_logits(model, inputs: dict, answer_ids: list[int]) -> torch.Tensor:
+    """Logits of the two answer letters at the answer position: shape (batch, 2).
+
+    `logits_to_keep` with one position per row makes the LM head project a
+    single hidden state per image, never batch x sequence x vocabulary.
+    """
+    inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    inputs["pixel_values"] = inputs["pixel_values"].to(model_dtype(model))
+    positions = answer_positions(inputs["attention_mask"])
+    outputs = model(**inputs, logits_to_keep=positions[:, None], use_cache=False)
+    return outputs.logits[:, 0, answer_ids]
+
+
+def p_nodule_from_logits(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    logits = torch.as_tensor(logits).float()
+    return torch.softmax(logits, dim=-1)[:, 1].numpy()
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+class ScoringCollator:
+    """PromptCollator over the readable images of a batch; unreadable ones are passed on as skipped.
+
+    Items are dicts with an `image` (PIL image, or None when it could not be read,
+    then with an `error`) and optionally a `file_name`.
+    """
+
+    def __init__(self, processor):
+        self.prompts = PromptCollator(processor)  # left padding
+
+    def __call__(self, items: list[dict]) -> dict:
+        readable = [item for item in items if item["image"] is not None]
+        return {
+            "inputs": self.prompts([{"image": item["image"]} for item in readable]) if readable else None,
+            "file_names": [item.get("file_name") for item in readable],
+            "skipped": [(item["file_name"], item["error"]) for item in items if item["image"] is None],
+        }
+
+
+@torch.no_grad()
+def score_batches(
+    model, processor, dataset: Dataset, batch_size: int = 4, num_workers: int = 0, desc: str = "scoring"
+) -> Iterator[tuple[list, np.ndarray, list[tuple[str, str]]]]:
+    """Per batch of `dataset`, in order: (file_names, p_nodule, skipped (file_name, error) pairs)."""
+    model.eval()
+    answer_ids = answer_token_ids(processor.tokenizer)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=ScoringCollator(processor),
+                        num_workers=num_workers)
+    device = next(model.parameters()).device
+    with tqdm(total=len(dataset), desc=desc, unit="img") as progress:
+        for batch in loader:
+            p_nodule = np.zeros(0)
+            if batch["inputs"] is not None:
+                inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
+                p_nodule = p_nodule_from_logits(answer_logits(model, inputs, answer_ids).cpu())
+            progress.update(len(batch["file_names"]) + len(batch["skipped"]))
+            yield batch["file_names"], p_nodule, batch["skipped"]
+
+
+def score_dataset(
+    model, processor, dataset: Dataset, batch_size: int = 4, num_workers: int = 0, desc: str = "scoring"
+) -> np.ndarray:
+    """p(nodule) for every item of `dataset`, in order (a dataset whose images all load)."""
+    batches = score_batches(model, processor, dataset, batch_size, num_workers, desc)
+    scores = [p_nodule for _, p_nodule, _ in batches]
+    return np.concatenate(scores) if scores else np.zeros(0)

@@ -14,7 +14,6 @@ once and returns an empty list. Figures are drawn on `matplotlib.figure.Figure`
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
-from classification_task.atomic import atomic_output
+from classification_task.run_files import save_png_atomic
 
 INSTALL_HINT = 'matplotlib is not installed; install it with: pip install -e ".[plots]"'
 # Trainer bookkeeping logged next to the eval metrics: not worth a panel.
@@ -50,14 +49,6 @@ def _new_figure(n_panels: int = 1, ncols: int = 1, panel_size=(5.0, 4.5)):
     for extra in axes[n_panels:]:
         extra.set_visible(False)
     return figure, axes[:n_panels]
-
-
-def _save_png(figure, path: str | os.PathLike) -> Path:
-    """Save through a temp file in the same folder so a crash never leaves a broken PNG."""
-    path = Path(path)
-    with atomic_output(path, suffix=".png") as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
-    return path
 
 
 def _arrays(labels: ArrayLike, p_nodule: ArrayLike) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -91,7 +82,7 @@ def plot_roc(path, labels: ArrayLike, p_nodule: ArrayLike,
     figure, (ax,) = _new_figure()
     if not both:
         _one_class_note(ax, "ROC")
-        return _save_png(figure, path)
+        return save_png_atomic(figure, path)
     fpr, tpr, _ = roc_curve(y, p)
     ax.plot(fpr, tpr, label=f"ROC (AUC {auc(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
@@ -99,7 +90,7 @@ def plot_roc(path, labels: ArrayLike, p_nodule: ArrayLike,
         ax.plot(point_fpr, recall, "o", label=f"{name} (t={threshold:.4g})")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(loc="lower right", fontsize="small")
-    return _save_png(figure, path)
+    return save_png_atomic(figure, path)
 
 
 def plot_pr(path, labels: ArrayLike, p_nodule: ArrayLike,
@@ -109,7 +100,7 @@ def plot_pr(path, labels: ArrayLike, p_nodule: ArrayLike,
     figure, (ax,) = _new_figure()
     if not both:
         _one_class_note(ax, "Precision-recall")
-        return _save_png(figure, path)
+        return save_png_atomic(figure, path)
     precision, recall, _ = precision_recall_curve(y, p)
     ax.step(recall, precision, where="post",
             label=f"precision-recall (AP {average_precision_score(y, p):.3f})")
@@ -119,7 +110,7 @@ def plot_pr(path, labels: ArrayLike, p_nodule: ArrayLike,
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall",
            xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(loc="upper right", fontsize="small")
-    return _save_png(figure, path)
+    return save_png_atomic(figure, path)
 
 
 def plot_reliability(path, labels: ArrayLike, p_nodule: ArrayLike, n_bins: int = 10) -> Path:
@@ -143,7 +134,7 @@ def plot_reliability(path, labels: ArrayLike, p_nodule: ArrayLike, n_bins: int =
     top.legend(loc="upper left", fontsize="small")
     bottom.bar(edges[:-1], counts, width=1.0 / n_bins, align="edge", edgecolor="white")
     bottom.set(xlabel="predicted p(nodule)", ylabel="images", yscale="log", xlim=(0, 1))
-    return _save_png(figure, path)
+    return save_png_atomic(figure, path)
 
 
 def _history_series(log_history: Sequence[Mapping]) -> dict[str, tuple[list, list]]:
@@ -179,7 +170,7 @@ def plot_training_curves(path, log_history: Sequence[Mapping]) -> Path | None:
             ax.plot(*series["eval_loss"], "o-", label="eval_loss")
         ax.set(xlabel="step", title=name)
         ax.legend(fontsize="small")
-    return _save_png(figure, path)
+    return save_png_atomic(figure, path)
 
 
 def save_all_plots(out_dir, labels: ArrayLike, p_nodule: ArrayLike,

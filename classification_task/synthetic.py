@@ -16,15 +16,15 @@ Layout (same as the real data root):
                                 values in a ~3000-wide window around 20000-30000
 
 Nodules are bright soft-edged discs inside the lung fields, large enough
-(radius ~6-10 % of the width) to survive downsizing to 112 px, because faint
-2-4 px blobs stay at chance for a small model (SPEC.md). Brightness, contrast
-and the 16-bit window are drawn independently of the label, so the blob is
-the only cue that separates the classes within a source.
+(radius ~6-10 % of the width) to survive downsizing to 112 px: with faint
+2-4 px blobs a tiny model stays at chance after hundreds of steps, while a
+large bright disc is learned within tens. Brightness, contrast and the 16-bit
+window are drawn independently of the label, so the blob is the only cue that
+separates the classes within a source.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import shutil
@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from classification_task import cli
+
 NIH_DIR = "nih_filtered_images"
 LIDC_DIR = "lidc_png_16_bit"
 CLASS_CSV = "classification_labels.csv"
@@ -47,14 +49,14 @@ LIDC_WINDOW = 3000  # width of the occupied slice of the 16-bit range
 
 @dataclass
 class SyntheticConfig:
-    out_dir: str = "data/demo"
-    n_images: int = 300
-    positive_rate: float = 0.3
-    size_px: int = 256
-    lidc_fraction: float = 0.25
-    nodule_radius_frac: float = 0.08
-    seed: int = 0
-    overwrite: bool = False
+    out_dir: str = cli.arg("data/demo", "output folder", flag="out")
+    n_images: int = cli.arg(300, "number of images")
+    positive_rate: float = cli.arg(0.3, "fraction of Nodule images (exact count = round(n * rate))")
+    size_px: int = cli.arg(256, "NIH image side; LIDC is 1.25x")
+    lidc_fraction: float = cli.arg(0.25, "fraction of LIDC-style 16-bit images")
+    nodule_radius_frac: float = cli.arg(0.08, "mean nodule radius as a fraction of image width (jittered +-25 %)")
+    seed: int = cli.arg(0, "seed of every random draw")
+    overwrite: bool = cli.arg(False, "replace a non-empty --out")
 
     def __post_init__(self) -> None:
         if not self.out_dir:
@@ -346,31 +348,18 @@ def generate_dataset(out_dir: str | os.PathLike, **kwargs) -> dict:
 # ------------------------------------------------------------ the command line
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    d = SyntheticConfig()
-    p = argparse.ArgumentParser(description="Write a synthetic NoduLoCC-style data set.")
-    p.add_argument("--out", dest="out_dir", default=d.out_dir, help="output folder")
-    p.add_argument("--n_images", type=int, default=d.n_images)
-    p.add_argument("--positive_rate", type=float, default=d.positive_rate,
-                   help="fraction of Nodule images (exact count = round(n * rate))")
-    p.add_argument("--size_px", type=int, default=d.size_px, help="NIH image side; LIDC is 1.25x")
-    p.add_argument("--lidc_fraction", type=float, default=d.lidc_fraction)
-    p.add_argument("--nodule_radius_frac", type=float, default=d.nodule_radius_frac,
-                   help="mean nodule radius as a fraction of image width (jittered +-25 %%)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    return p.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    config = cli.parse(SyntheticConfig, __doc__, argv)
+    if config is None:
+        return 2
     try:
-        summary = generate(SyntheticConfig(**vars(args)))
+        summary = generate(config)
     except (ValueError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"error: could not write {args.out_dir}: {err.strerror or err}.", file=sys.stderr)
+        print(f"error: could not write {config.out_dir}: {err.strerror or err}.", file=sys.stderr)
         return 2
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
     return 0

@@ -13,7 +13,6 @@ exactly as it would on the hub id.
 
 from __future__ import annotations
 
-import argparse
 import string
 import sys
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from transformers import (
     SiglipVisionConfig,
 )
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+from classification_task import cli
 
 # The Gemma 3 chat template, as shipped with google/medgemma-1.5-4b-it.
 GEMMA3_CHAT_TEMPLATE = (
@@ -186,18 +187,28 @@ def save_tiny_medgemma(out_dir: str | Path, config: TinyModelConfig | None = Non
     return out_dir
 
 
+@dataclass
+class SaveConfig:
+    """The command line: where to save, and the model settings worth changing there."""
+
+    out_dir: str = cli.arg("checkpoints/tiny-medgemma", "folder to write model + processor", flag="out")
+    image_size_px: int = cli.arg(TinyModelConfig.image_size_px, "side of the square images the model takes")
+    seed: int = cli.arg(TinyModelConfig.seed, "seed of the random weights")
+
+    def __post_init__(self) -> None:
+        self.model_config  # validates the image size
+
+    @property
+    def model_config(self) -> TinyModelConfig:
+        return TinyModelConfig(image_size_px=self.image_size_px, seed=self.seed)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="checkpoints/tiny-medgemma", help="folder to write model + processor")
-    parser.add_argument("--image_size_px", type=int, default=TinyModelConfig.image_size_px)
-    parser.add_argument("--seed", type=int, default=TinyModelConfig.seed)
-    args = parser.parse_args(argv)
-    try:
-        config = TinyModelConfig(image_size_px=args.image_size_px, seed=args.seed)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    argv = sys.argv[1:] if argv is None else argv
+    config = cli.parse(SaveConfig, __doc__, argv)
+    if config is None:
         return 2
-    path = save_tiny_medgemma(args.out, config)
+    path = save_tiny_medgemma(config.out_dir, config.model_config)
     print(f"tiny MedGemma-architecture model and processor saved to {path}")
     return 0
 

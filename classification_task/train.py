@@ -24,9 +24,17 @@ from transformers.trainer_utils import get_last_checkpoint
 from classification_task import cli
 from classification_task.dataset import SPLITS, DataError, Preprocessing, RadiographDataset, load_labels, load_or_make_split
 from classification_task.evaluate import evaluate_run
-from classification_task.model import MEDGEMMA_ID, add_lora, load_base_model, load_processor, load_with_adapter, lora_config
-from classification_task.run_info import write_csv_atomic, write_run_config
-from classification_task.scoring import PromptCollator, answer_token_ids
+from classification_task.model import (
+    MEDGEMMA_ID,
+    PromptCollator,
+    add_lora,
+    answer_token_ids,
+    load_base_model,
+    load_processor,
+    load_with_adapter,
+    lora_config,
+)
+from classification_task.run_files import write_csv_atomic, write_run_config
 from classification_task.trainer import NoduleTrainer, compute_metrics
 
 METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "balanced_accuracy", "mcc", "loss")
@@ -44,7 +52,6 @@ class TrainConfig:
     lora_r: int = cli.arg(16, "LoRA rank")
     lora_alpha: int = cli.arg(16, "LoRA alpha")
     lora_dropout: float = cli.arg(0.05, "LoRA dropout")
-    modules_to_save: str | None = cli.arg(None, "comma-separated modules trained in full beside LoRA (demo only)")
     pos_weight: float = cli.arg(20.0, "class weight of Nodule in the loss (No Finding = 1)")
     focal_gamma: float = cli.arg(0.0, "focal loss gamma; 0 = plain weighted cross-entropy")
     sampler: Literal["balanced", "random"] = cli.arg("balanced", "rotating balanced epochs, or plain shuffling")
@@ -84,10 +91,6 @@ class TrainConfig:
         if self.pos_weight <= 0 or self.focal_gamma < 0:
             raise ValueError("--pos_weight must be positive and --focal_gamma non-negative.")
         Preprocessing(self.clip_low_pct, self.clip_high_pct)  # validates the percentiles
-
-    @property
-    def modules_list(self) -> list[str]:
-        return [m.strip() for m in (self.modules_to_save or "").split(",") if m.strip()]
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -139,7 +142,7 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate,
         lr_scheduler_type="linear",
-        warmup_steps=config.warmup_ratio,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
         max_grad_norm=config.max_grad_norm,
         max_steps=config.max_steps,
         optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
@@ -197,7 +200,7 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
 
 def train(config: TrainConfig, processor, frames: dict):
     model = load_base_model(config.model_id, config.quantization)
-    model = add_lora(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.modules_list))
+    model = add_lora(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout))
     trainer = build_trainer(config, model, processor, frames)
     trainer.train(resume_from_checkpoint=resume_checkpoint(config))
     best_adapter = Path(config.checkpoint_dir) / "best_adapter"

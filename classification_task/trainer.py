@@ -2,14 +2,73 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.utils.data import Sampler
 from transformers import Trainer
 
-from classification_task.loss import answer_loss
 from classification_task.metrics import binary_metrics
-from classification_task.sampler import RotatingBalancedSampler
-from classification_task.scoring import answer_logits, p_nodule_from_logits
+from classification_task.model import answer_logits, p_nodule_from_logits
+
+
+def answer_loss(
+    logits: torch.Tensor, labels: torch.Tensor, pos_weight: float = 20.0, focal_gamma: float = 0.0
+) -> torch.Tensor:
+    """Class-weighted cross-entropy (optionally focal) over the two answer logits.
+
+    A weighted mean over the batch, like `F.cross_entropy(weight=[1, pos_weight])`.
+    With focal_gamma > 0 each term is scaled by (1 - p_true) ** gamma, which
+    down-weights the many easy negatives.
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    log_p_true = log_probs.gather(1, labels[:, None]).squeeze(1)
+    weights = torch.where(labels == 1, pos_weight, 1.0).to(log_p_true)
+    per_item = -log_p_true
+    if focal_gamma > 0:
+        per_item = per_item * (1 - log_p_true.exp()) ** focal_gamma
+    return (weights * per_item).sum() / weights.sum()
+
+
+class RotatingBalancedSampler(Sampler[int]):
+    """Rotating balanced epochs: every positive each epoch, a fresh slice of the negatives.
+
+    With 4.5 % positives, plain sampling shows the model few nodules; balancing
+    by throwing negatives away wastes data. Here each epoch is all positives plus
+    an equal number of negatives taken as the next non-overlapping chunk of one
+    seeded permutation of all negatives, so successive epochs walk through every
+    negative.
+    """
+
+    def __init__(self, labels: Sequence[int], seed: int = 0):
+        labels = np.asarray(labels)
+        self.positives = np.flatnonzero(labels == 1)
+        self.negatives = np.flatnonzero(labels == 0)
+        if len(self.positives) == 0 or len(self.negatives) == 0:
+            raise ValueError("the balanced sampler needs both positive and negative training images.")
+        self.seed = seed
+        self.epoch = 0
+        self.chunk = min(len(self.positives), len(self.negatives))
+        self.negative_order = np.random.default_rng(seed).permutation(self.negatives)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer before each epoch; the epoch alone decides the order."""
+        self.epoch = epoch
+
+    def negatives_for_epoch(self, epoch: int) -> np.ndarray:
+        start = epoch * self.chunk
+        positions = np.arange(start, start + self.chunk) % len(self.negative_order)
+        return self.negative_order[positions]
+
+    def __len__(self) -> int:
+        return len(self.positives) + self.chunk
+
+    def __iter__(self) -> Iterator[int]:
+        indices = np.concatenate([self.positives, self.negatives_for_epoch(self.epoch)])
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(indices)
+        return iter(order.tolist())
 
 
 class NoduleTrainer(Trainer):

@@ -18,6 +18,7 @@ from classification_task.dataset import (
     load_or_make_split,
     patient_id,
     read_grey,
+    read_labels_csv,
     safe_join,
     split_by_patient,
     stretch_to_uint8,
@@ -181,3 +182,13 @@ def test_unreadable_training_image_is_one_sentence(tmp_path):
     dataset = RadiographDataset(pd.DataFrame({"path": [str(tmp_path / "bad.png")], "label": [0]}))
     with pytest.raises(DataError, match="cannot be read"):
         dataset[0]
+
+
+def test_the_labels_csv_reads_without_images_and_refuses_repeated_names(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("file_name,label,LIDC_ID\n a.png ,Nodule ,\nLIDC-IDRI-0001_1.png,No Finding,LIDC-IDRI-0001\n")
+    assert read_labels_csv(path, "pass another file").to_dict("list") == {
+        "file_name": ["a.png", "LIDC-IDRI-0001_1.png"], "label": [1, 0], "lidc_id": ["", "LIDC-IDRI-0001"]}
+    path.write_text("file_name,label\na.png,Nodule\na.png,No Finding\n")
+    with pytest.raises(DataError, match="more than once"):
+        read_labels_csv(path, "pass another file")

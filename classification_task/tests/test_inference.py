@@ -14,8 +14,8 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from classification_task import inference
-from classification_task.model import lora_config
-from classification_task.scoring import QUESTION, answer_logits, answer_token_ids, p_nodule_from_logits
+from classification_task import model as classifier
+from classification_task.model import QUESTION, answer_logits, answer_token_ids, lora_config, p_nodule_from_logits
 
 DATA_DIR = Path(__file__).parent / "data"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +112,7 @@ def test_resume_after_a_crash_scores_only_the_rest(tiny_model_dir, image_dir, tm
         scored_rows.append(inputs["attention_mask"].shape[0])
         return answer_logits(model, inputs, answer_ids)
 
-    monkeypatch.setattr(inference, "answer_logits", counting_scorer)
+    monkeypatch.setattr(classifier, "answer_logits", counting_scorer)  # inside the scoring loop
     out = tmp_path / "resumed"
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(image_dir, out, tiny_model_dir, "--batch_size", 1)
@@ -166,7 +166,7 @@ def test_cli_on_real_radiographs(tiny_model_dir, tmp_path):
     assert frame["file_name"].tolist() == sorted(p.name for p in DATA_DIR.glob("*.png"))
     assert frame["confidence"].between(0, 1).all()
     assert (frame["label"] == np.where(frame["confidence"] >= 0.5, "Nodule", "No Finding")).all()
-    assert (out / "config.json").is_file()
+    assert (out / "run_config.json").is_file()
 
 
 def test_corrupt_file_is_skipped_and_counted(tiny_model_dir, tmp_path, capsys):

@@ -23,7 +23,6 @@ from classification_task.metrics import (
     main,
     select_thresholds,
     sensitivity_at_specificity,
-    write_json_atomic,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -222,7 +221,7 @@ def test_sensitivity_at_specificity_matches_sklearn_roc_curve(seed):
         assert result[f"sens_at_spec_{target:g}"] == pytest.approx(expected, abs=TOL)
 
 
-# ----------------------------------------------------------------------------- table and JSON
+# ----------------------------------------------------------------------------- table
 
 
 def test_format_table_aligns_columns_and_shows_intervals():
@@ -236,13 +235,6 @@ def test_format_table_aligns_columns_and_shows_intervals():
     assert lines[-1].split() == ["tp", "12", "40"]
     with pytest.raises(ValueError, match="column names"):
         format_table(rows, ci={"roc_auc": (0.7, 0.8)})
-
-
-def test_write_json_atomic_writes_strict_json_with_nan_as_null(tmp_path):
-    path = write_json_atomic(tmp_path / "sub" / "m.json",
-                             {"auc": math.nan, "ci": (0.1, np.float64(0.2)), "n": np.int64(3)})
-    assert json.loads(path.read_text()) == {"auc": None, "ci": [0.1, 0.2], "n": 3}
-    assert [f.name for f in path.parent.iterdir()] == ["m.json"]
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -61,9 +61,9 @@ def test_qlora_train_save_resume_continues_from_saved_step(data_root, tiny_model
     metrics = json.loads((out / "metrics.json").read_text())
     assert "fine-tuned @0.5" in metrics["test"] and "thresholds" in metrics
     assert set(metrics["test"]["fine-tuned @0.5"]) >= {"roc_auc", "pr_auc", "mcc", "brier", "tp"}
-    for name in ("test_predictions.csv", "split.csv", "config.json"):
+    for name in ("test_predictions.csv", "split.csv", "run_config.json"):
         assert (out / name).is_file()
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads((out / "run_config.json").read_text())
     assert config["config"]["quantization"] == "nf4" and "transformers" in config["versions"]
     assert (tmp_path / "ckpt" / "best_adapter" / "adapter_config.json").is_file()
 

@@ -1,4 +1,4 @@
-"""The answer position and the two answer logits, with left and right padding."""
+"""The answer position and the two answer logits, with left and right padding; the scoring loop."""
 
 import numpy as np
 import pytest
@@ -6,12 +6,14 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from classification_task.scoring import (
+from classification_task.model import (
     PromptCollator,
     answer_logits,
     answer_positions,
     answer_token_ids,
     p_nodule_from_logits,
+    score_batches,
+    score_dataset,
 )
 
 
@@ -86,3 +88,15 @@ def test_prompt_starts_with_a_single_bos(tiny_model_dir):
     for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
         real = ids[mask.bool()].tolist()
         assert real[0] == bos and real.count(bos) == 1
+
+
+def test_the_scoring_loop_passes_unreadable_images_on_as_skipped(model_and_processor):
+    model, processor = model_and_processor
+    images = [example["image"] for example in _examples(3)]
+    items = [{"file_name": "a.png", "image": images[0]}, {"file_name": "bad.png", "image": None, "error": "OSError: x"},
+             {"file_name": "c.png", "image": images[1]}, {"file_name": "d.png", "image": images[2]}]
+    batches = list(score_batches(model, processor, items, batch_size=2))
+    assert [names for names, _, _ in batches] == [["a.png"], ["c.png", "d.png"]]
+    assert [skipped for _, _, skipped in batches] == [[("bad.png", "OSError: x")], []]
+    every = score_dataset(model, processor, [{"image": image, "label": 0} for image in images], batch_size=3)
+    np.testing.assert_allclose(np.concatenate([p_nodule for _, p_nodule, _ in batches]), every, atol=1e-5)

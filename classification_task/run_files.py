@@ -1,0 +1,122 @@
+"""Files a run writes: atomic outputs (JSON, CSV, PNG) and the run's provenance.
+
+Every output is written beside its target and moved into place in one step,
+so readers never see half a file and a crash leaves the previous version intact.
+`run_config.json` records the resolved config, package versions and git commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RUN_CONFIG_JSON = "run_config.json"
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "scikit-learn", "pandas", "pillow")
+
+
+# ----------------------------------------------------------------------------- atomic outputs
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block succeeds it replaces `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(handle)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, _default_mode())  # mkstemp files are private; results should not be
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _jsonable(obj):
+    """Plain JSON types; NaN and infinities become null so strict parsers accept the file."""
+    if isinstance(obj, dict):
+        return {str(key): _jsonable(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(value) for value in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> Path:
+    path = Path(path)
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(_jsonable(obj), handle, indent=2, allow_nan=False)
+        handle.write("\n")
+    return path
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return path
+
+
+def save_png_atomic(figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """A matplotlib figure as PNG; a crash never leaves a broken file."""
+    path = Path(path)
+    with atomic_output(path, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+    return path
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent, timeout=10,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_run_config(out_dir: str | Path, config) -> Path:
+    """`run_config.json`: the dataclass as resolved, plus versions and commit (no secrets in it)."""
+    record = {"config": dataclasses.asdict(config), "versions": package_versions(), "git_commit": git_commit()}
+    return write_json_atomic(Path(out_dir) / RUN_CONFIG_JSON, record)

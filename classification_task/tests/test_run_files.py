@@ -1,0 +1,48 @@
+"""Atomic outputs and the run's provenance file."""
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from classification_task.run_files import (
+    RUN_CONFIG_JSON,
+    atomic_output,
+    write_csv_atomic,
+    write_json_atomic,
+    write_run_config,
+)
+
+
+def test_write_json_atomic_writes_strict_json_with_nan_as_null(tmp_path):
+    path = write_json_atomic(tmp_path / "sub" / "m.json",
+                             {"auc": math.nan, "ci": (0.1, np.float64(0.2)), "n": np.int64(3)})
+    assert json.loads(path.read_text()) == {"auc": None, "ci": [0.1, 0.2], "n": 3}
+    assert [f.name for f in path.parent.iterdir()] == ["m.json"]
+
+
+def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path):
+    path = write_csv_atomic(pd.DataFrame({"file_name": ["a.png"], "split": ["train"]}), tmp_path / "split.csv")
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError), atomic_output(path) as tmp:
+        tmp.write_text("half a file")
+        raise RuntimeError("crash")
+    assert path.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["split.csv"]
+
+
+def test_run_config_records_the_config_versions_and_commit(tmp_path):
+    @dataclass
+    class Config:
+        seed: int = 3
+        model_id: str = "tiny"
+
+    path = write_run_config(tmp_path, Config())
+    assert path.name == RUN_CONFIG_JSON == "run_config.json"
+    record = json.loads(path.read_text())
+    assert record["config"] == {"seed": 3, "model_id": "tiny"}
+    assert {"python", "torch", "transformers"} <= set(record["versions"])
+    assert "git_commit" in record
