@@ -1,4 +1,4 @@
-"""Localization evaluation: threshold-aware Hungarian matching, count accuracy, FROC.
+"""Localization evaluation over files: threshold-aware Hungarian matching, count accuracy, FROC.
 
     python localization_task/metrics.py \\
         --predictions outputs/localization/predictions.jsonl \\
@@ -7,29 +7,24 @@
         --output_dir outputs/localization_eval --overlay_dir outputs/localization_eval/overlays
 
 (``python -m localization_task.metrics ...`` works too.) Predictions are a
-``localization_test_results.csv`` (``file_name,x,y,confidence``) or the
-CheXagent-2 ``predictions.jsonl``; see ``localization_task/eval_io.py``. The
-scores are pure functions in ``localization_task/point_metrics.py`` (imported
-here too).
+``localization_test_results.csv`` (``file_name,x,y,confidence``), the
+CheXagent-2 ``predictions.jsonl`` or a ``.json`` list of ``pred_points``
+records; see ``localization_task/eval_io.py``. The scores are pure functions
+in ``localization_task/point_metrics.py`` (imported here too).
 
-Per image and per distance threshold (a fraction of the image diagonal:
-``tight`` 0.02 and ``tolerant`` 0.05 by default), a prediction may match a
-ground-truth point only within the threshold (``dist <= threshold``); among
-such one-to-one matchings we take the one with the most pairs, then the least
-total distance. The evaluated images are the union of the files named in the
-ground truth and the predictions (plus ``--image_list`` / scanned
-``--image_roots`` when given, as images with no nodule).
-
-Edge cases, by design: precision is NaN when there are no predictions, recall
-and PCK are NaN when there are no ground-truth points; F1 = 2TP / (2TP + FP +
-FN), so it is 0 (not NaN) when one side is empty and NaN only when both are;
-macro averages are over the images where the per-image value is defined;
-radial errors are NaN when nothing matched (std is the population std,
-ddof=0). NaN is written as null in ``eval_summary.json``.
+Thresholds are fractions of each image's diagonal (``tight`` 0.02 and
+``tolerant`` 0.05 by default). The evaluated images are the union of the
+files named in the ground truth and the predictions (plus ``--image_list`` /
+scanned ``--image_roots`` when given, as images with no nodule). Radial errors
+in mm use each image's spacing from ``--pixel_spacing_csv``, else
+``--pixel_spacing_mm``; an image with neither is left out of the mm figures
+(``n_matched_mm`` says how many matched pairs they cover). NaN is written as
+null in ``eval_summary.json``.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from localization_task import cli
-from localization_task.dataset import DataError, read_ground_truth
-from localization_task.eval_io import ImageFinder, lookup_image_size, read_image_list, read_predictions
+from localization_task.dataset import DataError
+from localization_task.eval_io import EvalImages, load_inputs  # noqa: F401  (load_inputs: public)
 from localization_task.point_metrics import (  # noqa: F401  (re-exported: callers import them from here)
     FROC_FP_PER_IMAGE, NAN, count_accuracy, detection_metrics, froc, match_points, precision_recall_f1,
     radial_error_stats,
@@ -47,14 +42,18 @@ from localization_task.point_metrics import (  # noqa: F401  (re-exported: calle
 from localization_task.run_files import run_info, write_json_atomic, write_text_atomic
 
 DEFAULT_THRESHOLDS = {"tight": 0.02, "tolerant": 0.05}
+SUMMARY_JSON, PER_IMAGE_CSV = "eval_summary.json", "per_image_metrics.csv"
 
-
-# ------------------------------------------------------------------ command line
 
 @dataclass
 class EvalConfig:
-    predictions: str = cli.required("localization_test_results.csv or predictions.jsonl")
-    ground_truth: str = cli.required("localization_labels.csv (file_name,x,y)")
+    """What to evaluate and how. Code that builds ``EvalImages`` itself (a trainer) leaves the
+    two input files out; the command line requires them."""
+
+    predictions: str | None = cli.arg(
+        None, "localization_test_results.csv, predictions.jsonl or a .json list of records", required=True
+    )
+    ground_truth: str | None = cli.arg(None, "localization_labels.csv (file_name,x,y)", required=True)
     image_roots: list[str] = cli.arg([], "folders holding the images", action="extend")
     output_dir: str = cli.arg("outputs/localization_eval", "where eval_summary.json and per_image_metrics.csv go")
     overlay_dir: str | None = cli.arg(None, "write PNG overlays of GT, predictions and matches here")
@@ -66,7 +65,11 @@ class EvalConfig:
         nargs="+", type=str, metavar="NAME=FRAC",
     )
     froc_threshold: str | None = cli.arg(None, "threshold name used for FROC (default tolerant, else the largest)")
-    pixel_spacing_mm: float | None = cli.arg(None, "also report radial errors in mm")
+    pixel_spacing_mm: float | None = cli.arg(None, "also report radial errors in mm, at this mm per pixel")
+    pixel_spacing_csv: str | None = cli.arg(
+        None, "CSV file_name,spacing_mm of mm per pixel per image; wins over --pixel_spacing_mm for the "
+        "images it lists, and images with neither are left out of the mm errors"
+    )
     image_list: str | None = cli.arg(None, "text/CSV file of all evaluated file names")
     scan_image_roots: bool = cli.arg(
         False, "evaluate every image under --image_roots (no GT, no prediction: a negative)"
@@ -85,8 +88,9 @@ class EvalConfig:
         if self.froc_threshold not in self.thresholds:
             names = ", ".join(self.thresholds)
             raise ValueError(f"--froc_threshold {self.froc_threshold} is not one of {names}.")
-        if self.pixel_spacing_mm is not None and not self.pixel_spacing_mm > 0:
-            raise ValueError(f"--pixel_spacing_mm must be positive, got {self.pixel_spacing_mm}.")
+        if self.pixel_spacing_mm is not None and not 0 < self.pixel_spacing_mm < math.inf:
+            raise ValueError(f"--pixel_spacing_mm must be a positive number of mm per pixel, "
+                             f"got {self.pixel_spacing_mm}.")
         if (self.scan_image_roots or self.overlay_dir) and not self.image_roots:
             raise ValueError("--scan_image_roots and --overlay_dir need the image folders "
                              "given with --image_roots.")
@@ -122,38 +126,23 @@ def parse_thresholds(items: list[str]) -> dict[str, float]:
     return out
 
 
-@dataclass
-class EvalImages:
-    """Aligned per-image arrays; width/height are NaN for images without any point."""
-
-    file_names: list[str]
-    gt_xy: list[np.ndarray]
-    pred_xy: list[np.ndarray]
-    pred_conf: list[np.ndarray]
-    width_px: np.ndarray
-    height_px: np.ndarray
-    finder: ImageFinder | None = None
+def spacing_per_image(images: EvalImages, cfg: EvalConfig) -> np.ndarray | None:
+    """mm per pixel per image: the image's own spacing, else ``cfg.pixel_spacing_mm``, else NaN;
+    None when neither is given (no mm figures at all)."""
+    single = NAN if cfg.pixel_spacing_mm is None else cfg.pixel_spacing_mm
+    if images.spacing_mm is None:
+        return None if cfg.pixel_spacing_mm is None else np.full(len(images.file_names), single)
+    own = np.asarray(images.spacing_mm, dtype=np.float64)
+    return np.where(np.isfinite(own), own, single)
 
 
-def load_inputs(cfg: EvalConfig) -> EvalImages:
-    gt = read_ground_truth(cfg.ground_truth)
-    preds = read_predictions(cfg.predictions)
-    finder = ImageFinder(cfg.image_roots) if cfg.image_roots else None
-    names = set(gt) | set(preds.xy)
-    if cfg.image_list:
-        names |= set(read_image_list(cfg.image_list))
-    if cfg.scan_image_roots:
-        names |= set(finder.all_names())
-    names = sorted(names)
-    empty = np.zeros((0, 2))
-    gt_xy = [gt.get(n, empty) for n in names]
-    pred_xy = [preds.xy.get(n, empty) for n in names]
-    pred_conf = [preds.confidence.get(n, np.zeros(0)) for n in names]
-    sizes = np.full((len(names), 2), np.nan)
-    for i, name in enumerate(names):
-        if len(gt_xy[i]) or len(pred_xy[i]):
-            sizes[i] = lookup_image_size(name, preds.sizes, finder)
-    return EvalImages(names, gt_xy, pred_xy, pred_conf, sizes[:, 0], sizes[:, 1], finder)
+def radius_range(radius_px) -> dict:
+    """Smallest and largest threshold radius in px over the images of known size."""
+    radius_px = np.asarray(radius_px, dtype=np.float64)
+    known = radius_px[np.isfinite(radius_px)]
+    if len(known) == 0:
+        return {"radius_px_min": NAN, "radius_px_max": NAN}
+    return {"radius_px_min": float(known.min()), "radius_px_max": float(known.max())}
 
 
 def evaluate(images: EvalImages, cfg: EvalConfig) -> tuple[dict, dict]:
@@ -161,13 +150,19 @@ def evaluate(images: EvalImages, cfg: EvalConfig) -> tuple[dict, dict]:
     diag_px = np.hypot(images.width_px, images.height_px)
     n_gt = np.array([len(g) for g in images.gt_xy], dtype=int)
     n_pred = np.array([len(p) for p in images.pred_xy], dtype=int)
+    spacing_mm = spacing_per_image(images, cfg)
     results = {"n_images": len(n_gt), "n_images_with_gt": int((n_gt > 0).sum()),
+               "n_images_with_pred": int((n_pred > 0).sum()),
+               "n_images_with_gt_or_pred": int(((n_gt > 0) | (n_pred > 0)).sum()),
                "n_gt_points": int(n_gt.sum()), "n_pred_points": int(n_pred.sum())}
+    if spacing_mm is not None:
+        results["n_images_with_spacing"] = int(np.isfinite(spacing_mm).sum())
     matches = {}
     for name, frac in cfg.thresholds.items():
-        matches[name] = [match_points(p, g, frac * d) for p, g, d in zip(images.pred_xy, images.gt_xy, diag_px)]
-        results[name] = {"threshold_frac": frac,
-                         **detection_metrics(matches[name], n_gt, n_pred, diag_px, cfg.pixel_spacing_mm)}
+        radius_px = frac * diag_px
+        matches[name] = [match_points(p, g, r) for p, g, r in zip(images.pred_xy, images.gt_xy, radius_px)]
+        results[name] = {"threshold_frac": frac, **radius_range(radius_px),
+                         **detection_metrics(matches[name], n_gt, n_pred, diag_px, spacing_mm)}
     results.update(count_accuracy(n_gt, n_pred))
     froc_px = cfg.thresholds[cfg.froc_threshold] * diag_px
     results["froc"] = {"threshold": cfg.froc_threshold,
@@ -176,6 +171,7 @@ def evaluate(images: EvalImages, cfg: EvalConfig) -> tuple[dict, dict]:
 
 
 def per_image_table(images: EvalImages, matches: dict) -> pd.DataFrame:
+    """One row per image: size, counts, and per threshold its radius, TP/FP/FN, P/R/F1 and errors."""
     n_gt = np.array([len(g) for g in images.gt_xy], dtype=int)
     n_pred = np.array([len(p) for p in images.pred_xy], dtype=int)
     table = pd.DataFrame({"file_name": images.file_names,
@@ -184,16 +180,38 @@ def per_image_table(images: EvalImages, matches: dict) -> pd.DataFrame:
                           "n_gt": n_gt, "n_pred": n_pred,
                           "count_correct": n_gt == n_pred})
     for name, per_image in matches.items():
+        table[f"{name}_radius_px"] = [m.get("radius_px", NAN) for m in per_image]
         tp = np.array([len(m["pred_idx"]) for m in per_image], dtype=int)
         scores = [precision_recall_f1(*c) for c in zip(tp, n_pred - tp, n_gt - tp)]
         table[f"{name}_tp"], table[f"{name}_fp"], table[f"{name}_fn"] = tp, n_pred - tp, n_gt - tp
         for key in ("precision", "recall", "f1"):
             table[f"{name}_{key}"] = [s[key] for s in scores]
-        table[f"{name}_mre_px"] = [m["dist_px"].mean() if len(m["dist_px"]) else NAN for m in per_image]
+        errors = [radial_error_stats(m["dist_px"], "px") for m in per_image]
+        table[f"{name}_mre_px"] = [e["mre_px"] for e in errors]
+        table[f"{name}_median_re_px"] = [e["median_re_px"] for e in errors]
     return table
 
 
-TABLE_SKIP = {"threshold_frac"}
+def write_evaluation(out_dir: str | Path, images: EvalImages, cfg: EvalConfig, results: dict,
+                     matches: dict, extra: dict | None = None) -> tuple[Path, Path]:
+    """Write ``eval_summary.json`` (results, then ``extra``, the config, versions and commit) and
+    ``per_image_metrics.csv`` into ``out_dir``, each in one step; returns their paths.
+
+    ``extra`` holds what the caller wants on record beside the metrics (say,
+    the checkpoint evaluated); its keys must not reuse a key of the summary.
+    """
+    extra = extra or {}
+    clash = sorted(set(extra) & (set(results) | {"config", "git_commit", "versions"}))
+    if clash:
+        raise ValueError(f"extra key(s) {', '.join(clash)} would overwrite the summary: rename them.")
+    out = Path(out_dir)
+    per_image_csv = per_image_table(images, matches).to_csv(index=False)
+    write_json_atomic(out / SUMMARY_JSON, {**results, **extra, "config": asdict(cfg), **run_info()})
+    write_text_atomic(out / PER_IMAGE_CSV, per_image_csv)
+    return out / SUMMARY_JSON, out / PER_IMAGE_CSV
+
+
+TABLE_SKIP = {"threshold_frac", "radius_px_min", "radius_px_max"}
 
 
 def format_table(results: dict, names: list[str]) -> str:
@@ -234,10 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results, matches = evaluate(images, cfg)
     print(format_table(results, list(cfg.thresholds)))
-    out = Path(cfg.output_dir)
-    write_json_atomic(out / "eval_summary.json", {**results, "config": asdict(cfg), **run_info()})
-    write_text_atomic(out / "per_image_metrics.csv", per_image_table(images, matches).to_csv(index=False))
-    print(f"wrote {out / 'eval_summary.json'} and {out / 'per_image_metrics.csv'}")
+    try:
+        summary_path, per_image_path = write_evaluation(cfg.output_dir, images, cfg, results, matches)
+    except OSError as err:
+        print(f"error: cannot write to the output folder {cfg.output_dir} ({err.strerror}): "
+              "pass an --output_dir you can write to.", file=sys.stderr)
+        return 2
+    print(f"wrote {summary_path} and {per_image_path}")
     if cfg.overlay_dir:
         from localization_task.overlay import write_overlays
 
