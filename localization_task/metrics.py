@@ -10,7 +10,8 @@
 ``localization_test_results.csv`` (``file_name,x,y,confidence``), the
 CheXagent-2 ``predictions.jsonl`` or a ``.json`` list of ``pred_points``
 records; see ``localization_task/eval_io.py``. The scores are pure functions
-in ``localization_task/point_metrics.py`` (imported here too).
+in ``localization_task/point_metrics.py`` (imported here too); the printed
+tables come from ``localization_task/report.py``.
 
 Thresholds are fractions of each image's diagonal (``tight`` 0.02 and
 ``tolerant`` 0.05 by default). The evaluated images are the union of the
@@ -39,6 +40,7 @@ from localization_task.point_metrics import (  # noqa: F401  (re-exported: calle
     FROC_FP_PER_IMAGE, NAN, count_accuracy, detection_metrics, froc, match_points, precision_recall_f1,
     radial_error_stats,
 )
+from localization_task.report import format_table
 from localization_task.run_files import run_info, write_json_atomic, write_text_atomic
 
 DEFAULT_THRESHOLDS = {"tight": 0.02, "tolerant": 0.05}
@@ -209,36 +211,6 @@ def write_evaluation(out_dir: str | Path, images: EvalImages, cfg: EvalConfig, r
     write_json_atomic(out / SUMMARY_JSON, {**results, **extra, "config": asdict(cfg), **run_info()})
     write_text_atomic(out / PER_IMAGE_CSV, per_image_csv)
     return out / SUMMARY_JSON, out / PER_IMAGE_CSV
-
-
-TABLE_SKIP = {"threshold_frac", "radius_px_min", "radius_px_max"}
-
-
-def format_table(results: dict, names: list[str]) -> str:
-    """One aligned table (rows = metrics, columns = thresholds), then count accuracy and FROC."""
-    def cell(v):
-        if isinstance(v, (int, np.integer)):
-            return str(v)
-        return "n/a" if v is None or np.isnan(v) else f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
-
-    rows = [("threshold (frac of diag)", [f"{results[n]['threshold_frac']:g}" for n in names])]
-    rows += [(k, [cell(results[n][k]) for n in names]) for k in results[names[0]] if k not in TABLE_SKIP]
-    width0 = max(len(r[0]) for r in rows)
-    widths = [max(len(n), *(len(r[1][j]) for r in rows)) for j, n in enumerate(names)]
-    lines = ["  ".join([" " * width0] + [n.rjust(w) for n, w in zip(names, widths)])]
-    lines += ["  ".join([k.ljust(width0)] + [v.rjust(w) for v, w in zip(vals, widths)]) for k, vals in rows]
-    lines.append(f"count accuracy: {cell(results['count_accuracy'])} "
-                 f"({results['n_count_correct']}/{results['n_count_images']} images)")
-    f = results["froc"]
-    if f["defined"]:
-        pairs = ", ".join(f"{r:g}: {s:.3f}" for r, s in zip(f["fp_per_image_targets"], f["sensitivity"]))
-        lines.append(f"FROC ({f['threshold']}) sensitivity at FP/image {pairs}; CPM {f['cpm']:.3f}")
-    else:
-        op = f["operating_point"]
-        at = (f"; single operating point: sensitivity {op['sensitivity']:.3f} "
-              f"at {op['fp_per_image']:.3f} FP/image") if op else ""
-        lines.append(f"FROC not defined: {f['reason']}{at}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,6 +139,7 @@ def test_spacing_csv_wins_over_the_single_value_for_the_images_it_lists(case, ca
     assert s["n_images_with_spacing"] == 3 and s["tolerant"]["n_matched_mm"] == 2
     assert (s["tolerant"]["mre_mm"], s["tolerant"]["median_re_mm"]) == pytest.approx((3, 3))
     assert s["config"]["pixel_spacing_csv"] == str(case / "spacing.csv")
+    assert "Errors in mm cover only" not in capsys.readouterr().out
 
 
 def test_spacing_csv_alone_covers_only_the_images_it_lists(case, capsys):
@@ -147,3 +148,5 @@ def test_spacing_csv_alone_covers_only_the_images_it_lists(case, capsys):
     s = summary(case)
     assert s["n_images_with_spacing"] == 1 and s["tolerant"]["n_matched"] == 2
     assert s["tolerant"]["n_matched_mm"] == 0 and s["tolerant"]["mre_mm"] is None
+    out = capsys.readouterr().out
+    assert "Errors in mm cover only the matched pairs on the 1 of 3 images" in out
