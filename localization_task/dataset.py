@@ -23,6 +23,7 @@ costs one `np.bincount` instead of a sort, and they equal
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -93,7 +94,10 @@ def read_table(path: str | Path, required: tuple[str, ...], what: str,
     if not path.is_file():
         raise DataError(f"The {what} file {path} does not exist: check the path.")
     try:
-        df = pd.read_csv(path, dtype={c: str for c in text_columns})
+        # Only an empty field is missing: text such as "nan" or "NA" stays text, so a
+        # coordinate written as NaN is refused below instead of passing for "no point".
+        df = pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False,
+                         na_values=[""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"The {what} file {path} is not a readable CSV file ({reason}): fix or regenerate it.")
@@ -110,14 +114,34 @@ def read_table(path: str | Path, required: tuple[str, ...], what: str,
     return df
 
 
-def _numeric_column(df: pd.DataFrame, column: str, path: Path, what: str) -> np.ndarray:
+def _parses_as_nan(value) -> bool:
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _numeric_column(df: pd.DataFrame, column: str, path: Path, what: str,
+                    nan_text_ok: bool = False) -> np.ndarray:
+    """The column as floats, NaN where the field is empty. Non-numeric text, infinity and
+    (unless `nan_text_ok`) the text NaN are refused, naming the first bad line."""
     values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.isnan(values) & df[column].notna().to_numpy()
-    bad |= np.isinf(values)
-    if bad.any():
-        line = int(np.flatnonzero(bad)[0]) + 2
-        raise DataError(f"The {what} file {path} has a non-numeric {column} on line {line}: fix that value.")
-    return values
+    given = df[column].notna().to_numpy()
+    nan_text = np.zeros(len(values), dtype=bool)
+    for row in np.flatnonzero(np.isnan(values) & given):
+        nan_text[row] = _parses_as_nan(df[column].iloc[row])
+    non_numeric = np.isnan(values) & given & ~nan_text
+    not_finite = np.isinf(values) | (nan_text & (not nan_text_ok))
+    bad = np.flatnonzero(non_numeric | not_finite)
+    if len(bad) == 0:
+        return values
+    row = int(bad[0])
+    where = f"The {what} file {path} has"
+    if non_numeric[row]:
+        raise DataError(f"{where} a non-numeric {column} on line {row + 2}: fix that value.")
+    empty = "leave it empty" if column == "confidence" else "leave x and y empty for an image without nodules"
+    raise DataError(f"{where} a {column} that is not finite ({df[column].iloc[row]}) on line {row + 2}: "
+                    f"give a finite number, or {empty}.")
 
 
 def points_by_image(df: pd.DataFrame, path: Path, what: str) -> tuple[dict, dict]:
@@ -126,7 +150,8 @@ def points_by_image(df: pd.DataFrame, path: Path, what: str) -> tuple[dict, dict
     Rows with empty x and y only register the image."""
     x = _numeric_column(df, "x", path, what)
     y = _numeric_column(df, "y", path, what)
-    conf = _numeric_column(df, "confidence", path, what) if "confidence" in df else np.full(len(df), np.nan)
+    conf = (_numeric_column(df, "confidence", path, what, nan_text_ok=True) if "confidence" in df
+            else np.full(len(df), np.nan))
     half = np.isnan(x) != np.isnan(y)
     if half.any():
         line = int(np.flatnonzero(half)[0]) + 2

@@ -13,12 +13,23 @@ Formats read (the ground truth, ``localization_labels.csv``, is read by
   per line with ``file_name``, ``points`` (a list of ``{"x", "y"[,
   "confidence"]}`` in original pixels) and ideally ``width`` and ``height``;
   other keys are ignored, and a later record for the same image wins.
+- predictions ``*.json`` (the prediction cache of another challenge team): one
+  JSON list of records ``{"file_name", "pred_points": [[x, y], ...], "width",
+  "height"[, "n_pred", "image_path"]}``, one record per image (records are
+  counted from 1 in messages); ``image_path`` is ignored and there are no
+  confidences.
+- per-image pixel spacing: a CSV file ``file_name,spacing_mm``.
 - an image list: a text file with one file name per line, or a CSV file with
   a ``file_name`` column.
+
+Every coordinate must be a finite number: a NaN or infinite one is refused in
+all formats (an image without nodules has no points, not a NaN point). A
+confidence may be missing (an empty field, null or NaN) but not infinite.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from localization_task.dataset import (
-    IMAGE_SUFFIXES, DataError, image_size, points_by_image, read_table, safe_join,
+    IMAGE_SUFFIXES, DataError, image_size, points_by_image, read_ground_truth, read_table, safe_join,
 )
 from localization_task.run_files import JsonLineError, iter_jsonl
 
@@ -40,52 +51,133 @@ class Predictions:
     confidence: dict[str, np.ndarray]
     sizes: dict[str, tuple[int, int]]
 
+    def add(self, name: str, xy: np.ndarray, conf: np.ndarray, size: tuple[int, int] | None) -> None:
+        self.xy[name], self.confidence[name] = xy, conf
+        if size is not None:
+            self.sizes[name] = size
+
+
+def _checked_points(xy, conf, where: str) -> tuple[np.ndarray, np.ndarray]:
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    conf = np.asarray(conf, dtype=np.float64).reshape(-1)
+    if not np.isfinite(xy).all():
+        raise DataError(f"{where} has a coordinate that is not finite (NaN or infinite): drop that point "
+                        "(an image without nodules has no points).")
+    if np.isinf(conf).any():
+        raise DataError(f"{where} has a confidence that is not finite: give a number or leave it out.")
+    return xy, conf
+
+
+def _record_size(record: dict, where: str) -> tuple[int, int] | None:
+    if record.get("width") is None or record.get("height") is None:
+        return None
+    try:
+        size = (int(record["width"]), int(record["height"]))
+    except (TypeError, ValueError):
+        size = None
+    if size is None or min(size) <= 0:
+        raise DataError(f"{where} has a width/height that is not a positive whole number: fix or drop them.")
+    return size
+
 
 def _jsonl_record(record, number: int, path: Path) -> tuple[str, np.ndarray, np.ndarray, tuple | None]:
     where = f"The predictions file {path}, line {number},"
     try:
         name = record["file_name"]
         points = record["points"] or []
-        xy = np.array([[float(p["x"]), float(p["y"])] for p in points], dtype=np.float64).reshape(-1, 2)
-        conf = np.array([float(p.get("confidence", np.nan)) for p in points], dtype=np.float64)
+        xy = [[float(p["x"]), float(p["y"])] for p in points]
+        conf = [np.nan if p.get("confidence") is None else float(p["confidence"]) for p in points]
     except (KeyError, TypeError, ValueError, AttributeError):
         raise DataError(
             f"{where} lacks file_name or points with numeric x and y: each record needs "
             '{"file_name": ..., "points": [{"x": ..., "y": ...}]}.'
         )
-    if not np.isfinite(xy).all():
-        raise DataError(f"{where} has a non-finite coordinate: fix that point.")
-    size = None
-    if record.get("width") is not None and record.get("height") is not None:
-        try:
-            size = (int(record["width"]), int(record["height"]))
-        except (TypeError, ValueError):
-            size = None
-        if size is None or min(size) <= 0:
-            raise DataError(f"{where} has a width/height that is not a positive whole number: fix or drop them.")
-    return str(name), xy, conf, size
+    xy, conf = _checked_points(xy, conf, where)
+    return str(name), xy, conf, _record_size(record, where)
+
+
+def _read_jsonl(path: Path) -> Predictions:
+    preds = Predictions({}, {}, {})
+    try:
+        for number, record in iter_jsonl(path):
+            preds.add(*_jsonl_record(record, number, path))  # as in the resume cache, a later record wins
+    except JsonLineError as err:
+        raise DataError(f"The predictions file {path}, line {err.line_no}, is not valid JSON: "
+                        "regenerate the file or delete that line.") from None
+    return preds
+
+
+def _json_list_record(record, number: int, path: Path) -> tuple[str, np.ndarray, np.ndarray, tuple | None]:
+    where = f"The predictions file {path}, record {number},"
+    if not (isinstance(record, dict) and isinstance(record.get("file_name"), str)
+            and isinstance(record.get("pred_points"), list)):
+        raise DataError(f'{where} lacks a file_name or a pred_points list: each record needs '
+                        '{"file_name": ..., "pred_points": [[x, y], ...]}.')
+    where = f"The predictions file {path}, record {number} ({record['file_name']}),"
+    try:
+        pairs = all(isinstance(point, list) and len(point) == 2 for point in record["pred_points"])
+        xy = [[float(v) for v in point] for point in record["pred_points"]] if pairs else None
+    except (TypeError, ValueError):
+        xy = None
+    if xy is None:
+        raise DataError(f"{where} has a point that is not a pair of numbers: write each point as [x, y].")
+    xy, conf = _checked_points(xy, np.full(len(xy), np.nan), where)
+    n_pred = record.get("n_pred")
+    if n_pred is not None and n_pred != len(xy):
+        raise DataError(f"{where} gives n_pred {n_pred} but holds {len(xy)} points: "
+                        "make n_pred equal the number of points, or drop it.")
+    return record["file_name"], xy, conf, _record_size(record, where)
+
+
+def _read_json_list(path: Path) -> Predictions:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f" (line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
+        raise DataError(f"The predictions file {path} is not valid JSON{where}: regenerate it.") from None
+    if not isinstance(records, list):
+        raise DataError(f"The predictions file {path} does not hold a JSON list of records: a .json file "
+                        "must be a list of {\"file_name\", \"pred_points\"} records (use .jsonl for one "
+                        "record per line).")
+    preds, first_record = Predictions({}, {}, {}), {}
+    for number, record in enumerate(records, start=1):
+        name, xy, conf, size = _json_list_record(record, number, path)
+        if name in first_record:
+            raise DataError(f"The predictions file {path} has two records for {name} "
+                            f"(records {first_record[name]} and {number}): keep one per image.")
+        first_record[name] = number
+        preds.add(name, xy, conf, size)
+    return preds
 
 
 def read_predictions(path: str | Path) -> Predictions:
-    """Predictions from ``localization_test_results.csv`` or ``predictions.jsonl`` (by suffix)."""
+    """Predictions from a CSV, ``predictions.jsonl`` or a ``.json`` list of records (by suffix)."""
     path = Path(path)
-    if path.suffix.lower() != ".jsonl":
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json"):
         df = read_table(path, ("file_name", "x", "y"), "predictions")
         xy, conf = points_by_image(df, path, "predictions")
         return Predictions(xy, conf, {})
     if not path.is_file():
         raise DataError(f"The predictions file {path} does not exist: check the path.")
-    preds = Predictions({}, {}, {})
-    try:
-        for number, record in iter_jsonl(path):
-            name, xy, conf, size = _jsonl_record(record, number, path)
-            preds.xy[name], preds.confidence[name] = xy, conf  # as in the resume cache, a later record wins
-            if size is not None:
-                preds.sizes[name] = size
-    except JsonLineError as err:
-        raise DataError(f"The predictions file {path}, line {err.line_no}, is not valid JSON: "
-                        "regenerate the file or delete that line.") from None
-    return preds
+    return _read_jsonl(path) if suffix == ".jsonl" else _read_json_list(path)
+
+
+def read_pixel_spacing(path: str | Path) -> dict[str, float]:
+    """``{file_name: mm per pixel}`` from a CSV with ``file_name,spacing_mm``, one row per image."""
+    path = Path(path)
+    df = read_table(path, ("file_name", "spacing_mm"), "pixel-spacing")
+    spacing = pd.to_numeric(df["spacing_mm"], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~(np.isfinite(spacing) & (spacing > 0)))
+    if len(bad):
+        raise DataError(f"The pixel-spacing file {path} has a spacing_mm that is not a positive number "
+                        f"on line {bad[0] + 2}: give mm per pixel, such as 0.143.")
+    names = df["file_name"].astype(str)
+    duplicated = names[names.duplicated()]
+    if len(duplicated):
+        raise DataError(f"The pixel-spacing file {path} lists {duplicated.iloc[0]} more than once: "
+                        "keep one row per image.")
+    return dict(zip(names, spacing.tolist()))
 
 
 def read_image_list(path: str | Path) -> list[str]:
@@ -148,3 +240,48 @@ def lookup_image_size(file_name: str, sizes: dict[str, tuple[int, int]],
         return image_size(path)
     except OSError:
         raise DataError(f"The image {path} cannot be read: replace the file or remove it from the inputs.")
+
+
+@dataclass
+class EvalImages:
+    """Aligned per-image arrays; width/height are NaN for images without any point.
+
+    ``spacing_mm`` (mm per pixel) is NaN for an image without its own spacing;
+    the evaluator then uses ``EvalConfig.pixel_spacing_mm`` where given.
+    """
+
+    file_names: list[str]
+    gt_xy: list[np.ndarray]
+    pred_xy: list[np.ndarray]
+    pred_conf: list[np.ndarray]
+    width_px: np.ndarray
+    height_px: np.ndarray
+    finder: ImageFinder | None = None
+    spacing_mm: np.ndarray | None = None
+
+
+def load_inputs(cfg) -> EvalImages:
+    """Read every input file named in ``cfg`` (a ``metrics.EvalConfig``) before anything is written."""
+    gt = read_ground_truth(cfg.ground_truth)
+    preds = read_predictions(cfg.predictions)
+    spacing = read_pixel_spacing(cfg.pixel_spacing_csv) if cfg.pixel_spacing_csv else None
+    finder = ImageFinder(cfg.image_roots) if cfg.image_roots else None
+    names = set(gt) | set(preds.xy)
+    if cfg.image_list:
+        names |= set(read_image_list(cfg.image_list))
+    if cfg.scan_image_roots:
+        names |= set(finder.all_names())
+    names = sorted(names)
+    empty = np.zeros((0, 2))
+    gt_xy = [gt.get(n, empty) for n in names]
+    pred_xy = [preds.xy.get(n, empty) for n in names]
+    pred_conf = [preds.confidence.get(n, np.zeros(0)) for n in names]
+    sizes = np.full((len(names), 2), np.nan)
+    for i, name in enumerate(names):
+        if len(gt_xy[i]) or len(pred_xy[i]):
+            sizes[i] = lookup_image_size(name, preds.sizes, finder)
+            if cfg.overlay_dir and finder.find(name) is None:
+                raise DataError(f"The image {name} is not under --image_roots, so it cannot be drawn: "
+                                "pass the folder that holds it, or drop --overlay_dir.")
+    spacing_mm = None if spacing is None else np.array([spacing.get(n, np.nan) for n in names])
+    return EvalImages(names, gt_xy, pred_xy, pred_conf, sizes[:, 0], sizes[:, 1], finder, spacing_mm)

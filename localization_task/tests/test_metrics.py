@@ -151,10 +151,43 @@ def test_no_matches_give_nan_errors_and_no_gt_gives_nan_recall():
 
 def test_count_accuracy_counts_list_negatives_as_correct():
     n_gt, n_pred = [len(g) for g in GT], [len(p) for p in PRED]
-    assert count_accuracy(n_gt, n_pred) == {"count_accuracy": 0.25, "n_count_correct": 1, "n_count_images": 4}
+    assert count_accuracy(n_gt, n_pred) == {
+        "count_accuracy": 0.25, "n_count_correct": 1, "n_count_images": 4,
+        "count_accuracy_with_nodules": 0.0, "n_count_correct_with_nodules": 0, "n_count_images_with_nodules": 2,
+        "count_accuracy_without_nodules": 0.5, "n_count_correct_without_nodules": 1,
+        "n_count_images_without_nodules": 2,
+    }
     assert count_accuracy(n_gt[:3], n_pred[:3])["count_accuracy"] == 0
     assert count_accuracy([2, 1, 0], [2, 3, 0])["count_accuracy"] == pytest.approx(2 / 3)
-    assert np.isnan(count_accuracy([], [])["count_accuracy"])
+    assert all(np.isnan(count_accuracy([], [])[k]) for k in ("count_accuracy", "count_accuracy_with_nodules"))
+
+
+def test_count_accuracy_three_ways_expose_a_model_that_predicts_nothing():
+    n_gt = [0] * 8 + [1, 2]
+    silent = count_accuracy(n_gt, [0] * 10)
+    assert silent["count_accuracy"] == 0.8  # flattering: every negative is right
+    assert silent["count_accuracy_with_nodules"] == 0 and silent["n_count_images_with_nodules"] == 2
+    assert silent["count_accuracy_without_nodules"] == 1 and silent["n_count_correct_without_nodules"] == 8
+    only_positives = count_accuracy([1, 2], [1, 1])
+    assert only_positives["count_accuracy_with_nodules"] == 0.5
+    assert np.isnan(only_positives["count_accuracy_without_nodules"])
+    assert only_positives["n_count_images_without_nodules"] == 0
+
+
+def test_mm_errors_use_each_images_spacing_and_skip_images_without_one():
+    matches = [match_points(p, g, frac * d) for p, g, d, frac in zip(PRED, GT, DIAG, [0.05] * 4)]
+    n_gt, n_pred = [len(g) for g in GT], [len(p) for p in PRED]
+    # image 0 holds both tolerant pairs (10 px and 20 px)
+    m = detection_metrics(matches, n_gt, n_pred, DIAG, np.array([0.2, 0.5, 0.5, np.nan]))
+    assert m["n_matched_mm"] == 2 and (m["mre_mm"], m["median_re_mm"]) == pytest.approx((3, 3))
+    m = detection_metrics(matches, n_gt, n_pred, DIAG, np.array([np.nan, 0.5, 0.5, 0.5]))
+    assert m["n_matched_mm"] == 0 and m["n_matched"] == 2 and np.isnan(m["mre_mm"])
+    assert detection_metrics(matches, n_gt, n_pred, DIAG, 0.5)["n_matched_mm"] == 2
+
+
+def test_matches_record_their_radius():
+    assert match_points([[0, 0]], [[3, 4]], 5.0)["radius_px"] == 5.0
+    assert match_points([], [[3, 4]], 7.5)["radius_px"] == 7.5
 
 
 # ------------------------------------------------------------------------- FROC

@@ -47,11 +47,13 @@ def test_cli_csv_table_and_json(case, capsys):
                "--pixel_spacing_mm", "0.5") == 0
     table = capsys.readouterr().out
     lines = table.splitlines()
-    assert lines[0].split() == ["tight", "tolerant"]
-    assert lines[1].split()[-2:] == ["0.02", "0.05"]
-    assert [ln.split() for ln in lines if ln.startswith(("tp ", "precision ", "f1 "))] == [
-        ["tp", "1", "2"], ["precision", "0.250", "0.500"], ["f1", "0.286", "0.571"]]
-    assert "count accuracy: 0.250 (1/4 images)" in table
+    assert lines[2].split() == ["threshold", "tight", "tolerant"]
+    assert lines[3].split()[-2:] == ["0.02", "0.05"]
+    assert [ln.split() for ln in lines if ln.startswith(("precision ", "F1 "))] == [
+        ["precision", "0.250", "0.500"], ["F1", "0.286", "0.571"]]
+    assert [ln.split()[-2:] for ln in lines if ln.startswith(("all images", "images with"))] == [
+        ["0.250", "1/4"], ["0.000", "0/2"], ["0.500", "1/2"]]
+    assert all(len(ln) <= 100 for ln in lines if not ln.startswith("wrote "))
     s = summary(case)
     assert set(s) >= {"tight", "tolerant", "count_accuracy", "froc", "config", "git_commit", "versions"}
     tight, tol = s["tight"], s["tolerant"]
@@ -61,6 +63,9 @@ def test_cli_csv_table_and_json(case, capsys):
     assert errors == pytest.approx((15, 5, 15, 7.5))
     assert tol["mre_frac"] == pytest.approx(0.03)
     assert s["count_accuracy"] == 0.25 and s["n_images"] == 4
+    assert (s["count_accuracy_with_nodules"], s["n_count_images_with_nodules"]) == (0, 2)
+    assert (s["count_accuracy_without_nodules"], s["n_count_correct_without_nodules"]) == (0.5, 1)
+    assert (tight["radius_px_min"], tight["radius_px_max"], tol["radius_px_min"]) == (10, 20, 25)
     # FROC (tolerant, 4 images, 3 GT points): cut-offs .9/.8/.5/.3 give (0, 1/3), (0, 2/3), (.25, 2/3), (.5, 2/3)
     assert s["froc"]["defined"] and s["froc"]["threshold"] == "tolerant"
     assert s["froc"]["sensitivity"] == pytest.approx([2 / 3] * 7) and s["froc"]["cpm"] == pytest.approx(2 / 3)
@@ -70,6 +75,9 @@ def test_cli_csv_table_and_json(case, capsys):
     assert per_image["file_name"].tolist() == ["a.png", "b.png", "c.png", "d.png"]
     assert per_image["tolerant_tp"].tolist() == [2, 0, 0, 0] and per_image["count_correct"].tolist() == [0, 0, 0, 1]
     assert np.isnan(per_image.loc[1, "tolerant_precision"])
+    assert per_image["tight_radius_px"][:3].tolist() == [10, 20, 10]
+    assert np.isnan(per_image.loc[3, "tight_radius_px"])  # no point on d.png: its size is not read
+    assert per_image.loc[0, "tolerant_median_re_px"] == 15 and per_image["tolerant_median_re_px"][1:].isna().all()
 
 
 def test_cli_without_image_list_evaluates_the_union(case):
@@ -145,6 +153,8 @@ def test_cli_bad_jsonl_and_bad_flags(case, capsys):
     assert run(case, "--tight_frac", "1.5") == 2
     assert run(case, "--thresholds", "tight") == 2
     assert run(case, "--pixel_spacing_mm", "-1") == 2
+    assert run(case, "--pixel_spacing_mm", "inf") == 2
+    assert "positive number of mm per pixel" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("entry", [["localization_task/metrics.py"], ["-m", "localization_task.metrics"]])
@@ -156,3 +166,24 @@ def test_cli_runs_as_script_and_module(case, entry):
     assert "count accuracy" in done.stdout and (case / "out" / "per_image_metrics.csv").is_file()
     bad = subprocess.run(cmd[:-4], cwd=REPO, capture_output=True, text=True, timeout=120)  # no --image_roots
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_missing_overlay_image_stops_before_anything_is_written(case, capsys):
+    records = [{"file_name": n, "width": w, "height": h, "points": []} for n, (w, h) in SIZES.items()]
+    (case / "pred.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (case / "images" / "b.png").unlink()  # its size comes from the predictions, its pixels are gone
+    argv = ["--predictions", str(case / "pred.jsonl"), "--ground_truth", str(case / "gt.csv"),
+            "--image_roots", str(case / "images"), "--output_dir", str(case / "out"),
+            "--overlay_dir", str(case / "overlays")]
+    assert main(argv) == 2
+    assert "b.png is not under --image_roots" in capsys.readouterr().err
+    assert not (case / "out").exists() and not (case / "overlays").exists()
+
+
+def test_unwritable_output_dir_is_one_sentence(case, capsys):
+    (case / "taken").write_text("a file, not a folder")
+    argv = ["--predictions", str(case / "pred.csv"), "--ground_truth", str(case / "gt.csv"),
+            "--image_roots", str(case / "images"), "--output_dir", str(case / "taken" / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to the output folder" in err and err.count("\n") == 1
