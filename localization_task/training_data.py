@@ -93,7 +93,7 @@ class HeatmapDataset(Dataset):
         size_hm = heatmap_size(s.input_size_px, s.stride)
         target = gaussian_heatmap(input_to_heatmap(points_in, s.input_size_px, s.stride), size_hm, s.sigma_hm)
         return {
-            "pixel_values": pixel_values_from_grey(image, s.image_mean, s.image_std),
+            "pixel_values": pixel_values_from_grey(image, s.image_mean, s.image_std)[0],
             "target": torch.from_numpy(target)[None],
             "kind": int(self.kinds[index]),
             "image_label": float(self.labels[index]),
