@@ -16,9 +16,10 @@ tuned on validation and applied unchanged to the test split.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +33,8 @@ from localization_task.augment import train_augmentation
 from localization_task.dataset import DataError, load_localization_data
 from localization_task.heatmap import sigma_hm_from_frac
 from localization_task.model import DEFAULT_ENCODER, HeatmapLocalizer, build_tiny_dinov2
-from localization_task.report import report_test
+from localization_task.evaluation import predict_split, report_test
+from localization_task.run_files import RUN_CONFIG_JSON, write_run_config, write_text_atomic
 from localization_task.sampling import KIND_NAMES, SPLITS, image_kinds, split_by_patient
 from localization_task.trainer import HeatmapTrainer, metrics_function
 from localization_task.training_data import HeatmapDataset, ItemSettings, collate, evaluation_rows
@@ -48,6 +50,7 @@ class TrainConfig:
     input_size_px: int | None = cli.arg(None, "square model input (default: the encoder's own size)")
     stride: Literal[4, 8] = cli.arg(4, "heatmap stride in input pixels", type=int)
     head_channels: int = cli.arg(128, "width of the upsampling head")
+    stem_channels: int = cli.arg(16, "width of the head's convolutional stem on the image (0 = none)")
     lora_r: int = cli.arg(16, "LoRA rank (--encoder_mode lora)")
     lora_alpha: int = cli.arg(16, "LoRA alpha")
     lora_dropout: float = cli.arg(0.05, "LoRA dropout")
@@ -125,8 +128,6 @@ def prepare_demo(config: TrainConfig) -> None:
 
 def load_splits(config: TrainConfig) -> dict[str, pd.DataFrame]:
     """All labelled images with a patient-grouped split (or the saved one); the split is saved."""
-    from localization_task.run_files import write_text_atomic
-
     frame = load_localization_data(config.data_root)
     kinds = image_kinds(frame["label"], [len(p) for p in frame["points_px"]])
     frame = frame.assign(kind=kinds, split=_split(frame, kinds, config))
@@ -158,7 +159,8 @@ def build_model(config: TrainConfig) -> HeatmapLocalizer:
 
     return HeatmapLocalizer.from_encoder(
         config.encoder, encoder_mode=config.encoder_mode, input_size_px=config.input_size_px,
-        stride=config.stride, head_channels=config.head_channels, lora_r=config.lora_r,
+        stride=config.stride, head_channels=config.head_channels, stem_channels=config.stem_channels,
+        lora_r=config.lora_r,
         lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, token=hub_token(),
     )
 
@@ -224,6 +226,17 @@ def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict) ->
     )
 
 
+def save_model_atomic(model: HeatmapLocalizer, folder: Path) -> None:
+    """save_pretrained into a temporary sibling, then swap it in: never half a model folder."""
+    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if folder.exists():
+        folder.replace(old)
+    tmp.replace(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def resume_checkpoint(config: TrainConfig) -> str | None:
     if config.resume is None:
         return None
@@ -234,6 +247,22 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     return latest
 
 
+def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict) -> None:
+    """The best checkpoint on validation (thresholds) and test (metrics); saved with its thresholds."""
+    settings = item_settings(config, model)
+    splits = {}
+    for name, max_negatives in (("val", config.eval_negatives), ("test", None)):
+        rows = evaluation_rows(frames[name], max_negatives, seed=config.seed)
+        splits[name] = predict_split(model, rows, HeatmapDataset(rows, settings), config.eval_batch_size,
+                                     config.max_points, config.num_workers, desc=name)
+    best_dir = Path(config.checkpoint_dir) / "best_model"
+    report_test(model, splits["val"], splits["test"],
+                {"tight": config.tight_frac, "tolerant": config.tolerant_frac},
+                Path(config.output_dir), extra={"checkpoint": str(best_dir)})
+    save_model_atomic(model, best_dir)
+    print(f"best model ({config.metric_for_best}) with its tuned thresholds saved to {best_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     config = cli.parse(TrainConfig, __doc__, argv, demo_defaults=DEMO_DEFAULTS)
     if config is None:
@@ -242,12 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         if config.demo:
             prepare_demo(config)
         frames = load_splits(config)
+        write_run_config(Path(config.output_dir) / RUN_CONFIG_JSON, asdict(config), {})
         model = build_model(config)
         trainer = build_trainer(config, model, frames)
         trainer.train(resume_from_checkpoint=resume_checkpoint(config))
         if not trainer.is_world_process_zero():
             return 0
-        report_test(trainer, config, frames)
+        final_evaluation(config, trainer.model, frames)
     except (DataError, ValueError) as err:
         print(f"error: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
         return 2

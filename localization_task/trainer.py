@@ -15,10 +15,9 @@ import pandas as pd
 import torch
 from transformers import Trainer
 
-from localization_task.evaluation import CANDIDATE_FLOOR, f1_and_counts, split_peaks, tune_min_confidence
-from localization_task.heatmap import decode_peaks, focal_heatmap_loss, peaks_to_original, weak_image_loss
+from localization_task.evaluation import f1_and_counts, peaks_tensor, split_peaks, tune_min_confidence
+from localization_task.heatmap import focal_heatmap_loss, weak_image_loss
 from localization_task.sampling import KEYPOINTED, NEGATIVE, WEAK, MixedEpochSampler
-from localization_task.training_data import box_from_tensor
 
 
 def heatmap_loss(logits: torch.Tensor, batch: dict, weak_weight: float) -> torch.Tensor:
@@ -30,17 +29,6 @@ def heatmap_loss(logits: torch.Tensor, batch: dict, weak_weight: float) -> torch
     if weak_weight > 0 and weak.any():
         loss = loss + weak_weight * weak_image_loss(logits[weak], batch["image_label"][weak])
     return loss
-
-
-def peaks_tensor(logits: torch.Tensor, boxes: torch.Tensor, stride: int, max_points: int) -> torch.Tensor:
-    """(B, max_points, 3) candidate peaks (x, y, confidence) in original pixels, NaN-padded."""
-    out = torch.full((logits.shape[0], max_points, 3), float("nan"), dtype=torch.float32)
-    peaks = decode_peaks(torch.sigmoid(logits.float()), max_points=max_points, min_confidence=CANDIDATE_FLOOR)
-    for row, (image_peaks, box) in enumerate(zip(peaks, boxes.cpu())):
-        keypoints = peaks_to_original(image_peaks, box_from_tensor(box), stride)
-        if keypoints:
-            out[row, : len(keypoints)] = torch.tensor([list(k) for k in keypoints], dtype=torch.float32)
-    return out.to(logits.device)
 
 
 class HeatmapTrainer(Trainer):

@@ -65,7 +65,8 @@ class HeatmapDataset(Dataset):
     """Items of a labelled frame (columns path, label, points_px) for training or evaluation."""
 
     def __init__(self, frame: pd.DataFrame, settings: ItemSettings,
-                 augmentation: KeypointAugmentation | None = None, seed: int = 0):
+                 augmentation: KeypointAugmentation | None = None, seed: int = 0,
+                 skip_unreadable: bool = False):
         self.paths = frame["path"].tolist()
         self.points_px = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in frame["points_px"]]
         self.labels = frame["label"].to_numpy(dtype=np.int64)
@@ -73,6 +74,7 @@ class HeatmapDataset(Dataset):
         self.settings = settings
         self.augmentation = augmentation
         self.seed, self.epoch = seed, 0
+        self.skip_unreadable = skip_unreadable  # inference: an unreadable file must not end a long run
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentations depend on (seed, epoch, index) only: resumed runs draw the same ones."""
@@ -83,7 +85,12 @@ class HeatmapDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         s = self.settings
-        grey = read_stretched(self.paths[index])
+        try:
+            grey = read_stretched(self.paths[index])
+        except DataError as err:
+            if not self.skip_unreadable:
+                raise
+            return {"index": index, "unreadable": str(err)}
         box = Letterbox.for_image(grey.shape[1], grey.shape[0], s.input_size_px)
         image = letterbox_image(grey, box)
         points_in = box.to_input(self.points_px[index])
@@ -103,11 +110,16 @@ class HeatmapDataset(Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack the items of a batch; `kind`, `image_label` and `index` become tensors."""
-    batch = {key: torch.stack([item[key] for item in items]) for key in ("pixel_values", "target", "box")}
+    """Stack the readable items of a batch; unreadable ones pass through as (index, reason)."""
+    skipped = [(item["index"], item["unreadable"]) for item in items if "unreadable" in item]
+    items = [item for item in items if "unreadable" not in item]
+    batch = {key: torch.stack([item[key] for item in items]) if items else torch.zeros(0)
+             for key in ("pixel_values", "target", "box")}
     batch["kind"] = torch.tensor([item["kind"] for item in items], dtype=torch.long)
     batch["image_label"] = torch.tensor([item["image_label"] for item in items], dtype=torch.float32)
     batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
+    if skipped:
+        batch["skipped"] = skipped
     return batch
 
 
