@@ -127,3 +127,28 @@ def test_two_process_data_parallel_training(labelled_root, tiny_encoder, tmp_pat
     state = json.loads((tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     assert (tmp_path / "out" / "eval_summary.json").is_file()
+
+
+def test_gating_applies_to_the_grounding_backends_too(tmp_path):
+    data = REPO / "localization_task" / "tests" / "data"
+    names = sorted(p.name for p in data.iterdir() if p.suffix == ".png")
+    pd.DataFrame({"file_name": names, "label": "Nodule", "confidence": [0.2, 0.6, 0.9][: len(names)]}).to_csv(
+        tmp_path / "gate.csv", index=False)
+    argv = ["--input_dir", str(data), "--output_dir", str(tmp_path / "out"), "--backend", "scripted",
+            "--gate_csv", str(tmp_path / "gate.csv"), "--gate_threshold", "0.5"]
+    assert inference.main(argv) == 0
+    records = {json.loads(line)["file_name"]: json.loads(line)
+               for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()}
+    assert records[names[0]]["points"] == [] and records[names[0]]["gated"] is True  # confidence 0.2 < 0.5
+    assert not records[names[-1]].get("gated")
+
+
+def test_heatmap_inference_resumes_without_redoing_images(trained, labelled_root, tmp_path, capsys):
+    argv = ["--input_dir", str(labelled_root / "nih_filtered_images"), "--output_dir", str(tmp_path),
+            "--backend", "heatmap", "--checkpoint", str(trained / "ckpt" / "best_model"), "--num_workers", "0"]
+    assert inference.main(argv) == 0
+    first = (tmp_path / "localization_test_results.csv").read_bytes()
+    capsys.readouterr()
+    assert inference.main(argv) == 0
+    assert capsys.readouterr().out.startswith("0 images predicted")
+    assert (tmp_path / "localization_test_results.csv").read_bytes() == first
