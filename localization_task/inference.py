@@ -173,7 +173,8 @@ def _is_commit_sha(revision: str) -> bool:
 
 
 DESCRIPTION = f"""\
-Nodule keypoints on chest radiographs with CheXagent-2, zero-shot.
+Nodule keypoints on chest radiographs: a heatmap localizer trained with
+localization_task/train.py (--backend heatmap --checkpoint DIR), or CheXagent-2 zero-shot.
 Writes {RESULTS_CSV} and {PREDICTIONS_JSONL} (also the resume cache:
 rerun the same command to continue an interrupted run)."""
 
