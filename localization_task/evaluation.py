@@ -64,12 +64,15 @@ def iter_peaks(model, dataset, batch_size: int, max_points: int, num_workers: in
 
 
 def predict_split(model, frame: pd.DataFrame, dataset, batch_size: int, max_points: int,
-                  num_workers: int = 0, desc: str = "scoring") -> SplitPeaks:
-    """Candidate peaks for every row of `frame` (the rows of `dataset`)."""
-    parts = [r for r in iter_peaks(model, dataset, batch_size, max_points, num_workers, desc) if len(r["index"])]
+                  num_workers: int = 0, desc: str = "scoring") -> tuple[SplitPeaks, list[tuple[str, str]]]:
+    """Candidate peaks for the rows of `frame` (the rows of `dataset`), and the unreadable (file, reason)."""
+    results = list(iter_peaks(model, dataset, batch_size, max_points, num_workers, desc))
+    skipped = [(frame["file_name"].iloc[i], reason) for r in results for i, reason in r["skipped"]]
+    parts = [r for r in results if len(r["index"])]
     if not parts:
         raise ValueError("no image of the split could be scored.")
-    return split_peaks(frame, *(np.concatenate([r[k] for r in parts]) for k in ("peaks", "box", "index")))
+    arrays = (np.concatenate([r[k] for r in parts]) for k in ("peaks", "box", "index"))
+    return split_peaks(frame, *arrays), skipped
 
 
 @dataclass
@@ -95,18 +98,20 @@ class SplitPeaks:
 
 
 def split_peaks(frame: pd.DataFrame, peaks: np.ndarray, boxes: np.ndarray, indices: np.ndarray) -> SplitPeaks:
-    """Gather the trainer's prediction arrays back into per-image peaks, in frame order.
+    """Gather the prediction arrays back into per-image peaks, in frame order.
 
     `peaks` is (N, max_points, 3) of x, y, confidence in original pixels,
     NaN-padded; `boxes` (N, 5) the letterboxes (width first); `indices` (N,)
     the frame row of each prediction (several processes may repeat a row).
+    Rows without a prediction (unreadable images) are left out.
     """
     order = {int(i): n for n, i in enumerate(indices)}
-    missing = sorted(set(range(len(frame))) - set(order))
-    if missing:
-        raise ValueError(f"no prediction came back for {len(missing)} evaluation image(s).")
-    rows = [order[i] for i in range(len(frame))]
+    present = [i for i in range(len(frame)) if i in order]
+    if not present:
+        raise ValueError("no image of the split could be scored.")
+    rows = [order[i] for i in present]
     peak_rows = [peaks[r][~np.isnan(peaks[r][:, 2])] for r in rows]
+    frame = frame.iloc[present]
     return SplitPeaks(
         file_names=frame["file_name"].tolist(),
         gt_xy=[np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in frame["points_px"]],

@@ -25,6 +25,7 @@ from typing import Literal
 
 import pandas as pd
 import torch
+from accelerate.utils import gather_object
 from transformers import EarlyStoppingCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -80,6 +81,8 @@ class TrainConfig:
     tight_frac: float = cli.arg(0.02, "tight distance threshold, fraction of the image diagonal")
     tolerant_frac: float = cli.arg(0.05, "tolerant distance threshold, fraction of the image diagonal")
     num_workers: int = cli.arg(4, "data-loading worker processes")
+    max_unreadable_frac: float = cli.arg(
+        0.01, "unreadable training images are skipped and listed; more than this fraction stops the run")
     resume: str | None = cli.arg(None, "'latest' or a checkpoint folder to continue from", nargs="?", const="latest")
     demo: bool = cli.arg(False, "make synthetic data and a tiny encoder if missing, and train on the CPU")
 
@@ -94,6 +97,8 @@ class TrainConfig:
             raise ValueError("--weak_weight, --weak_per_keypointed and --negatives_per_keypointed must be >= 0.")
         if not 0 < self.sigma_frac < 0.2:
             raise ValueError("--sigma_frac must lie in (0, 0.2).")
+        if not 0 <= self.max_unreadable_frac <= 1:
+            raise ValueError("--max_unreadable_frac must lie in [0, 1].")
         if not 0 < self.tight_frac <= self.tolerant_frac <= 1:
             raise ValueError("--tight_frac and --tolerant_frac need 0 < tight <= tolerant <= 1.")
 
@@ -213,8 +218,8 @@ def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict) ->
         model=model,
         args=training_arguments(config),
         train_dataset=HeatmapDataset(frames["train"], settings, train_augmentation(config.flip, config.seed),
-                                     seed=config.seed),
-        eval_dataset=HeatmapDataset(val_rows, settings),
+                                     seed=config.seed, skip_unreadable=True),
+        eval_dataset=HeatmapDataset(val_rows, settings, skip_unreadable=True),
         data_collator=collate,
         compute_metrics=metrics_function(val_rows, config.tolerant_frac, config.tight_frac),
         callbacks=callbacks,
@@ -223,6 +228,7 @@ def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict) ->
         negatives_per_keypointed=config.negatives_per_keypointed,
         max_points=config.max_points,
         sampler_seed=config.seed,
+        max_unreadable_frac=config.max_unreadable_frac,
     )
 
 
@@ -247,20 +253,35 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     return latest
 
 
-def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict) -> None:
-    """The best checkpoint on validation (thresholds) and test (metrics); saved with its thresholds."""
+def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict) -> list[tuple[str, str]]:
+    """The best checkpoint on validation (thresholds) and test (metrics); saved with its thresholds.
+
+    Returns the (file, reason) of images that could not be read."""
     settings = item_settings(config, model)
-    splits = {}
+    splits, unreadable = {}, []
     for name, max_negatives in (("val", config.eval_negatives), ("test", None)):
         rows = evaluation_rows(frames[name], max_negatives, seed=config.seed)
-        splits[name] = predict_split(model, rows, HeatmapDataset(rows, settings), config.eval_batch_size,
-                                     config.max_points, config.num_workers, desc=name)
+        dataset = HeatmapDataset(rows, settings, skip_unreadable=True)
+        splits[name], skipped = predict_split(model, rows, dataset, config.eval_batch_size, config.max_points,
+                                              config.num_workers, desc=name)
+        unreadable += skipped
     best_dir = Path(config.checkpoint_dir) / "best_model"
     report_test(model, splits["val"], splits["test"],
                 {"tight": config.tight_frac, "tolerant": config.tolerant_frac},
                 Path(config.output_dir), extra={"checkpoint": str(best_dir)})
     save_model_atomic(model, best_dir)
     print(f"best model ({config.metric_for_best}) with its tuned thresholds saved to {best_dir}")
+    return unreadable
+
+
+def report_unreadable(output_dir: Path, unreadable: list[tuple[str, str]]) -> None:
+    """unreadable_files.csv (file, reason) beside the results; none: no file (an old list would mislead)."""
+    path = output_dir / "unreadable_files.csv"
+    if not unreadable:
+        path.unlink(missing_ok=True)
+        return
+    write_text_atomic(path, pd.DataFrame(unreadable, columns=["file", "error"]).to_csv(index=False))
+    print(f"skipped {len(unreadable)} unreadable image(s), listed in {path}; e.g. {unreadable[0][0]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,9 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(config)
         trainer = build_trainer(config, model, frames)
         trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+        # Every process skipped its own share of unreadable training images: gather them all.
+        skipped = sorted(set(gather_object(list(trainer.unreadable.items()))))
         if not trainer.is_world_process_zero():
             return 0
-        final_evaluation(config, trainer.model, frames)
+        report_unreadable(Path(config.output_dir), skipped + final_evaluation(config, trainer.model, frames))
     except (DataError, ValueError) as err:
         print(f"error: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from transformers import Trainer
 
+from localization_task.dataset import DataError
 from localization_task.evaluation import f1_and_counts, peaks_tensor, split_peaks, tune_min_confidence
 from localization_task.heatmap import focal_heatmap_loss, weak_image_loss
 from localization_task.sampling import KEYPOINTED, NEGATIVE, WEAK, MixedEpochSampler
@@ -35,8 +36,10 @@ class HeatmapTrainer(Trainer):
     """Stock Trainer (accumulation, mixed precision, checkpoints, resume, multi-GPU) with our loss."""
 
     def __init__(self, *args, weak_weight: float, weak_per_keypointed: float, negatives_per_keypointed: float,
-                 max_points: int, sampler_seed: int = 0, **kwargs):
+                 max_points: int, sampler_seed: int = 0, max_unreadable_frac: float = 0.01, **kwargs):
         super().__init__(*args, **kwargs)
+        self.max_unreadable_frac = max_unreadable_frac
+        self.unreadable: dict[str, str] = {}  # training images skipped in this process: path -> reason
         self.weak_weight = weak_weight
         self.mix = (weak_per_keypointed, negatives_per_keypointed)
         self.max_points = max_points
@@ -48,12 +51,31 @@ class HeatmapTrainer(Trainer):
         return MixedEpochSampler(dataset.kinds, *self.mix, seed=self.sampler_seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.note_unreadable(inputs.get("skipped", []))
+        if len(inputs["index"]) == 0:  # every image of the batch was unreadable
+            loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+            return (loss, None) if return_outputs else loss
         logits = model(inputs["pixel_values"])
         loss = heatmap_loss(logits, inputs, self.weak_weight)
         return (loss, logits) if return_outputs else loss
 
+    def note_unreadable(self, skipped) -> None:
+        """Remember skipped training images; too many of them end the run with one sentence."""
+        paths = self.train_dataset.paths
+        self.unreadable.update((paths[int(index)], reason) for index, reason in skipped)
+        allowed = self.max_unreadable_frac * len(self.train_dataset)
+        if len(self.unreadable) > allowed:
+            raise DataError(f"{len(self.unreadable)} training images are unreadable, more than --max_unreadable_frac "
+                            f"allows ({allowed:.0f}), e.g. {next(iter(self.unreadable))}; replace them or remove "
+                            "their rows from the label CSVs.")
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
+        if len(inputs["index"]) == 0:  # unreadable images only: nothing to score
+            empty = torch.zeros(0, self.max_points, 3, device=self.args.device)
+            zero = torch.zeros((), device=self.args.device)
+            return zero, (None if prediction_loss_only else (empty, torch.zeros(0, 5, device=self.args.device))), \
+                (None if prediction_loss_only else inputs["index"])
         with torch.no_grad():
             logits = model(inputs["pixel_values"])
             loss = heatmap_loss(logits, inputs, self.weak_weight).detach()

@@ -39,6 +39,14 @@ class ItemSettings:
     clip_high_pct: float = 99.5
 
 
+class UnreadableImage(DataError):
+    """An image file that cannot be decoded; `reason` says why."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"image {path} cannot be read ({reason}); replace it or remove its rows from the label CSVs.")
+        self.reason = reason
+
+
 def read_stretched(path: str) -> np.ndarray:
     """Any radiograph file -> (height, width) uint8 after the per-image percentile stretch."""
     try:
@@ -46,8 +54,7 @@ def read_stretched(path: str) -> np.ndarray:
             image.load()
             grey = to_grey_array(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DataError(f"image {path} cannot be read ({type(err).__name__}); replace it or remove "
-                        "its rows from the label CSVs.") from None
+        raise UnreadableImage(path, f"{type(err).__name__}: {err}") from None
     return percentile_clip_to_uint8(grey)
 
 
@@ -74,7 +81,7 @@ class HeatmapDataset(Dataset):
         self.settings = settings
         self.augmentation = augmentation
         self.seed, self.epoch = seed, 0
-        self.skip_unreadable = skip_unreadable  # inference: an unreadable file must not end a long run
+        self.skip_unreadable = skip_unreadable  # one unreadable file must not end a long run
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentations depend on (seed, epoch, index) only: resumed runs draw the same ones."""
@@ -87,10 +94,10 @@ class HeatmapDataset(Dataset):
         s = self.settings
         try:
             grey = read_stretched(self.paths[index])
-        except DataError as err:
+        except UnreadableImage as err:
             if not self.skip_unreadable:
                 raise
-            return {"index": index, "unreadable": str(err)}
+            return {"index": index, "unreadable": err.reason}
         box = Letterbox.for_image(grey.shape[1], grey.shape[0], s.input_size_px)
         image = letterbox_image(grey, box)
         points_in = box.to_input(self.points_px[index])

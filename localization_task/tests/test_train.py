@@ -152,3 +152,37 @@ def test_heatmap_inference_resumes_without_redoing_images(trained, labelled_root
     assert inference.main(argv) == 0
     assert capsys.readouterr().out.startswith("0 images predicted")
     assert (tmp_path / "localization_test_results.csv").read_bytes() == first
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_training_image_is_skipped_listed_and_training_goes_on(labelled_root, tiny_encoder, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(labelled_root, root)
+    split = pd.read_csv(root / "classification_labels.csv")
+    broken = sorted((root / "nih_filtered_images").iterdir())[:2]
+    for path in broken:
+        _truncate(path)
+    argv = _argv(root, tiny_encoder, tmp_path, "--max_steps", "3", "--max_unreadable_frac", "0.1",
+                 "--negatives_per_keypointed", "3", "--weak_per_keypointed", "3")
+    assert train.main(argv) == 0
+    listed = pd.read_csv(tmp_path / "out" / "unreadable_files.csv")
+    assert set(listed["file"].map(lambda p: Path(p).name)) <= {p.name for p in broken} and len(listed) >= 1
+    assert (tmp_path / "out" / "eval_summary.json").is_file() and len(split) > 0
+
+
+def test_too_many_unreadable_training_images_stop_with_one_sentence(labelled_root, tiny_encoder, tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(labelled_root, root)
+    for path in sorted((root / "nih_filtered_images").iterdir())[:10]:
+        _truncate(path)
+    argv = _argv(root, tiny_encoder, tmp_path, "--max_steps", "3", "--max_unreadable_frac", "0",
+                 "--negatives_per_keypointed", "3", "--weak_per_keypointed", "3")
+    assert train.main(argv) == 2
+    # Progress bars share stderr and redraw their line with a carriage return.
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    errors = [line[line.index("error:"):] for line in lines if "error:" in line]
+    assert len(errors) == 1 and "--max_unreadable_frac" in errors[0] and "unreadable" in errors[0]
