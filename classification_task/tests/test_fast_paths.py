@@ -1,4 +1,5 @@
-"""The patient split and label loading at the scale of the real data (63k rows, 25k patients)."""
+"""Fast paths equal their obvious versions: the patient split and label loading at the scale of the
+real data (63k rows, 25k patients), and the clip percentiles without sorting."""
 
 import os
 import time
@@ -8,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classification_task.dataset import find_image_paths, patient_id, resolve_image_path, split_by_patient
+from classification_task import dataset
+from classification_task.dataset import (
+    clip_bounds, find_image_paths, integer_percentiles, patient_id, resolve_image_path, split_by_patient,
+)
 
 FIXTURES = Path(__file__).parent / "data"
 
@@ -75,3 +79,45 @@ def test_patient_ids_of_names_in_sub_folders():
     assert patient_id("batch_1/00000001_002.png") == "nih:00000001"
     assert patient_id("sub/LIDC-IDRI-0001_1.png", "LIDC-IDRI-0001") == "lidc:LIDC-IDRI-0001"
     assert patient_id("sub/x.png") == "file:sub/x.png"
+
+
+def _images(rng):
+    """Integer images of every awkward kind: uniform, few values, constant, striped, 1-pixel, 1-D."""
+    for trial in range(240):
+        dtype = (np.uint8, np.uint16, np.int32)[trial % 3]
+        high = 256 if dtype is np.uint8 else 65536
+        shape = tuple(rng.integers(1, 200, 2))
+        kind = trial % 6
+        if kind == 0:
+            pixels = rng.integers(0, high, shape)
+        elif kind == 1:
+            pixels = rng.integers(0, 3, shape) * rng.integers(1, high // 3)
+        elif kind == 2:
+            pixels = np.full(shape, rng.integers(0, high))
+        elif kind == 3:  # black columns and white rows: most samples and bounds land on ties
+            pixels = rng.integers(100, 120, shape)
+            pixels[:, ::2], pixels[::3] = 0, high - 1
+        elif kind == 4:
+            pixels = (rng.normal(0.5, 0.1, shape) * high).clip(0, high - 1)
+        else:
+            pixels = rng.integers(0, high, rng.integers(1, 5000))
+        yield pixels.astype(dtype)
+
+
+def test_percentiles_equal_numpy_exactly():
+    rng = np.random.default_rng(0)
+    for pixels in _images(rng):
+        percentiles = (0.0, 0.5, 1.0, 4.9, 5.0, 37.3, 50.0, 95.0, 99.5, 100.0, rng.uniform(0, 100))
+        expected = [float(v) for v in np.percentile(pixels, percentiles)]
+        assert integer_percentiles(pixels, percentiles) == expected, (pixels.dtype, pixels.shape)
+
+
+def test_clip_percentiles_of_radiographs_come_from_the_tails(monkeypatch):
+    """On real radiographs the sampled bound suffices: no fallback to the histogram."""
+    def no_histogram(*args):
+        raise AssertionError("fell back to the histogram")
+
+    monkeypatch.setattr(dataset, "_histogram_order_statistics", no_histogram)
+    for name in ("00000001_000.png", "node21_3_16bit.png"):
+        pixels = dataset.read_grey(FIXTURES / name)
+        assert list(clip_bounds(pixels, 0.5, 99.5)) == [float(v) for v in np.percentile(pixels, (0.5, 99.5))]
