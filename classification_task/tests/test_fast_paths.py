@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classification_task import dataset
+from classification_task import dataset, percentiles
 from classification_task.dataset import (
     clip_bounds, find_image_paths, integer_percentiles, patient_id, resolve_image_path, split_by_patient,
 )
@@ -117,7 +117,7 @@ def test_clip_percentiles_of_radiographs_come_from_the_tails(monkeypatch):
     def no_histogram(*args):
         raise AssertionError("fell back to the histogram")
 
-    monkeypatch.setattr(dataset, "_histogram_order_statistics", no_histogram)
+    monkeypatch.setattr(percentiles, "_histogram_order_statistics", no_histogram)
     for name in ("00000001_000.png", "node21_3_16bit.png"):
         pixels = dataset.read_grey(FIXTURES / name)
         assert list(clip_bounds(pixels, 0.5, 99.5)) == [float(v) for v in np.percentile(pixels, (0.5, 99.5))]
