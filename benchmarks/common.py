@@ -30,14 +30,15 @@ def machine() -> dict:
         ram_gib = round(total_kib / 2**20, 1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"nproc": cores, "cpu_model": cpu_model, "ram_gib": ram_gib, "gpu": gpu,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "load_average_1min": load}
 
 
 def machine_line() -> str:
     info = machine()
     return (f"machine: nproc {info['nproc']}, {info['cpu_model']}, {info['ram_gib']} GiB RAM, "
-            f"GPU: {info['gpu'] or 'none'}")
+            f"GPU: {info['gpu'] or 'none'}; load average {info['load_average_1min']:.1f} at the start")
 
 
 def sync() -> None:
