@@ -1,7 +1,7 @@
 """Training speed and peak GPU memory at effective batch 16: the reference settings against ours.
 
     python -m benchmarks.bench_train [--steps 4] [--variants all] [--out PATH]
-    python -m benchmarks.bench_train --task localizer     # the heatmap localizer (see below)
+    python -m benchmarks.bench_train --task localizer     # the heatmap localizer's training
 
 Every setup trains QLoRA (4-bit NF4 base, LoRA r=16 on all linear layers,
 class-weighted answer loss) with the project's own `NoduleTrainer` and
@@ -70,7 +70,7 @@ class TrainBenchConfig:
     steps: int = cli.arg(6, "optimizer steps per setup, the first a warm-up")
     variants: str = cli.arg("all", f"setups to run on the GPU, comma-separated, from: {', '.join(SETUPS)}")
     work_dir: str | None = cli.arg(None, "where the models are saved (the full-size one takes ~9 GB)")
-    out: str = cli.arg("outputs/benchmarks/train.json", "JSON record of the run")
+    out: str | None = cli.arg(None, "JSON record of the run (default: outputs/benchmarks/train_<task>.json)")
 
     def __post_init__(self) -> None:
         if self.steps < 2:
@@ -176,23 +176,6 @@ def gpu_placeholders(setups) -> list[dict]:
              "samples_per_s": NO_GPU} for setup in setups]
 
 
-# ----------------------------------------------------------------------------- the heatmap localizer
-# LOCALIZER (--task localizer): the place for the heatmap localizer's training. Measure it like the
-# classifier above: samples/s and peak GPU memory of its Trainer (localization_task/train.py on
-# localization_task.training_data), a tiny random-init encoder on the CPU, the full-size RAD-DINO
-# architecture (ViT-B/14) with random weights on a GPU. Until then its rows say why they are empty.
-
-
-def localizer_rows() -> list[dict]:
-    try:
-        import localization_task.training_data  # noqa: F401
-        reason = "not yet measured (localizer training is here: add its measurement to bench_train.py)"
-    except ImportError:
-        reason = "not yet measured (localizer training not in this checkout)"
-    return [{"device": device, "model": "heatmap localizer", "setup": "ours", "samples_per_s": reason}
-            for device in ("CPU", "GPU")]
-
-
 def headline(rows: list[dict]) -> str:
     parts = []
     for device in ("CPU", "GPU"):
@@ -202,6 +185,9 @@ def headline(rows: list[dict]) -> str:
             parts.append(f"{device}: {NO_GPU if device == 'GPU' else 'no measured row'}")
             continue
         best = max(ours, key=lambda r: r["samples_per_s"])
+        if "vs_reference" not in best:  # the localizer has no reference
+            parts.append(f"{device} ({best['model']}): {best['samples_per_s']:.1f} samples/s")
+            continue
         text = f"{device} ({best['model']}): ours {best['vs_reference']:.2f}x the reference's samples/s ({best['setup']})"
         if best.get("peak_gib") is not None:
             text += f", peak {best['peak_gib']:.1f} GiB"
@@ -215,10 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     print(machine_line())
-    if config.task == "localizer":
-        rows = localizer_rows()
-    else:
-        with tempfile.TemporaryDirectory(dir=config.work_dir) as tmp:
+    with tempfile.TemporaryDirectory(dir=config.work_dir) as tmp:
+        if config.task == "localizer":  # the heatmap localizer: benchmarks/localizer_training.py
+            from benchmarks.localizer_training import localizer_rows
+
+            rows = localizer_rows(config.steps, Path(tmp), StepClock)
+        else:
             base, _ = tiny_model_folders(Path(tmp) / "tiny")
             rows = run_setups(base, CPU_SETUPS, config.steps, 112, "CPU", "tiny", Path(tmp))
             if torch.cuda.is_available():
@@ -226,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows += run_setups(base, config.gpu_setups, config.steps, 896, "GPU", "full-size 4.3B", Path(tmp))
             else:
                 rows += gpu_placeholders(config.gpu_setups)
-    print(f"effective batch {EFFECTIVE_BATCH}, QLoRA (NF4 base, LoRA r=16), {config.steps} steps of which 1 warm-up; "
-          "samples/s from the median step")
+    if config.task == "classifier":
+        print(f"effective batch {EFFECTIVE_BATCH}, QLoRA (NF4 base, LoRA r=16), ", end="")
+    print(f"{config.steps} steps of which 1 warm-up; samples/s from the median step")
     print(format_table(rows, COLUMNS))
     line = headline(rows)
-    path = write_record(config.out, config, {"training": rows}, line)
+    out = config.out or f"outputs/benchmarks/train_{config.task}.json"
+    path = write_record(out, config, {"training": rows}, line)
     print(f"record: {path}")
     print(line)
     return 0
