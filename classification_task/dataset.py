@@ -164,28 +164,38 @@ def split_by_patient(
     """Assign train/val/test per row, stratified by class, grouped by `patient_id`.
 
     A patient's stratum is its highest label (any Nodule image makes it a
-    nodule patient). Within each stratum the patients are shuffled with the
-    seed and laid end to end, each as long as its number of images of the
-    stratum's class; a patient goes to test, val or train by where its midpoint
-    falls (the first `fractions[2]` of the line, the next `fractions[1]`, the
-    rest). No patient is split; the nodule images, and the images of patients
-    without nodules, are cut in the given fractions up to one patient; 63k rows
-    take a fraction of a second. The result does not depend on the row order.
+    nodule patient) and its weight its number of images of that class. Within
+    each stratum the patients, shuffled with the seed, are dealt one by one to
+    the split furthest below its share of the weight dealt so far. No patient
+    is split; the nodule images, and the images of patients without nodules,
+    fall into the splits in the given fractions up to about one patient, and
+    every split gets patients once a stratum has about twenty. A patient's size
+    does not sway where it goes. 63k rows take a fraction of a second; the
+    result does not depend on the row order.
     """
     patients, codes = np.unique(frame["patient_id"].to_numpy(dtype=str), return_inverse=True)
     labels = frame["label"].to_numpy(dtype=np.int64)
     stratum = np.zeros(len(patients), dtype=np.int64)
     np.maximum.at(stratum, codes, labels)
-    length = np.bincount(codes, weights=labels == stratum[codes], minlength=len(patients))
-    cut_test, cut_val = fractions[2], fractions[2] + fractions[1]
-    patient_split = np.empty(len(patients), dtype=object)
+    weight = np.bincount(codes, weights=labels == stratum[codes], minlength=len(patients))
+    patient_split = np.empty(len(patients), dtype=np.int64)
     rng = np.random.default_rng(seed)
     for value in np.unique(stratum):
         members = rng.permutation(np.flatnonzero(stratum == value))
-        ends = np.cumsum(length[members])
-        midpoint = (ends - length[members] / 2) / ends[-1]
-        patient_split[members] = np.where(midpoint < cut_test, "test", np.where(midpoint < cut_val, "val", "train"))
-    return pd.Series(patient_split[codes], index=frame.index, name="split")
+        patient_split[members] = _deal(weight[members].tolist(), fractions)
+    return pd.Series(np.array(SPLITS, dtype=object)[patient_split[codes]], index=frame.index, name="split")
+
+
+def _deal(weights: list[float], fractions: tuple[float, ...]) -> list[int]:
+    """Index of the split each weight goes to, in order: the one furthest below its share so far."""
+    dealt, total, splits = [0.0] * len(fractions), 0.0, []
+    for w in weights:
+        # The choice ignores w itself: a large patient is as likely as a small one to go anywhere.
+        split = max(range(len(fractions)), key=lambda k: fractions[k] * total - dealt[k])
+        dealt[split] += w
+        total += w
+        splits.append(split)
+    return splits
 
 
 def load_or_make_split(frame: pd.DataFrame, split_file: str | Path | None, seed: int) -> pd.DataFrame:

@@ -121,3 +121,17 @@ def test_clip_percentiles_of_radiographs_come_from_the_tails(monkeypatch):
     for name in ("00000001_000.png", "node21_3_16bit.png"):
         pixels = dataset.read_grey(FIXTURES / name)
         assert list(clip_bounds(pixels, 0.5, 99.5)) == [float(v) for v in np.percentile(pixels, (0.5, 99.5))]
+
+
+def test_patients_of_every_size_go_everywhere_and_small_strata_fill_every_split():
+    frame = _full_scale_frame(seed=3)
+    split = split_by_patient(frame, seed=0)
+    images_per_patient = frame.groupby(split)["patient_id"].agg(lambda ids: len(ids) / ids.nunique())
+    assert images_per_patient.max() / images_per_patient.min() < 1.1, images_per_patient.to_dict()
+
+    rng = np.random.default_rng(0)
+    for seed in range(20):  # 25 patients per stratum, 1-5 images each
+        names = [f"{p:08d}_{f:03d}.png" for p in range(50) for f in range(rng.integers(1, 6))]
+        small = pd.DataFrame({"file_name": names, "patient_id": [patient_id(n) for n in names]})
+        small["label"] = (small["patient_id"].str[-8:].astype(int) % 2) * (small["file_name"].str[-5] == "0")
+        assert set(split_by_patient(small, seed=seed)) == {"train", "val", "test"}
