@@ -143,7 +143,8 @@ def headline(rows: list[dict]) -> str:
             parts.append(f"{device}: {NO_GPU}")
             continue
         best = max(ours, key=lambda r: r["img_per_s"])
-        text = f"{device} ({ours[0]['model']}): ours {best['vs_reference']:.1f}x the reference's images/s (batch {best['batch']})"
+        text = (f"{device} ({ours[0]['model']}): ours {best['vs_reference']:.1f}x the reference's images/s "
+                f"(batch {best['batch']})")
         batch_one = next((r for r in ours if r["batch"] == 1), None)
         if batch_one and batch_one["peak_gib"] is not None:
             text += f", peak {batch_one['peak_gib']:.1f} GiB at batch 1"

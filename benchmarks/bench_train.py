@@ -188,7 +188,8 @@ def headline(rows: list[dict]) -> str:
         if "vs_reference" not in best:  # the localizer has no reference
             parts.append(f"{device} ({best['model']}): {best['samples_per_s']:.1f} samples/s")
             continue
-        text = f"{device} ({best['model']}): ours {best['vs_reference']:.2f}x the reference's samples/s ({best['setup']})"
+        text = (f"{device} ({best['model']}): ours {best['vs_reference']:.2f}x the reference's samples/s "
+                f"({best['setup']})")
         if best.get("peak_gib") is not None:
             text += f", peak {best['peak_gib']:.1f} GiB"
         parts.append(text)
