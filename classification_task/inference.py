@@ -14,6 +14,16 @@ Writes, in --output_dir:
                                      model/adapter/pre-processing, appended after every batch
 Rerunning the same command scores only the images not yet in the cache (new or
 interrupted ones); the final CSV is rebuilt from the cache every time.
+
+Several processes (one GPU each, or CPU processes) share the images:
+
+    accelerate launch --num_processes 4 classification_task/inference.py --input_dir ... --output_dir ...
+    torchrun --nproc_per_node 4 classification_task/inference.py --input_dir ... --output_dir ...
+
+Process r of N scores every N-th image still to score, from the r-th, into its own
+cache file (.classification_partial.<key>.rank<r>.csv); process 0 waits for the
+others, merges every cache and writes the CSV. A rerun, with any number of
+processes, resumes from all the cache files.
 """
 
 from __future__ import annotations
@@ -25,11 +35,13 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from classification_task import cli
@@ -133,8 +145,9 @@ def source_signature(name_or_path: str | None):
     return [str(folder.resolve()), files]
 
 
-def partial_path(config: InferenceConfig) -> Path:
-    """One cache file per set of things a confidence depends on (not threshold or batch size)."""
+def partial_path(config: InferenceConfig, rank: int | None = None) -> Path:
+    """One cache file per set of things a confidence depends on (not threshold or batch size),
+    and per process when several share the work (`rank`)."""
     settings = {
         "input_dir": str(Path(config.input_dir).resolve()),
         "model": source_signature(config.model_id),
@@ -143,7 +156,16 @@ def partial_path(config: InferenceConfig) -> Path:
         "preprocessing": [config.clip_low_pct, config.clip_high_pct, config.image_size_px],
     }
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(config.output_dir) / f"{PARTIAL_PREFIX}.{key}.csv"
+    return Path(config.output_dir) / f"{PARTIAL_PREFIX}.{key}{'' if rank is None else f'.rank{rank}'}.csv"
+
+
+def cached_scores(config: InferenceConfig) -> dict[str, float]:
+    """The scores in every cache file of this configuration: one process's or several's."""
+    single = partial_path(config)
+    scores = {}
+    for path in [single, *sorted(single.parent.glob(f"{single.stem}.rank*.csv"))]:
+        scores |= PartialScores(path).load()
+    return scores
 
 
 class PartialScores:
@@ -218,17 +240,59 @@ def load_model(config: InferenceConfig):
     return model, processor
 
 
-def score_images(config: InferenceConfig, names: list[str], cache: PartialScores) -> list[tuple[str, str]]:
+def score_images(config: InferenceConfig, names: list[str], cache: PartialScores,
+                 desc: str = "scoring") -> list[tuple[str, str]]:
     """Score `names` batch by batch into `cache`; returns (file_name, error) of unreadable ones."""
     model, processor = load_model(config)
     images = FolderImages(config.input_dir, names, config.preprocessing)
     unreadable = []
-    batches = score_batches(model, processor, images, config.batch_size, config.num_workers)
+    batches = score_batches(model, processor, images, config.batch_size, config.num_workers, desc)
     for file_names, p_nodule, skipped in batches:
         if file_names:
             cache.append(file_names, p_nodule)
         unreadable += skipped
     return unreadable
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among those torchrun / accelerate launch started (one alone by default)."""
+
+    rank: int = 0
+    count: int = 1
+
+    @classmethod
+    def join(cls) -> Processes:
+        """Join the launcher's process group. gloo: the group only synchronises, so it needs no GPU,
+        and a long timeout, since process 0 may wait hours for a slower one to finish its share."""
+        count = int(os.environ.get("WORLD_SIZE", "1"))
+        if count == 1:
+            return cls()
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", timeout=timedelta(hours=24))
+        return cls(dist.get_rank(), count)
+
+    def share(self, names: list[str]) -> list[str]:
+        return names[self.rank :: self.count]
+
+    def barrier(self) -> None:
+        if self.count > 1:
+            dist.barrier()
+
+    def gather_to_first(self, items: list) -> list:
+        """Every process's `items`, concatenated, on process 0 (once all have sent); [] elsewhere."""
+        if self.count == 1:
+            return items
+        gathered = [None] * self.count if self.rank == 0 else None
+        dist.gather_object(items, gathered, dst=0)
+        return [item for part in gathered for item in part] if self.rank == 0 else []
+
+    def leave(self) -> None:
+        if self.count > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -255,24 +319,41 @@ def report_unreadable(output_dir: Path, unreadable: list[tuple[str, str]]) -> No
     print(f"skipped {len(unreadable)} unreadable file(s), listed in {path}; e.g. {name}: {error}")
 
 
+def score_share(config: InferenceConfig, names: list[str], processes: Processes) -> list[tuple[str, str]]:
+    """This process's share of the images not yet scored, into its own cache; on process 0,
+    once every process has finished, the unreadable files of all."""
+    scored = cached_scores(config)
+    pending = [name for name in names if name not in scored]
+    if processes.rank == 0:
+        print(f"{len(names)} image(s) in {config.input_dir}: {len(names) - len(pending)} already scored, "
+              f"{len(pending)} to score" + (f" by {processes.count} processes" if processes.count > 1 else ""))
+    processes.barrier()  # every process has read the caches before any appends to them
+    mine = processes.share(pending)
+    rank = processes.rank if processes.count > 1 else None
+    desc = "scoring" if rank is None else f"scoring, process {rank}"
+    unreadable = score_images(config, mine, PartialScores(partial_path(config, rank)), desc) if mine else []
+    order = {name: index for index, name in enumerate(names)}
+    return sorted(processes.gather_to_first(unreadable), key=lambda pair: order[pair[0]])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     config = cli.parse(InferenceConfig, __doc__, argv)
     if config is None:
         return 2
     output_dir = Path(config.output_dir)
+    processes = Processes.join()
     try:
         names = find_images(config)
         check_local_folder(config.model_id, "--model_id", "config.json", "a folder written by save_pretrained")
         check_local_folder(config.adapter, "--adapter", "adapter_config.json",
                            "the folder train.py saved (e.g. checkpoints/classification/best_adapter)")
-        write_run_config(output_dir, config)
-        cache = PartialScores(partial_path(config))
-        pending = [name for name in names if name not in cache.load()]
-        print(f"{len(names)} image(s) in {config.input_dir}: {len(names) - len(pending)} already scored, "
-              f"{len(pending)} to score")
-        unreadable = score_images(config, pending, cache) if pending else []
-        results = results_frame(names, cache.load(), config.threshold)
+        if processes.rank == 0:
+            write_run_config(output_dir, config)
+        unreadable = score_share(config, names, processes)
+        if processes.rank != 0:
+            return 0
+        results = results_frame(names, cached_scores(config), config.threshold)
         write_csv_atomic(results, output_dir / RESULTS_CSV)
         report_unreadable(output_dir, unreadable)
         if results.empty:
@@ -281,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        processes.leave()
     n_nodule = int((results["label"] == INT_TO_LABEL[1]).sum())
     print(f"{len(results)} image(s) scored, {n_nodule} labelled {INT_TO_LABEL[1]} at threshold "
           f"{config.threshold}: {output_dir / RESULTS_CSV}")

@@ -74,7 +74,8 @@ def load_processor(model_id: str):
         return AutoProcessor.from_pretrained(model_id, token=hub_token())
 
 
-def load_base_model(model_id: str, quantization: Quantization = "nf4"):
+def load_base_model(model_id: str, quantization: Quantization = "nf4", attn_implementation: str = "sdpa"):
+    """The base model, 4-bit NF4 or in the compute dtype, with PyTorch's fused attention (sdpa) by default."""
     dtype = compute_dtype()
     quantization_config = None
     if quantization == "nf4":
@@ -91,6 +92,7 @@ def load_base_model(model_id: str, quantization: Quantization = "nf4"):
             dtype=dtype,
             quantization_config=quantization_config,
             device_map=device_map(),
+            attn_implementation=attn_implementation,
             token=hub_token(),
         )
 
@@ -114,9 +116,10 @@ def add_lora(model, config: LoraConfig):
     return model
 
 
-def load_with_adapter(model_id: str, adapter: str | None, quantization: Quantization = "none", merge: bool = False):
+def load_with_adapter(model_id: str, adapter: str | None, quantization: Quantization = "none", merge: bool = False,
+                      attn_implementation: str = "sdpa"):
     """Base model plus a trained adapter (or the zero-shot base when adapter is None)."""
-    model = load_base_model(model_id, quantization)
+    model = load_base_model(model_id, quantization, attn_implementation)
     if adapter:
         with explained_load_errors(model_id, adapter):
             model = PeftModel.from_pretrained(model, adapter, token=hub_token())

@@ -48,7 +48,8 @@ def test_qlora_train_save_resume_continues_from_saved_step(data_root, tiny_model
     argv = _argv(data_root, tiny_model_dir, tmp_path, "--quantization", "nf4", "--no-zero_shot")
     assert train.main(argv + ["--max_steps", "4"]) == 0
     assert (tmp_path / "ckpt" / "checkpoint-4" / "adapter_model.safetensors").is_file()
-    assert len(calls) == 4 * 2  # 4 optimizer steps x 2 accumulation micro-batches
+    # 4 optimizer steps x 2 accumulation micro-batches; a step that ends an epoch may have only one.
+    assert sorted(set(calls)) == [0, 1, 2, 3] and 4 * 2 - 1 <= len(calls) <= 4 * 2
 
     calls.clear()
     assert train.main(argv + ["--max_steps", "6", "--resume"]) == 0
