@@ -86,13 +86,29 @@ def load_base_model(model_id: str, quantization: Quantization = "nf4"):
             bnb_4bit_quant_storage=dtype,
         )
     with explained_load_errors(model_id):
-        return AutoModelForImageTextToText.from_pretrained(
+        model = AutoModelForImageTextToText.from_pretrained(
             model_id,
             dtype=dtype,
             quantization_config=quantization_config,
             device_map=device_map(),
             token=hub_token(),
         )
+    keep_4bit_weights_as_loaded(model)
+    return model
+
+
+def keep_4bit_weights_as_loaded(model) -> None:
+    """Switch off bitsandbytes' CPU repacking of 4-bit weights for inference.
+
+    On a CPU with AVX512-BF16, a 4-bit layer run in eval mode without gradients
+    repacks its weight and rounds the quantisation scales to bf16; the next
+    training step or save quantises them again. Each evaluation would then
+    nudge the frozen base, so a run resumed from a checkpoint (whose base is
+    freshly loaded) would drift away from the uninterrupted run.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def lora_config(rank: int = 16, alpha: int = 16, dropout: float = 0.05) -> LoraConfig:

@@ -12,14 +12,14 @@ logits. Each epoch: all positives + the next chunk of negatives.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import EarlyStoppingCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from classification_task import cli
 from classification_task.dataset import SPLITS, DataError, Preprocessing, RadiographDataset, load_labels, load_or_make_split
@@ -37,6 +37,7 @@ from classification_task.model import (
 from classification_task.run_files import write_csv_atomic, write_run_config
 from classification_task.trainer import NoduleTrainer, compute_metrics
 
+TRAINER_STATE = "trainer_state.json"  # written last into each checkpoint folder
 METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "balanced_accuracy", "mcc", "loss")
 
 
@@ -188,17 +189,37 @@ def build_trainer(config: TrainConfig, model, processor, frames: dict) -> Nodule
     )
 
 
+def is_complete_checkpoint(folder: str | Path) -> bool:
+    """The Trainer writes trainer_state.json last: a folder without it (as JSON) was cut short."""
+    try:
+        json.loads((Path(folder) / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(checkpoint_dir: str | Path) -> str | None:
+    """The newest complete `checkpoint-N` folder: a run killed while saving resumes from the one before."""
+    steps = {int(folder.name[11:]): folder for folder in Path(checkpoint_dir).glob("checkpoint-*")
+             if folder.name[11:].isdigit() and is_complete_checkpoint(folder)}  # 11 = len("checkpoint-")
+    return str(steps[max(steps)]) if steps else None
+
+
 def resume_checkpoint(config: TrainConfig) -> str | None:
     if config.resume is None:
         return None
     if config.resume != "latest":
+        if not is_complete_checkpoint(config.resume):
+            raise DataError(f"{config.resume} is not a complete checkpoint (no {TRAINER_STATE}); pass another "
+                            f"checkpoint-N folder, or --resume alone for the latest complete one.")
         return config.resume
-    latest = get_last_checkpoint(config.checkpoint_dir) if Path(config.checkpoint_dir).is_dir() else None
+    latest = last_complete_checkpoint(config.checkpoint_dir)
     print(f"resuming from {latest}" if latest else "no checkpoint to resume from: starting fresh")
     return latest
 
 
 def train(config: TrainConfig, processor, frames: dict):
+    set_seed(config.seed)  # the LoRA A matrices are drawn here, before the Trainer seeds anything
     model = load_base_model(config.model_id, config.quantization)
     model = add_lora(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout))
     trainer = build_trainer(config, model, processor, frames)
