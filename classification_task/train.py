@@ -13,11 +13,13 @@ logits. Each epoch: all positives + the next chunk of negatives.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import pandas as pd
 import torch
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
@@ -34,7 +36,7 @@ from classification_task.model import (
     load_with_adapter,
     lora_config,
 )
-from classification_task.run_files import write_csv_atomic, write_run_config
+from classification_task.run_files import check_fresh_run, remove_earlier_run, write_csv_atomic, write_run_config
 from classification_task.trainer import NoduleTrainer, compute_metrics
 
 TRAINER_STATE = "trainer_state.json"  # written last into each checkpoint folder
@@ -76,6 +78,7 @@ class TrainConfig:
     num_workers: int = cli.arg(2, "data-loading worker processes")
     bootstrap: int = cli.arg(1000, "bootstrap resamples for test confidence intervals (0 = none)")
     resume: str | None = cli.arg(None, "'latest' or a checkpoint folder to continue from", const="latest")
+    overwrite: bool = cli.arg(False, "replace an earlier run's checkpoints and results in these folders")
     eval_only: bool = cli.arg(False, "skip training: evaluate --adapter (or the zero-shot base) on val/test")
     adapter: str | None = cli.arg(None, "adapter folder for --eval_only")
     zero_shot: bool = cli.arg(True, "also score the base model without adapter, side by side")
@@ -91,6 +94,8 @@ class TrainConfig:
             raise ValueError("--learning_rate must lie in (0, 1).")
         if self.pos_weight <= 0 or self.focal_gamma < 0:
             raise ValueError("--pos_weight must be positive and --focal_gamma non-negative.")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the earlier run and --overwrite replaces it: pass only one.")
         Preprocessing(self.clip_low_pct, self.clip_high_pct)  # validates the percentiles
 
     @property
@@ -124,14 +129,33 @@ def prepare_demo(config: TrainConfig) -> None:
         save_tiny_medgemma(config.model_id)
 
 
-def load_data(config: TrainConfig) -> dict:
-    frame = load_labels(config.data_root)
-    frame = load_or_make_split(frame, config.split_file, config.seed)
-    write_csv_atomic(frame[["file_name", "split"]], Path(config.output_dir) / "split.csv")
-    frames = {name: frame[frame["split"] == name].reset_index(drop=True) for name in SPLITS}
-    counts = ", ".join(f"{n} {len(f)} ({int(f['label'].sum())} nodule)" for n, f in frames.items())
+def load_data(config: TrainConfig) -> pd.DataFrame:
+    """The labelled images with a `split` column (train/val/test); nothing is written yet."""
+    frame = load_or_make_split(load_labels(config.data_root), config.split_file, config.seed)
+    counts = ", ".join(f"{name} {len(part)} ({int(part['label'].sum())} nodule)"
+                       for name, part in split_frames(frame).items())
     print(f"split by patient: {counts}")
-    return frames
+    return frame
+
+
+def split_frames(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {name: frame[frame["split"] == name].reset_index(drop=True) for name in SPLITS}
+
+
+def load_model(config: TrainConfig):
+    """The model to train (base + fresh LoRA) or, with --eval_only, to score (base + --adapter)."""
+    if config.eval_only:
+        return load_with_adapter(config.model_id, config.adapter, config.quantization)
+    set_seed(config.seed)  # the LoRA A matrices are drawn here, before the Trainer seeds anything
+    model = load_base_model(config.model_id, config.quantization)
+    return add_lora(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout))
+
+
+def start_run(config: TrainConfig, frame: pd.DataFrame, earlier: list[Path]) -> None:
+    """The inputs hold: replace an earlier run (--overwrite), then write the split and the config."""
+    remove_earlier_run(earlier)
+    write_csv_atomic(frame[["file_name", "split"]], Path(config.output_dir) / "split.csv")
+    write_run_config(config.output_dir, config)
 
 
 def training_arguments(config: TrainConfig) -> TrainingArguments:
@@ -218,16 +242,18 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     return latest
 
 
-def train(config: TrainConfig, processor, frames: dict):
-    set_seed(config.seed)  # the LoRA A matrices are drawn here, before the Trainer seeds anything
-    model = load_base_model(config.model_id, config.quantization)
-    model = add_lora(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout))
+def train(config: TrainConfig, model, processor, frames: dict, resume_from: str | None):
     trainer = build_trainer(config, model, processor, frames)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+    trainer.train(resume_from_checkpoint=resume_from)
     best_adapter = Path(config.checkpoint_dir) / "best_adapter"
     trainer.save_model(str(best_adapter))  # the best checkpoint: load_best_model_at_end
     print(f"best adapter ({config.metric_for_best}) saved to {best_adapter}")
     return trainer
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch, or a plain run."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,17 +262,20 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     try:
+        # Only rank 0 looks: the other processes may start while it writes the new run's files.
+        earlier = check_fresh_run(config.output_dir, None if config.eval_only else config.checkpoint_dir,
+                                  config.resume, config.overwrite) if is_main_process() else []
+        resume_from = None if config.eval_only else resume_checkpoint(config)
         if config.demo:
             prepare_demo(config)
-        frames = load_data(config)
-        write_run_config(config.output_dir, config)
+        frame = load_data(config)
         processor = load_processor(config.model_id)
         answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
-        log_history = None
-        if config.eval_only:
-            model = load_with_adapter(config.model_id, config.adapter, config.quantization)
-        else:
-            trainer = train(config, processor, frames)
+        model = load_model(config)
+        start_run(config, frame, earlier)
+        frames, log_history = split_frames(frame), None
+        if not config.eval_only:
+            trainer = train(config, model, processor, frames, resume_from)
             if not trainer.is_world_process_zero():
                 return 0
             model, log_history = trainer.model, trainer.state.log_history
