@@ -28,7 +28,6 @@ from classification_task.dataset import SPLITS, DataError, Preprocessing, Radiog
 from classification_task.evaluate import evaluate_run
 from classification_task.model import (
     MEDGEMMA_ID,
-    PromptCollator,
     add_lora,
     answer_token_ids,
     load_base_model,
@@ -38,6 +37,7 @@ from classification_task.model import (
 )
 from classification_task.run_files import check_fresh_run, remove_earlier_run, write_csv_atomic, write_run_config
 from classification_task.trainer import NoduleTrainer, compute_metrics
+from classification_task.unreadable import ReadableBatchCollator, UnreadableImages
 
 TRAINER_STATE = "trainer_state.json"  # written last into each checkpoint folder
 METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "balanced_accuracy", "mcc", "loss")
@@ -76,6 +76,7 @@ class TrainConfig:
     image_size_px: int | None = cli.arg(None, "resize before the processor (default: the processor's own size)")
     cache_dir: str | None = cli.arg(None, "cache pre-processed images here (speeds up later epochs)")
     num_workers: int = cli.arg(2, "data-loading worker processes")
+    max_unreadable_frac: float = cli.arg(0.01, "skip unreadable images, but stop when more than this fraction are")
     bootstrap: int = cli.arg(1000, "bootstrap resamples for test confidence intervals (0 = none)")
     resume: str | None = cli.arg(None, "'latest' or a checkpoint folder to continue from", const="latest")
     overwrite: bool = cli.arg(False, "replace an earlier run's checkpoints and results in these folders")
@@ -94,6 +95,8 @@ class TrainConfig:
             raise ValueError("--learning_rate must lie in (0, 1).")
         if self.pos_weight <= 0 or self.focal_gamma < 0:
             raise ValueError("--pos_weight must be positive and --focal_gamma non-negative.")
+        if not 0 <= self.max_unreadable_frac < 1:
+            raise ValueError("--max_unreadable_frac must lie in [0, 1).")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the earlier run and --overwrite replaces it: pass only one.")
         Preprocessing(self.clip_low_pct, self.clip_high_pct)  # validates the percentiles
@@ -192,7 +195,7 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
     )
 
 
-def build_trainer(config: TrainConfig, model, processor, frames: dict) -> NoduleTrainer:
+def build_trainer(config: TrainConfig, model, processor, frames: dict, unreadable: UnreadableImages) -> NoduleTrainer:
     prep = config.preprocessing
     callbacks = []
     if config.early_stopping_patience:
@@ -202,7 +205,7 @@ def build_trainer(config: TrainConfig, model, processor, frames: dict) -> Nodule
         args=training_arguments(config),
         train_dataset=RadiographDataset(frames["train"], prep, config.cache_dir),
         eval_dataset=RadiographDataset(frames["val"], prep, config.cache_dir),
-        data_collator=PromptCollator(processor),
+        data_collator=ReadableBatchCollator(processor),
         compute_metrics=compute_metrics,
         callbacks=callbacks,
         answer_ids=answer_token_ids(processor.tokenizer),
@@ -210,6 +213,7 @@ def build_trainer(config: TrainConfig, model, processor, frames: dict) -> Nodule
         focal_gamma=config.focal_gamma,
         sampler=config.sampler,
         sampler_seed=config.seed,
+        unreadable=unreadable,
     )
 
 
@@ -242,9 +246,17 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     return latest
 
 
-def train(config: TrainConfig, model, processor, frames: dict, resume_from: str | None):
-    trainer = build_trainer(config, model, processor, frames)
-    trainer.train(resume_from_checkpoint=resume_from)
+def train(config: TrainConfig, model, processor, frames: dict, resume_from: str | None,
+          unreadable: UnreadableImages):
+    trainer = build_trainer(config, model, processor, frames, unreadable)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except (DataError, ValueError):
+        for callback in trainer.callback_handler.callbacks:  # so that the error is the last line printed
+            for bar in (getattr(callback, "training_bar", None), getattr(callback, "prediction_bar", None)):
+                if bar is not None:
+                    bar.close()
+        raise
     best_adapter = Path(config.checkpoint_dir) / "best_adapter"
     trainer.save_model(str(best_adapter))  # the best checkpoint: load_best_model_at_end
     print(f"best adapter ({config.metric_for_best}) saved to {best_adapter}")
@@ -274,19 +286,26 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(config)
         start_run(config, frame, earlier)
         frames, log_history = split_frames(frame), None
+        n_read = len(frame) if not config.eval_only else len(frames["val"]) + len(frames["test"])
+        unreadable = UnreadableImages(config.output_dir, n_read, config.max_unreadable_frac, write=is_main_process())
+        if config.resume:
+            unreadable.carry_over(dict(zip(frame["file_name"], frame["path"])))
         if not config.eval_only:
-            trainer = train(config, model, processor, frames, resume_from)
+            trainer = train(config, model, processor, frames, resume_from, unreadable)
             if not trainer.is_world_process_zero():
                 return 0
             model, log_history = trainer.model, trainer.state.log_history
         evaluate_run(model, processor, frames, config.output_dir, config.preprocessing,
                      batch_size=config.eval_batch_size, n_boot=config.bootstrap, seed=config.seed,
                      zero_shot=config.zero_shot and (config.adapter is not None or not config.eval_only),
-                     log_history=log_history, cache_dir=config.cache_dir)
+                     log_history=log_history, cache_dir=config.cache_dir, unreadable=unreadable)
+        unreadable.save()
     except (DataError, ValueError) as err:
         # Raised in a DataLoader worker, the message carries the worker's traceback: keep its last line.
         print(f"error: {str(err).strip().splitlines()[-1].split('DataError: ')[-1]}", file=sys.stderr)
         return 2
+    if unreadable.errors:
+        print(unreadable.summary())
     print(f"results written to {config.output_dir}")
     return 0
 
