@@ -218,9 +218,9 @@ def load_model(config: InferenceConfig):
     return model, processor
 
 
-def score_images(config: InferenceConfig, names: list[str], cache: PartialScores) -> list[tuple[str, str]]:
+def score_images(config: InferenceConfig, model, processor, names: list[str],
+                 cache: PartialScores) -> list[tuple[str, str]]:
     """Score `names` batch by batch into `cache`; returns (file_name, error) of unreadable ones."""
-    model, processor = load_model(config)
     images = FolderImages(config.input_dir, names, config.preprocessing)
     unreadable = []
     batches = score_batches(model, processor, images, config.batch_size, config.num_workers)
@@ -266,12 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         check_local_folder(config.model_id, "--model_id", "config.json", "a folder written by save_pretrained")
         check_local_folder(config.adapter, "--adapter", "adapter_config.json",
                            "the folder train.py saved (e.g. checkpoints/classification/best_adapter)")
-        write_run_config(output_dir, config)
         cache = PartialScores(partial_path(config))
         pending = [name for name in names if name not in cache.load()]
         print(f"{len(names)} image(s) in {config.input_dir}: {len(names) - len(pending)} already scored, "
               f"{len(pending)} to score")
-        unreadable = score_images(config, pending, cache) if pending else []
+        model, processor = load_model(config) if pending else (None, None)  # a failed load writes nothing
+        write_run_config(output_dir, config)
+        unreadable = score_images(config, model, processor, pending, cache) if pending else []
         results = results_frame(names, cache.load(), config.threshold)
         write_csv_atomic(results, output_dir / RESULTS_CSV)
         report_unreadable(output_dir, unreadable)

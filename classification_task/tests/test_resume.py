@@ -131,3 +131,5 @@ def test_folder_inference_killed_mid_run_and_rerun_writes_the_same_csv(tiny_mode
     for name in (inference.RESULTS_CSV, inference.UNREADABLE_CSV):
         assert (out / name).read_bytes() == (tmp_path / "uninterrupted" / name).read_bytes(), name
     assert len((out / inference.RESULTS_CSV).read_text().splitlines()) == 41
+    for path in [*out.iterdir(), *(tmp_path / "uninterrupted").iterdir(), *tmp_path.glob("*.log")]:
+        assert FAKE_TOKEN.encode() not in path.read_bytes(), path  # the hub token from the environment
