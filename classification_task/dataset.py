@@ -154,7 +154,12 @@ def split_by_patient(
 def load_or_make_split(frame: pd.DataFrame, split_file: str | Path | None, seed: int) -> pd.DataFrame:
     """Attach a `split` column, from `split_file` (file_name,split) if given, else a fresh seeded split."""
     if split_file is None:
-        return frame.assign(split=split_by_patient(frame, seed=seed))
+        try:
+            return frame.assign(split=split_by_patient(frame, seed=seed))
+        except ValueError as err:  # e.g. fewer patients than the split has folds
+            reason = str(err).rstrip(".")
+            raise DataError(f"{len(frame)} labelled image(s) of {frame['patient_id'].nunique()} patient(s) cannot "
+                            f"be split by patient ({reason}); label more images, or pass --split_file.") from None
     split_file = Path(split_file)
     if not split_file.is_file():
         raise DataError(f"split file {split_file} not found; pass a split.csv written by an earlier run.")

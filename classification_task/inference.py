@@ -274,11 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         write_run_config(output_dir, config)
         unreadable = score_images(config, model, processor, pending, cache) if pending else []
         results = results_frame(names, cache.load(), config.threshold)
-        write_csv_atomic(results, output_dir / RESULTS_CSV)
         report_unreadable(output_dir, unreadable)
-        if results.empty:
+        if results.empty:  # no empty results file that could pass for a submission
             raise DataError(f"none of the {len(names)} image(s) in {config.input_dir} could be read; "
                             f"see {output_dir / UNREADABLE_CSV} and convert them to PNG or JPEG.")
+        write_csv_atomic(results, output_dir / RESULTS_CSV)
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

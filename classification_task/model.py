@@ -59,10 +59,10 @@ def device_map() -> dict | None:
 
 @contextmanager
 def explained_load_errors(model_id: str, adapter: str | None = None):
-    """from_pretrained failures (unknown id or folder, no access, no network) as one sentence."""
+    """from_pretrained failures (unknown id or folder, no access, no network, not a model) as one sentence."""
     try:
         yield
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a folder or config that holds no known model
         reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
         what = repr(model_id) + (f" with adapter {adapter!r}" if adapter else "")
         raise DataError(f"could not load {what} ({reason}); check --model_id / --adapter, and for the hub "

@@ -18,10 +18,11 @@ def test_a_failed_model_load_prints_and_writes_no_token(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     model_id = "no-such-owner/no-such-model"  # a hub id: offline, the load fails at once
+    scripts = REPO / "classification_task"
     commands = {
-        "train": [str(REPO / "classification_task" / "train.py"), "--data_root", str(data_root), "--model_id", model_id,
+        "train": [str(scripts / "train.py"), "--data_root", str(data_root), "--model_id", model_id,
                   "--output_dir", str(tmp_path / "train_out"), "--checkpoint_dir", str(tmp_path / "train_ckpt")],
-        "inference": [str(REPO / "classification_task" / "inference.py"), "--input_dir", str(DATA_DIR), "--model_id", model_id,
+        "inference": [str(scripts / "inference.py"), "--input_dir", str(DATA_DIR), "--model_id", model_id,
                       "--output_dir", str(tmp_path / "inference_out")],
     }
     runs = {name: subprocess.Popen([sys.executable, *argv], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
