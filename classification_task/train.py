@@ -195,7 +195,8 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
     )
 
 
-def build_trainer(config: TrainConfig, model, processor, frames: dict, unreadable: UnreadableImages) -> NoduleTrainer:
+def build_trainer(config: TrainConfig, model, processor, frames: dict,
+                  unreadable: UnreadableImages) -> NoduleTrainer:
     prep = config.preprocessing
     callbacks = []
     if config.early_stopping_patience:
@@ -252,15 +253,20 @@ def train(config: TrainConfig, model, processor, frames: dict, resume_from: str 
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except (DataError, ValueError):
-        for callback in trainer.callback_handler.callbacks:  # so that the error is the last line printed
-            for bar in (getattr(callback, "training_bar", None), getattr(callback, "prediction_bar", None)):
-                if bar is not None:
-                    bar.close()
+        close_progress_bars(trainer)
         raise
     best_adapter = Path(config.checkpoint_dir) / "best_adapter"
     trainer.save_model(str(best_adapter))  # the best checkpoint: load_best_model_at_end
     print(f"best adapter ({config.metric_for_best}) saved to {best_adapter}")
     return trainer
+
+
+def close_progress_bars(trainer) -> None:
+    """Before an error is printed: a bar closed later would print itself after the error line."""
+    for callback in trainer.callback_handler.callbacks:
+        for bar in (getattr(callback, "training_bar", None), getattr(callback, "prediction_bar", None)):
+            if bar is not None:
+                bar.close()
 
 
 def is_main_process() -> bool:
