@@ -5,7 +5,8 @@ inference and the tests run end to end without the real images:
 
     python -m classification_task.synthetic --out data/demo \
         [--n_images 300] [--positive_rate 0.3] [--size_px 256] \
-        [--lidc_fraction 0.25] [--nodule_radius_frac 0.08] [--seed 0] [--overwrite]
+        [--lidc_fraction 0.25] [--nodule_radius_frac 0.08] [--difficulty easy|hard] \
+        [--keypoint_fraction 1.0] [--seed 0] [--overwrite]
 
 Layout (same as the real data root):
     classification_labels.csv   file_name,label,LIDC_ID
@@ -21,6 +22,13 @@ Nodules are bright soft-edged discs inside the lung fields, large enough
 large bright disc is learned within tens. Brightness, contrast and the 16-bit
 window are drawn independently of the label, so the blob is the only cue that
 separates the classes within a source.
+
+`--difficulty hard` (for localization) makes nodules small (radius ~3 % of
+the width) and faint, and adds bright streaks to the lungs of every image as
+look-alikes, so a localizer must learn round blobs rather than "anything
+bright". `--keypoint_fraction` writes keypoints for only that share of the
+nodule images; the others stay nodule images without keypoints, like most of
+the real positives.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -45,6 +54,9 @@ CLASS_CSV = "classification_labels.csv"
 LOC_CSV = "localization_labels.csv"
 LIDC_SCALE = 1.25  # real LIDC PNGs are ~2022 px against NIH's 1024
 LIDC_WINDOW = 3000  # width of the occupied slice of the 16-bit range
+EASY_AMPLITUDE = (0.35, 0.5)  # nodule brightness over the background
+HARD_RADIUS_SCALE = 0.4  # hard nodules: 0.4 x --nodule_radius_frac
+HARD_AMPLITUDE = (0.14, 0.22)  # hard nodules and streaks alike
 
 
 @dataclass
@@ -55,6 +67,9 @@ class SyntheticConfig:
     size_px: int = cli.arg(256, "NIH image side; LIDC is 1.25x")
     lidc_fraction: float = cli.arg(0.25, "fraction of LIDC-style 16-bit images")
     nodule_radius_frac: float = cli.arg(0.08, "mean nodule radius as a fraction of image width (jittered +-25 %)")
+    difficulty: Literal["easy", "hard"] = cli.arg(
+        "easy", "hard: small faint nodules and bright look-alike streaks (a localization test)")
+    keypoint_fraction: float = cli.arg(1.0, "share of nodule images whose keypoints are written")
     seed: int = cli.arg(0, "seed of every random draw")
     overwrite: bool = cli.arg(False, "replace a non-empty --out")
 
@@ -69,6 +84,10 @@ class SyntheticConfig:
             raise ValueError(f"--size_px must be in [32, 4096], got {self.size_px}.")
         if not 0.0 <= self.lidc_fraction <= 1.0:
             raise ValueError(f"--lidc_fraction must be in [0, 1], got {self.lidc_fraction}.")
+        if not 0.0 <= self.keypoint_fraction <= 1.0:
+            raise ValueError(f"--keypoint_fraction must be in [0, 1], got {self.keypoint_fraction}.")
+        if self.difficulty not in ("easy", "hard"):
+            raise ValueError(f"--difficulty must be easy or hard, got {self.difficulty!r}.")
         if not 0.01 <= self.nodule_radius_frac <= 0.15:
             # Above ~0.15 a nodule no longer fits inside a lung field.
             raise ValueError(
@@ -229,6 +248,21 @@ def _nodule_centres(a: dict[str, float], h: int, w: int, radius_px: np.ndarray,
     return centres
 
 
+def _streaks(a: dict[str, float], h: int, w: int, radius_px: float, rng: np.random.Generator,
+             xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """1-3 thin bright streaks in the lungs (vessel- or scar-like), as bright as hard nodules."""
+    n_streaks = int(rng.integers(1, 4))
+    out = np.zeros((h, w), dtype=np.float32)
+    for cx, cy in _nodule_centres(a, h, w, np.full(n_streaks, radius_px), rng):
+        theta = rng.uniform(0, np.pi)
+        half_length, half_width = radius_px * rng.uniform(2.0, 3.5), radius_px * rng.uniform(0.25, 0.4)
+        along = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
+        across = (yy - cy) * np.cos(theta) - (xx - cx) * np.sin(theta)
+        profile = np.exp(-0.5 * (across / half_width) ** 2) * _soft_inside(np.abs(along) / half_length, 0.3)
+        out += rng.uniform(*HARD_AMPLITUDE) * profile
+    return out
+
+
 def _render(spec: _ImageSpec, anatomy: dict[str, float], config: SyntheticConfig,
             rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """One image as floats in [0, 1] plus its keypoints (empty for negatives)."""
@@ -237,14 +271,18 @@ def _render(spec: _ImageSpec, anatomy: dict[str, float], config: SyntheticConfig
     a = {k: v * rng.uniform(0.97, 1.03) for k, v in anatomy.items()}
     img = _background(h, w, a, rng)
     centres: list[tuple[float, float]] = []
+    hard = config.difficulty == "hard"
+    radius_frac = config.nodule_radius_frac * (HARD_RADIUS_SCALE if hard else 1.0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if spec.positive:
         n_nodules = 2 if rng.random() < 0.4 else 1
-        radius_px = config.nodule_radius_frac * w * rng.uniform(0.75, 1.25, n_nodules)
+        radius_px = radius_frac * w * rng.uniform(0.75, 1.25, n_nodules)
         centres = _nodule_centres(a, h, w, radius_px, rng)
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         for (cx, cy), r in zip(centres, radius_px):
             dist = np.hypot(xx - cx, yy - cy) / r
-            img += rng.uniform(0.35, 0.5) * _soft_inside(dist, 0.15)
+            img += rng.uniform(*(HARD_AMPLITUDE if hard else EASY_AMPLITUDE)) * _soft_inside(dist, 0.15)
+    if hard:
+        img += _streaks(a, h, w, radius_frac * w, rng, xx, yy)
     # Exposure and noise are drawn the same way for both classes: no global cue.
     contrast, brightness = rng.uniform(0.8, 1.15), rng.uniform(-0.07, 0.07)
     img = (img - 0.4) * contrast + 0.4 + brightness
@@ -277,6 +315,8 @@ def _write_dataset(folder: Path, config: SyntheticConfig) -> tuple[list[_ImageSp
     (folder / LIDC_DIR).mkdir()
     keypoints: list[tuple[str, float, float]] = []
     anatomies: dict[int, dict[str, float]] = {}
+    # Its own generator: which images keep keypoints never changes any pixel.
+    annotated = np.random.default_rng([config.seed, 3]).random(len(specs)) < config.keypoint_fraction
     for i, spec in enumerate(specs):
         if spec.patient not in anatomies:
             anatomies[spec.patient] = _anatomy(np.random.default_rng([config.seed, 1, spec.patient]))
@@ -284,7 +324,8 @@ def _write_dataset(folder: Path, config: SyntheticConfig) -> tuple[list[_ImageSp
         rng = np.random.default_rng([config.seed, 2, i])
         img, centres = _render(spec, anatomies[spec.patient], config, rng)
         _save(spec, img, folder, rng)
-        keypoints += [(spec.file_name, x, y) for x, y in centres]
+        if annotated[i]:
+            keypoints += [(spec.file_name, x, y) for x, y in centres]
     with open(folder / CLASS_CSV, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["file_name", "label", "LIDC_ID"])

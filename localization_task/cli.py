@@ -74,13 +74,18 @@ def build_parser(cls: type, description: str, epilog: str | None = None) -> argp
     return parser
 
 
-def parse(cls: type, description: str, argv: list[str] | None, epilog: str | None = None):
+def parse(cls: type, description: str, argv: list[str] | None, epilog: str | None = None,
+          demo_defaults: dict | None = None):
     """Parse `argv` into `cls`; a bad value prints one sentence and returns None.
 
     Flags argparse cannot read (an unknown flag, a value outside the choices)
-    end the program with its usage message and exit status 2.
+    end the program with its usage message and exit status 2. With `--demo` in
+    argv, `demo_defaults` replace the defaults; flags given explicitly still win.
     """
-    namespace = build_parser(cls, description, epilog).parse_args(argv)
+    parser = build_parser(cls, description, epilog)
+    if demo_defaults and "--demo" in (sys.argv[1:] if argv is None else argv):
+        parser.set_defaults(**demo_defaults)
+    namespace = parser.parse_args(argv)
     try:
         return cls(**vars(namespace))
     except ValueError as err:

@@ -1,13 +1,22 @@
-"""Zero-shot nodule keypoints with CheXagent-2 (or any `Localizer` backend).
+"""Nodule keypoints for a folder of radiographs: a trained heatmap localizer, or CheXagent-2 zero-shot.
 
+    python localization_task/inference.py --input_dir data/test_images --backend heatmap \
+        --checkpoint checkpoints/localization/best_model [--gate_csv classification_test_results.csv]
     python localization_task/inference.py --input_dir data/nodulocc/lidc_png_16_bit \
         --output_dir outputs/localization --revision <commit SHA of StanfordAIMI/CheXagent-2-3b>
+
+`--backend heatmap` runs a model trained by localization_task/train.py, in
+batches, in this environment; each keypoint's confidence is its heatmap peak,
+kept from the threshold tuned on validation (or `--min_confidence`) up.
+`--gate_csv` (either backend) takes the classifier's
+classification_test_results.csv: images it calls No Finding (or scores below
+`--gate_threshold`) get no keypoints.
 
 The real model needs its own environment (transformers==4.40.0, see
 localization_task/requirements-chexagent2.txt); `--backend scripted` swaps in a
 scripted test double and runs the same pipeline anywhere.
 
-Per image: read the size from the header, pre-process (grey, percentile clip,
+CheXagent-2, per image: read the size from the header, pre-process (grey, percentile clip,
 8-bit RGB) into a temporary PNG, ask the model, parse its boxes, keep the box
 centres in original pixels; each keypoint's confidence is the geometric mean
 probability of the tokens the model generated for its box.
@@ -20,8 +29,6 @@ Rerunning the same command skips images already in predictions.jsonl.
 """
 from __future__ import annotations
 
-import csv
-import io
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -51,19 +58,21 @@ from localization_task.dataset import (
     DataError,
     discover_images,
     load_preprocessed,
+    read_table,
 )
+from localization_task.heatmap_backend import checkpoint_signature
 from localization_task.parsing import DEFAULT_LABELS
 from localization_task.run_files import (
     PREDICTIONS_JSONL,
+    RESULTS_CSV,
     RUN_CONFIG_JSON,
     append_record,
     check_resumable,
     load_records,
+    write_results_csv,
     write_run_config,
-    write_text_atomic,
 )
 
-RESULTS_CSV = "localization_test_results.csv"
 ANY_LABEL = "*"
 
 
@@ -71,9 +80,20 @@ ANY_LABEL = "*"
 class InferenceConfig:
     input_dir: Path = cli.required("folder of PNG/JPEG radiographs")
     output_dir: Path = cli.arg(Path("outputs/localization"), "where the CSV, JSONL and run config go")
-    backend: Literal["chexagent2", "scripted"] = cli.arg(
-        "chexagent2", "who answers: the real model, or a scripted test double that needs no model"
+    backend: Literal["chexagent2", "heatmap", "scripted"] = cli.arg(
+        "chexagent2", "who answers: CheXagent-2, a trained heatmap localizer (--checkpoint), "
+        "or a scripted test double that needs no model"
     )
+    checkpoint: str | None = cli.arg(None, "heatmap: the best_model folder written by localization_task/train.py")
+    min_confidence: float | None = cli.arg(
+        None, "heatmap: keep peaks from this confidence up (default: the threshold tuned on validation)")
+    max_points: int = cli.arg(5, "heatmap: at most this many keypoints per image")
+    batch_size: int = cli.arg(16, "heatmap: images per forward pass")
+    num_workers: int = cli.arg(2, "heatmap: image-loading worker processes")
+    gate_csv: str | None = cli.arg(
+        None, "classification_test_results.csv: images the classifier calls No Finding get no keypoints")
+    gate_threshold: float | None = cli.arg(
+        None, "with --gate_csv: gate by confidence < this instead of by the label column")
     model_id: str = cli.arg(CHEXAGENT2_MODEL_ID, "hub id of the real model")
     revision: str | None = cli.arg(
         CHEXAGENT2_REVISION, "full commit SHA of --model_id; the real backend requires it (remote code)"
@@ -98,8 +118,16 @@ class InferenceConfig:
         cli.check_choices(self)
         if not 0 <= self.clip_low_pct < self.clip_high_pct <= 100:
             raise ValueError("--clip_low_pct and --clip_high_pct need 0 <= low < high <= 100.")
-        if self.max_new_tokens < 1:
-            raise ValueError("--max_new_tokens must be at least 1.")
+        if self.max_new_tokens < 1 or self.max_points < 1 or self.batch_size < 1 or self.num_workers < 0:
+            raise ValueError("--max_new_tokens, --max_points and --batch_size must be at least 1, "
+                             "--num_workers at least 0.")
+        if (self.backend == "heatmap") != (self.checkpoint is not None):
+            raise ValueError("--checkpoint goes with --backend heatmap, and --backend heatmap needs a --checkpoint.")
+        for name in ("min_confidence", "gate_threshold"):
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name} must lie in [0, 1].")
+        if self.gate_threshold is not None and self.gate_csv is None:
+            raise ValueError("--gate_threshold needs --gate_csv.")
         if not self.finding.strip() or not self.labels or not all(s.strip() for s in self.labels):
             raise ValueError("--finding and --labels must not be empty.")
         if self.revision is not None and not _is_commit_sha(self.revision):
@@ -122,7 +150,13 @@ class InferenceConfig:
 
     def prediction_settings(self) -> dict:
         """What the cached predictions depend on: a resumed run must match it."""
+        gate = {"gate_csv": self.gate_csv and str(Path(self.gate_csv).resolve()), "gate_threshold": self.gate_threshold}
+        if self.backend == "heatmap":
+            return {"backend": self.backend, "checkpoint": checkpoint_signature(self.checkpoint),
+                    "min_confidence": self.min_confidence, "max_points": self.max_points,
+                    "clip_pct": [self.clip_low_pct, self.clip_high_pct], **gate}
         return {
+            **gate,
             "backend": self.backend,
             "model_id": self.model_id,
             "revision": self.revision,
@@ -139,7 +173,8 @@ def _is_commit_sha(revision: str) -> bool:
 
 
 DESCRIPTION = f"""\
-Nodule keypoints on chest radiographs with CheXagent-2, zero-shot.
+Nodule keypoints on chest radiographs: a heatmap localizer trained with
+localization_task/train.py (--backend heatmap --checkpoint DIR), or CheXagent-2 zero-shot.
 Writes {RESULTS_CSV} and {PREDICTIONS_JSONL} (also the resume cache:
 rerun the same command to continue an interrupted run)."""
 
@@ -188,41 +223,41 @@ def build_localizer(config: InferenceConfig) -> Localizer:
     )
 
 
-# --- the results CSV ----------------------------------------------------------
+# --- gating by the classifier ---------------------------------------------------
 
 
-def write_results_csv(path: Path, records: dict[str, dict], names: list[str]) -> int:
-    """Submission CSV (one row per keypoint, images in input order), rebuilt
-    from the records. Returns the number of keypoints."""
-    rows = [
-        (name, round(p["x"], 3), round(p["y"], 3), p["confidence"])
-        for name in names
-        if name in records
-        for p in records[name]["points"]
-    ]
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["file_name", "x", "y", "confidence"])
-    writer.writerows(rows)
-    write_text_atomic(path, text.getvalue())
-    return len(rows)
+def read_gate(path: str, threshold: float | None, names: list[str]) -> set[str]:
+    """The images of `names` that the classifier's CSV calls No Finding (or scores below `threshold`)."""
+    table = read_table(path, ("file_name", "label", "confidence"), "--gate_csv", text_columns=("file_name", "label"))
+    by_name = dict(zip(table["file_name"].str.strip(), zip(table["label"].str.strip(), table["confidence"])))
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise DataError(f"--gate_csv {path} has no row for {len(missing)} of the images, e.g. {missing[0]!r}: "
+                        "score the same --input_dir with classification_task/inference.py.")
+    if threshold is not None:
+        return {name for name in names if float(by_name[name][1]) < threshold}
+    return {name for name in names if by_name[name][0] == "No Finding"}
+
+
+def gated(record: dict, gate: set[str]) -> dict:
+    """The record with its keypoints removed when the classifier gated its image."""
+    if record["file_name"] not in gate:
+        return record
+    return {**record, "points": [], "gated": True, "ungated_points": record["points"]}
 
 
 # --- the run ------------------------------------------------------------------
 
 
 def predict_pending(
-    localizer: Localizer, config: InferenceConfig, images: list[Path], done: set[str]
+    localizer: Localizer, config: InferenceConfig, pending: list[tuple[Path, str]], n_images: int,
+    gate: set[str],
 ) -> tuple[int, list[str]]:
-    """Predict images not yet in the JSONL, appending one record each.
+    """Predict the pending (path, name) images one by one, appending one record each.
 
     Returns (number predicted, unreadable file names)."""
-    names = [path.relative_to(config.input_dir).as_posix() for path in images]
-    pending = [(path, name) for path, name in zip(images, names) if name not in done]
     predicted, unreadable = 0, []
-    bar = tqdm(
-        pending, total=len(images), initial=len(images) - len(pending), desc="images", unit="img"
-    )
+    bar = tqdm(pending, total=n_images, initial=n_images - len(pending), desc="images", unit="img")
     with tempfile.TemporaryDirectory(prefix="nodulocc_") as tmp_dir:
         for index, (path, name) in enumerate(bar):
             model_input = Path(tmp_dir) / f"{index:06d}.png"
@@ -236,9 +271,33 @@ def predict_pending(
             image.save(model_input, format="PNG", compress_level=1)
             prediction = localizer.predict(ImageInput(name, model_input, width_px, height_px))
             model_input.unlink()
-            record = prediction.to_record(name, width_px, height_px)
+            record = gated(prediction.to_record(name, width_px, height_px), gate)
             append_record(config.output_dir / PREDICTIONS_JSONL, record)
             predicted += 1
+    return predicted, unreadable
+
+
+def predict_pending_heatmap(config: InferenceConfig, pending: list[tuple[Path, str]],
+                            gate: set[str]) -> tuple[int, list[str]]:
+    """Predict the pending images in batches with the trained localizer, appending one record each."""
+    from localization_task.heatmap_backend import load_localizer, min_confidence_of, predict_records
+
+    model = load_localizer(config.checkpoint)
+    unreadable = []
+
+    def skip(name: str, reason: str) -> None:
+        tqdm.write(f"skipped unreadable image {name}: {reason}", file=sys.stderr)
+        unreadable.append(name)
+
+    predicted = 0
+    records = predict_records(
+        model, [path for path, _ in pending], [name for _, name in pending],
+        min_confidence_of(model, config.min_confidence), config.max_points, config.batch_size,
+        config.num_workers, (config.clip_low_pct, config.clip_high_pct), skip,
+    )
+    for record in records:
+        append_record(config.output_dir / PREDICTIONS_JSONL, gated(record, gate))
+        predicted += 1
     return predicted, unreadable
 
 
@@ -257,17 +316,23 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"--output_dir {config.output_dir} is a file: pass a folder for the results.")
         records = load_records(config.output_dir / PREDICTIONS_JSONL)
         check_resumable(config.output_dir, records, config.prediction_settings())
-    except ValueError as error:  # includes DataError
-        return fail(str(error))
-    try:
-        localizer = build_localizer(config)
-    except BackendUnavailable as error:
+        names = [path.relative_to(config.input_dir).as_posix() for path in images]
+        gate = read_gate(config.gate_csv, config.gate_threshold, names) if config.gate_csv else set()
+        localizer = None if config.backend == "heatmap" else build_localizer(config)
+    except (ValueError, BackendUnavailable) as error:  # ValueError includes DataError
         return fail(str(error))
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     settings = config.prediction_settings()
     write_run_config(config.output_dir / RUN_CONFIG_JSON, asdict(config), settings)
-    predicted, unreadable = predict_pending(localizer, config, images, set(records))
+    pending = [(path, name) for path, name in zip(images, names) if name not in records]
+    try:
+        if localizer is None:
+            predicted, unreadable = predict_pending_heatmap(config, pending, gate)
+        else:
+            predicted, unreadable = predict_pending(localizer, config, pending, len(images), gate)
+    except DataError as error:
+        return fail(str(error))
     if len(unreadable) == len(images):
         return fail(
             f"none of the {len(images)} images in {config.input_dir} could be read: "
@@ -275,11 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     records = load_records(config.output_dir / PREDICTIONS_JSONL)
-    names = [path.relative_to(config.input_dir).as_posix() for path in images]
     n_points = write_results_csv(config.output_dir / RESULTS_CSV, records, names)
     print(
         f"{predicted} images predicted, {len(images) - predicted - len(unreadable)} reused, "
-        f"{len(unreadable)} skipped as unreadable; {n_points} keypoints -> "
+        f"{len(unreadable)} skipped as unreadable, {len(gate)} gated by the classifier; {n_points} keypoints -> "
         f"{config.output_dir / RESULTS_CSV}"
     )
     return 0

@@ -1,8 +1,9 @@
 """Heatmap keypoint localizer: a pretrained ViT encoder, a light upsampling head, one heatmap.
 
     pixel_values (B, 3, S, S) -> encoder patch tokens (B, C, S/patch, S/patch)
-        -> 1x1 conv -> bilinear upsampling to S/stride -> 2 x (3x3 conv, GroupNorm, GELU)
-        -> 1x1 conv -> logits (B, 1, S/stride, S/stride)
+        -> 1x1 conv -> bilinear upsampling to S/stride
+        (+ an image stem: strided 3x3 convs on pixel_values down to S/stride, concatenated)
+        -> 2 x (3x3 conv, GroupNorm, GELU) -> 1x1 conv -> logits (B, 1, S/stride, S/stride)
 
 Encoders: a Dinov2 model (default `microsoft/rad-dino`, a ViT-B/14 trained on
 chest radiographs) or the SigLIP vision tower of a Gemma 3 checkpoint such as
@@ -19,10 +20,12 @@ image processor; only the processor's mean and std are kept.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
+from dotenv import load_dotenv
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from torch.nn import functional as F
@@ -61,6 +64,7 @@ class HeatmapLocalizerConfig(PretrainedConfig):
     input_size_px: int = 518
     stride: int = 4
     head_channels: int = 128
+    stem_channels: int = 16  # image stem beside the patch features; 0 = patch features only
     encoder_mode: str = "frozen"
     lora_r: int = 16
     lora_alpha: int = 16
@@ -93,8 +97,8 @@ class HeatmapLocalizerConfig(PretrainedConfig):
                 f"input_size_px {self.input_size_px} must be a positive multiple of the encoder's "
                 f"patch size {self.patch_size_px}."
             )
-        if self.head_channels < 1 or self.lora_r < 1:
-            raise ValueError("head_channels and lora_r must be positive.")
+        if self.head_channels < 1 or self.lora_r < 1 or self.stem_channels < 0:
+            raise ValueError("head_channels and lora_r must be positive, stem_channels at least 0.")
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
             raise ValueError("image_mean and image_std need three values each, std positive.")
 
@@ -109,15 +113,25 @@ class HeatmapLocalizerConfig(PretrainedConfig):
 
 
 class HeatmapHead(nn.Module):
-    """Patch features -> heatmap logits at a fixed output size."""
+    """Patch features (+ a small convolutional stem on the image) -> heatmap logits.
 
-    def __init__(self, in_channels: int, head_channels: int, size_hm: int) -> None:
+    ViT patches are 14 px (8-16 px in general), coarser than a small nodule; the
+    stem (strided 3x3 convolutions on the input image, down to the heatmap's
+    stride) gives the head pixel-level detail to place a peak within its patch.
+    """
+
+    def __init__(self, in_channels: int, head_channels: int, size_hm: int, stride: int = 4,
+                 stem_channels: int = 16) -> None:
         super().__init__()
         self.size_hm = size_hm
         groups = math.gcd(head_channels, 8)
         self.project = nn.Conv2d(in_channels, head_channels, kernel_size=1)
+        stem = []
+        for i in range(int(math.log2(stride)) if stem_channels else 0):
+            stem += [nn.Conv2d(3 if i == 0 else stem_channels, stem_channels, 3, stride=2, padding=1), nn.GELU()]
+        self.stem = nn.Sequential(*stem)
         self.refine = nn.Sequential(
-            nn.Conv2d(head_channels, head_channels, kernel_size=3, padding=1),
+            nn.Conv2d(head_channels + stem_channels, head_channels, kernel_size=3, padding=1),
             nn.GroupNorm(groups, head_channels),
             nn.GELU(),
             nn.Conv2d(head_channels, head_channels, kernel_size=3, padding=1),
@@ -133,9 +147,14 @@ class HeatmapHead(nn.Module):
                 module.reset_parameters()
         nn.init.constant_(self.out.bias, PRIOR_LOGIT)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.project(features)
-        x = F.interpolate(x, size=(self.size_hm, self.size_hm), mode="bilinear", align_corners=False)
+    def forward(self, features: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        size = (self.size_hm, self.size_hm)
+        x = F.interpolate(self.project(features), size=size, mode="bilinear", align_corners=False)
+        if len(self.stem):
+            detail = self.stem(pixel_values)
+            if detail.shape[-2:] != size:  # input sizes not divisible by the stride
+                detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
+            x = torch.cat([x, detail], dim=1)
         return self.out(self.refine(x))
 
 
@@ -159,6 +178,8 @@ class HeatmapLocalizer(PreTrainedModel):
             in_channels=self.encoder.config.hidden_size,
             head_channels=config.head_channels,
             size_hm=config.input_size_px // config.stride,
+            stride=config.stride,
+            stem_channels=config.stem_channels,
         )
         self.post_init()
         # LoRA after post_init: weight initialisation would otherwise overwrite
@@ -186,6 +207,13 @@ class HeatmapLocalizer(PreTrainedModel):
         model._set_trainable()
         return model
 
+    def save_pretrained(self, *args, **kwargs) -> None:
+        # Keep this model's own parameter names. transformers would otherwise write the
+        # encoder's weights under their older hub names, which the Trainer cannot load
+        # back into this model when it resumes or restores the best checkpoint.
+        kwargs.setdefault("save_original_format", False)
+        super().save_pretrained(*args, **kwargs)
+
     def _set_trainable(self) -> None:
         mode = self.config.encoder_mode
         for name, param in self.encoder.named_parameters():
@@ -211,7 +239,8 @@ class HeatmapLocalizer(PreTrainedModel):
         train_encoder = torch.is_grad_enabled() and self.config.encoder_mode != "frozen"
         with torch.set_grad_enabled(train_encoder):
             features = self.patch_features(pixel_values)
-        return self.head(features.to(self.head.out.weight.dtype))
+        dtype = self.head.out.weight.dtype
+        return self.head(features.to(dtype), pixel_values.to(dtype))
 
     @classmethod
     def from_encoder(
@@ -221,6 +250,7 @@ class HeatmapLocalizer(PreTrainedModel):
         input_size_px: int | None = None,
         stride: int = 4,
         head_channels: int = 128,
+        stem_channels: int = 16,
         lora_r: int = 16,
         lora_alpha: int = 16,
         lora_dropout: float = 0.05,
@@ -234,6 +264,7 @@ class HeatmapLocalizer(PreTrainedModel):
             input_size_px=input_size_px or _image_size_px(encoder.config),
             stride=stride,
             head_channels=head_channels,
+            stem_channels=stem_channels,
             encoder_mode=encoder_mode,
             lora_r=lora_r,
             lora_alpha=lora_alpha,
@@ -296,14 +327,16 @@ def image_normalisation(encoder_id_or_path: str | Path, token: str | None = None
 
 def pixel_values_from_grey(grey_uint8: np.ndarray, image_mean, image_std) -> torch.Tensor:
     """Letterboxed grey uint8 images (S, S) or (B, S, S) -> normalised (B, 3, S, S) float32."""
-    images = torch.as_tensor(np.asarray(grey_uint8), dtype=torch.float32) / 255.0
+    images = np.asarray(grey_uint8, dtype=np.float32) / 255.0
     if images.ndim == 2:
         images = images[None]
     if images.ndim != 3:
-        raise ValueError(f"expected (S, S) or (B, S, S) grey images, got shape {tuple(images.shape)}.")
-    mean = torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (images[:, None].expand(-1, 3, -1, -1) - mean) / std
+        raise ValueError(f"expected (S, S) or (B, S, S) grey images, got shape {images.shape}.")
+    # NumPy, not torch: this runs per image in data-loader workers, where torch's
+    # thread pool makes such small operations slow.
+    mean = np.asarray(image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(image_std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return torch.from_numpy((images[:, None] - mean) / std)
 
 
 def build_tiny_dinov2(
@@ -337,3 +370,9 @@ def build_tiny_dinov2(
         image_std=[0.26, 0.26, 0.26],
     ).save_pretrained(folder)
     return folder
+
+
+def hub_token() -> str | None:
+    """HF_TOKEN from the environment or a `.env` file; never printed or stored."""
+    load_dotenv()
+    return os.environ.get("HF_TOKEN") or None

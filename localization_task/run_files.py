@@ -12,6 +12,8 @@ over an earlier run's checkpoints or results unless told to continue
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import platform
@@ -29,10 +31,12 @@ import numpy as np
 from localization_task.dataset import DataError
 
 PREDICTIONS_JSONL = "predictions.jsonl"
+RESULTS_CSV = "localization_test_results.csv"
 RUN_CONFIG_JSON = "run_config.json"
 # What a training run leaves: results in its output folder, checkpoints in its checkpoint folder.
-RESULT_FILES = (RUN_CONFIG_JSON, "eval_summary.json", "per_image_metrics.csv", "metrics.json")
-CHECKPOINT_FOLDERS = ("checkpoint-*", "best*")
+RESULT_FILES = (RUN_CONFIG_JSON, "eval_summary.json", "per_image_metrics.csv", RESULTS_CSV, PREDICTIONS_JSONL,
+                "unreadable_files.csv")
+CHECKPOINT_FOLDERS = ("checkpoint-*", "best_model")
 PACKAGES = ("numpy", "scipy", "pandas", "pillow", "torch", "transformers", "accelerate")
 
 
@@ -204,6 +208,29 @@ def check_resumable(output_dir: Path, records: dict, settings: dict) -> None:
             f"{output_dir} holds predictions made with a different {', '.join(changed)}: "
             f"use another --output_dir, or delete {output_dir / PREDICTIONS_JSONL} to start again."
         )
+
+
+def write_results_csv(path: Path, records: dict[str, dict], names: list[str]) -> int:
+    """Submission CSV (one row per keypoint, images in input order), rebuilt
+    from the records. Returns the number of keypoints."""
+    rows = [
+        (name, round(p["x"], 3), round(p["y"], 3), p["confidence"])
+        for name in names
+        if name in records
+        for p in records[name]["points"]
+    ]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["file_name", "x", "y", "confidence"])
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
+    return len(rows)
+
+
+def write_records_jsonl(path: Path, records: dict[str, dict], names: list[str]) -> None:
+    """predictions.jsonl with one record per image of `names` (in that order), in one step."""
+    lines = [json.dumps(records[name]) + "\n" for name in names if name in records]
+    write_text_atomic(path, "".join(lines))
 
 
 # --- earlier runs --------------------------------------------------------------

@@ -165,3 +165,46 @@ def test_runs_as_a_script_path(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "n_images=4" in result.stdout
     assert generate(SyntheticConfig(out_dir=str(out), n_images=4, size_px=48, overwrite=True))
+
+
+def test_hard_mode_adds_look_alikes_and_keeps_only_some_keypoints(synthetic_root, tmp_path):
+    easy_root, _ = synthetic_root
+    hard_root = tmp_path / "hard"
+    summary = generate_dataset(hard_root, n_images=N_IMAGES, size_px=SIZE_PX, positive_rate=POSITIVE_RATE,
+                               seed=0, difficulty="hard", keypoint_fraction=0.5)
+    labels = pd.read_csv(hard_root / CLASS_CSV)
+    assert labels.equals(pd.read_csv(easy_root / CLASS_CSV))  # same images, same labels
+    keypointed = set(pd.read_csv(hard_root / LOC_CSV)["file_name"])
+    positives = set(labels.loc[labels["label"] == "Nodule", "file_name"])
+    assert keypointed < positives and 0 < len(keypointed) < len(positives)
+    assert summary["n_keypoints"] == len(pd.read_csv(hard_root / LOC_CSV))
+    assert summary["n_keypoints"] > 0
+
+
+def test_hard_mode_streaks_are_elongated_bright_look_alikes():
+    from scipy import ndimage
+
+    from classification_task.synthetic import HARD_AMPLITUDE, _anatomy, _streaks
+
+    size = 128
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for seed in (0, 1):  # seeds whose streaks do not cross (crossing ones merge into one blob)
+        rng = np.random.default_rng(seed)
+        streaks = _streaks(_anatomy(rng), size, size, 4.0, rng, xx, yy)
+        assert streaks.min() >= 0 and streaks.max() >= 0.9 * HARD_AMPLITUDE[0]
+        components, n = ndimage.label(streaks > 0.5 * streaks.max())
+        ratios = []
+        for label in range(1, n + 1):
+            ys, xs = np.nonzero(components == label)
+            if len(xs) >= 5:
+                small, large = np.linalg.eigvalsh(np.cov(np.stack([xs, ys])))
+                ratios.append(large / max(small, 1e-6))
+        assert min(ratios) > 4, seed  # each a line, not a round nodule
+
+
+def test_easy_mode_is_unchanged_by_the_hard_options(synthetic_root, tmp_path):
+    root, _ = synthetic_root
+    again = tmp_path / "again"
+    generate_dataset(again, n_images=N_IMAGES, size_px=SIZE_PX, positive_rate=POSITIVE_RATE, seed=0,
+                     difficulty="easy", keypoint_fraction=1.0)
+    assert _read_tree(again) == _read_tree(root)

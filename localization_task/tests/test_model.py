@@ -180,3 +180,16 @@ def test_config_validation():
     default = HeatmapLocalizerConfig()
     assert default.encoder_type == "dinov2" and default.patch_size_px == 14
     assert default.min_confidence_f1 is None and default.min_confidence_count is None
+
+
+@pytest.mark.parametrize("mode", ["frozen", "lora", "full"])
+def test_saved_weights_load_back_with_plain_load_state_dict(tmp_path, mode):
+    """The Trainer resumes and restores the best checkpoint with load_state_dict: names must match."""
+    from safetensors.torch import load_file
+
+    encoder = build_tiny_dinov2(tmp_path / "encoder")
+    model = HeatmapLocalizer.from_encoder(encoder, encoder_mode=mode)
+    model.save_pretrained(tmp_path / "saved")
+    state = load_file(tmp_path / "saved" / "model.safetensors")
+    result = model.load_state_dict(state, strict=False)
+    assert result.missing_keys == [] and result.unexpected_keys == []

@@ -1,0 +1,196 @@
+"""Scoring the heatmap localizer on a split: candidate peaks, thresholds tuned on validation.
+
+The model is run once per split; every peak above `CANDIDATE_FLOOR` is kept
+with its confidence, so any `--min_confidence` can be applied afterwards
+without running the model again. Two thresholds are tuned on validation and
+applied unchanged to test: the one with the highest F1 at the tolerant
+distance, and the one with the highest count accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from localization_task.heatmap import decode_peaks, peaks_to_original
+from localization_task.metrics import EvalConfig, EvalImages, evaluate, match_points, write_evaluation
+from localization_task.report import format_table
+from localization_task.run_files import PREDICTIONS_JSONL, RESULTS_CSV, write_records_jsonl, write_results_csv
+from localization_task.training_data import box_from_tensor, collate
+
+CANDIDATE_FLOOR = 0.05  # peaks below this never count, whatever the threshold
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.01), 2)
+
+
+def peaks_tensor(logits: torch.Tensor, boxes: torch.Tensor, stride: int, max_points: int) -> torch.Tensor:
+    """(B, max_points, 3) candidate peaks (x, y, confidence) in original pixels, NaN-padded."""
+    out = torch.full((logits.shape[0], max_points, 3), float("nan"), dtype=torch.float32)
+    peaks = decode_peaks(torch.sigmoid(logits.float()), max_points=max_points, min_confidence=CANDIDATE_FLOOR)
+    for row, (image_peaks, box) in enumerate(zip(peaks, boxes.cpu())):
+        keypoints = peaks_to_original(image_peaks, box_from_tensor(box), stride)
+        if keypoints:
+            out[row, : len(keypoints)] = torch.tensor([list(k) for k in keypoints], dtype=torch.float32)
+    return out.to(logits.device)
+
+
+@torch.no_grad()
+def iter_peaks(model, dataset, batch_size: int, max_points: int, num_workers: int = 0,
+               desc: str = "scoring") -> Iterator[dict]:
+    """Run the model over `dataset` batch by batch: indices, peaks, boxes and unreadable items.
+
+    One process, no Trainer: used for the final scoring and for inference.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
+    with tqdm(total=len(dataset), desc=desc, unit="img") as progress:
+        for batch in loader:
+            result = {"skipped": batch.get("skipped", []), "index": batch["index"].numpy()}
+            if len(result["index"]):
+                # bf16 autocast on a GPU, as in training; plain fp32 on the CPU.
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    logits = model(batch["pixel_values"].to(device))
+                result["peaks"] = peaks_tensor(logits, batch["box"], model.config.stride, max_points).cpu().numpy()
+                result["box"] = batch["box"].numpy()
+            yield result
+            progress.update(len(result["index"]) + len(result["skipped"]))
+
+
+def predict_split(model, frame: pd.DataFrame, dataset, batch_size: int, max_points: int,
+                  num_workers: int = 0, desc: str = "scoring") -> tuple[SplitPeaks, list[tuple[str, str]]]:
+    """Candidate peaks for the rows of `frame` (the rows of `dataset`), and the unreadable (file, reason)."""
+    results = list(iter_peaks(model, dataset, batch_size, max_points, num_workers, desc))
+    skipped = [(frame["file_name"].iloc[i], reason) for r in results for i, reason in r["skipped"]]
+    parts = [r for r in results if len(r["index"])]
+    if not parts:
+        raise ValueError("no image of the split could be scored.")
+    arrays = (np.concatenate([r[k] for r in parts]) for k in ("peaks", "box", "index"))
+    return split_peaks(frame, *arrays), skipped
+
+
+@dataclass
+class SplitPeaks:
+    """Candidate peaks of one split, aligned with its evaluation rows."""
+
+    file_names: list[str]
+    gt_xy: list[np.ndarray]  # (k, 2) original pixels
+    peak_xy: list[np.ndarray]  # (m, 2) original pixels, strongest first
+    peak_conf: list[np.ndarray]  # (m,)
+    size_px: np.ndarray  # (n, 2) width, height
+
+    def above(self, min_confidence: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Peaks (xy, confidence) at or above `min_confidence`, per image."""
+        keep = [conf >= min_confidence for conf in self.peak_conf]
+        return [xy[k] for xy, k in zip(self.peak_xy, keep)], [c[k] for c, k in zip(self.peak_conf, keep)]
+
+    def eval_images(self, min_confidence: float) -> EvalImages:
+        """The evaluator's input at one threshold."""
+        xy, conf = self.above(min_confidence)
+        return EvalImages(list(self.file_names), list(self.gt_xy), xy, conf,
+                          self.size_px[:, 0].astype(float), self.size_px[:, 1].astype(float))
+
+
+def split_peaks(frame: pd.DataFrame, peaks: np.ndarray, boxes: np.ndarray, indices: np.ndarray) -> SplitPeaks:
+    """Gather the prediction arrays back into per-image peaks, in frame order.
+
+    `peaks` is (N, max_points, 3) of x, y, confidence in original pixels,
+    NaN-padded; `boxes` (N, 5) the letterboxes (width first); `indices` (N,)
+    the frame row of each prediction (several processes may repeat a row).
+    Rows without a prediction (unreadable images) are left out.
+    """
+    order = {int(i): n for n, i in enumerate(indices)}
+    present = [i for i in range(len(frame)) if i in order]
+    if not present:
+        raise ValueError("no image of the split could be scored.")
+    rows = [order[i] for i in present]
+    peak_rows = [peaks[r][~np.isnan(peaks[r][:, 2])] for r in rows]
+    frame = frame.iloc[present]
+    return SplitPeaks(
+        file_names=frame["file_name"].tolist(),
+        gt_xy=[np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in frame["points_px"]],
+        peak_xy=[p[:, :2].astype(np.float64) for p in peak_rows],
+        peak_conf=[p[:, 2].astype(np.float64) for p in peak_rows],
+        size_px=np.asarray(boxes)[rows][:, :2].astype(np.int64),
+    )
+
+
+def f1_and_counts(split: SplitPeaks, min_confidence: float, dist_frac: float) -> dict:
+    """Micro F1 at one distance threshold and count accuracy three ways, at one confidence."""
+    xy, _ = split.above(min_confidence)
+    diag_px = np.hypot(split.size_px[:, 0], split.size_px[:, 1])
+    tp = sum(len(match_points(p, g, dist_frac * d)["pred_idx"]) for p, g, d in zip(xy, split.gt_xy, diag_px))
+    n_pred = np.array([len(p) for p in xy])
+    n_gt = np.array([len(g) for g in split.gt_xy])
+    denominator = 2 * tp + (n_pred.sum() - tp) + (n_gt.sum() - tp)
+    correct = n_pred == n_gt
+    return {
+        "f1": 2 * tp / denominator if denominator else float("nan"),
+        "count_accuracy": float(correct.mean()) if len(correct) else float("nan"),
+        "count_accuracy_with_nodules": float(correct[n_gt > 0].mean()) if (n_gt > 0).any() else float("nan"),
+        "count_accuracy_without_nodules": float(correct[n_gt == 0].mean()) if (n_gt == 0).any() else float("nan"),
+    }
+
+
+def tune_min_confidence(split: SplitPeaks, dist_frac: float, grid=THRESHOLD_GRID) -> dict:
+    """Thresholds maximising F1 (at `dist_frac`) and count accuracy; the lowest on ties."""
+    scores = [f1_and_counts(split, t, dist_frac) for t in grid]
+    f1 = np.nan_to_num([s["f1"] for s in scores], nan=-1.0)
+    count = np.nan_to_num([s["count_accuracy"] for s in scores], nan=-1.0)
+    best_f1, best_count = int(np.argmax(f1)), int(np.argmax(count))
+    return {
+        "min_confidence_f1": float(grid[best_f1]),
+        "min_confidence_count": float(grid[best_count]),
+        "at_min_confidence_f1": scores[best_f1],
+        "at_min_confidence_count": scores[best_count],
+    }
+
+
+def prediction_records(split: SplitPeaks, min_confidence: float) -> dict[str, dict]:
+    """predictions.jsonl records (as written by inference) at one threshold."""
+    xy, conf = split.above(min_confidence)
+    return {
+        name: {"file_name": name, "width": int(size[0]), "height": int(size[1]),
+               "points": [{"x": float(x), "y": float(y), "confidence": float(c)} for (x, y), c in zip(p, k)]}
+        for name, size, p, k in zip(split.file_names, split.size_px, xy, conf)
+    }
+
+
+def report_test(model, val: SplitPeaks, test: SplitPeaks, thresholds_frac: dict[str, float],
+                out_dir: Path, extra: dict) -> dict:
+    """Tune the thresholds on validation, score test with them, print and write everything.
+
+    Writes eval_summary.json and per_image_metrics.csv (the evaluator's
+    schema), plus the test predictions as localization_test_results.csv and
+    predictions.jsonl at the F1-tuned threshold. Stores both thresholds in
+    `model.config`, so inference uses them by default.
+    """
+    tolerant = max(thresholds_frac.values())
+    tuned = tune_min_confidence(val, tolerant)
+    model.config.min_confidence_f1 = tuned["min_confidence_f1"]
+    model.config.min_confidence_count = tuned["min_confidence_count"]
+    cfg = EvalConfig(thresholds=dict(thresholds_frac))
+    images = test.eval_images(tuned["min_confidence_f1"])
+    results, matches = evaluate(images, cfg)
+    at_count = f1_and_counts(test, tuned["min_confidence_count"], tolerant)
+    print(f"\nTest split, peaks kept at confidence >= {tuned['min_confidence_f1']:g} "
+          "(the threshold with the best F1 on validation):")
+    print(format_table(results, list(thresholds_frac)))
+    print(f"At confidence >= {tuned['min_confidence_count']:g} (best validation count accuracy): "
+          f"count accuracy {at_count['count_accuracy']:.3f} (with nodules "
+          f"{at_count['count_accuracy_with_nodules']:.3f}, without {at_count['count_accuracy_without_nodules']:.3f})")
+    summary = {"min_confidence_f1": tuned["min_confidence_f1"],
+               "min_confidence_count": tuned["min_confidence_count"],
+               "validation": {k: tuned[k] for k in ("at_min_confidence_f1", "at_min_confidence_count")},
+               "test_at_min_confidence_count": at_count, **extra}
+    write_evaluation(out_dir, images, cfg, results, matches, extra=summary)
+    records = prediction_records(test, tuned["min_confidence_f1"])
+    write_results_csv(out_dir / RESULTS_CSV, records, test.file_names)
+    write_records_jsonl(out_dir / PREDICTIONS_JSONL, records, test.file_names)
+    return results

@@ -1,0 +1,188 @@
+"""The localizer's train.py end to end on a tiny encoder and synthetic data, then inference with its checkpoint."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from localization_task import inference, train
+from localization_task.model import HeatmapLocalizer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _argv(root, encoder, out: Path, *extra) -> list[str]:
+    return ["--data_root", str(root), "--encoder", str(encoder), "--encoder_mode", "full",
+            "--input_size_px", "64", "--head_channels", "16", "--stem_channels", "8",
+            "--output_dir", str(out / "out"), "--checkpoint_dir", str(out / "ckpt"),
+            "--batch_size", "8", "--grad_accum", "1", "--eval_batch_size", "16", "--max_steps", "6",
+            "--eval_steps", "3", "--logging_steps", "3", "--num_workers", "0", "--learning_rate", "3e-3",
+            "--weak_per_keypointed", "0.5", "--negatives_per_keypointed", "0.5", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(labelled_root, tiny_encoder, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("trained")
+    assert train.main(_argv(labelled_root, tiny_encoder, run)) == 0
+    return run
+
+
+def _points_by_name(jsonl: Path) -> dict[str, np.ndarray]:
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    return {Path(r["file_name"]).name: np.array([[p["x"], p["y"], p["confidence"]] for p in r["points"]]).reshape(-1, 3)
+            for r in records}
+
+
+def test_training_writes_the_test_evaluation_and_a_model_with_its_thresholds(trained):
+    out = trained / "out"
+    summary = json.loads((out / "eval_summary.json").read_text())
+    for key in ("count_accuracy", "count_accuracy_with_nodules", "count_accuracy_without_nodules", "tight",
+                "tolerant", "froc", "min_confidence_f1", "min_confidence_count"):
+        assert key in summary, key
+    assert summary["n_images_with_gt"] > 0 and summary["n_images"] > summary["n_images_with_gt"]
+    per_image = pd.read_csv(out / "per_image_metrics.csv")
+    assert len(per_image) == summary["n_images"] and "tolerant_radius_px" in per_image
+    model = HeatmapLocalizer.from_pretrained(trained / "ckpt" / "best_model")
+    assert model.config.min_confidence_f1 == summary["min_confidence_f1"]
+    assert (out / "localization_test_results.csv").is_file() and (out / "run_config.json").is_file()
+    split = pd.read_csv(out / "split.csv")
+    split["patient"] = split["file_name"].str.split("_").str[0]
+    assert split.groupby("patient")["split"].nunique().max() == 1  # no patient in two splits
+
+
+def test_inference_with_the_checkpoint_reproduces_the_test_predictions(trained, labelled_root, tmp_path):
+    argv = ["--input_dir", str(labelled_root), "--recursive", "--output_dir", str(tmp_path),
+            "--backend", "heatmap", "--checkpoint", str(trained / "ckpt" / "best_model"), "--num_workers", "0",
+            "--batch_size", "5"]
+    assert inference.main(argv) == 0
+    from_training = _points_by_name(trained / "out" / "predictions.jsonl")
+    from_inference = _points_by_name(tmp_path / "predictions.jsonl")
+    assert any(len(points) for points in from_training.values())  # something to compare
+    for name, points in from_training.items():
+        np.testing.assert_allclose(from_inference[name], points, atol=1e-4, err_msg=name)
+
+
+def test_gating_removes_the_points_of_images_the_classifier_calls_no_finding(trained, labelled_root, tmp_path):
+    images = sorted(p.name for p in (labelled_root / "nih_filtered_images").iterdir())
+    kept = images[0]
+    gate = pd.DataFrame({"file_name": images, "label": ["Nodule" if n == kept else "No Finding" for n in images],
+                         "confidence": [0.9 if n == kept else 0.1 for n in images]})
+    gate.to_csv(tmp_path / "gate.csv", index=False)
+    argv = ["--input_dir", str(labelled_root / "nih_filtered_images"), "--output_dir", str(tmp_path / "out"),
+            "--backend", "heatmap", "--checkpoint", str(trained / "ckpt" / "best_model"), "--num_workers", "0",
+            "--min_confidence", "0", "--gate_csv", str(tmp_path / "gate.csv")]
+    assert inference.main(argv) == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert {r["file_name"] for r in records if r["points"]} == {kept}
+    assert all(r.get("gated") and r["ungated_points"] for r in records if r["file_name"] != kept)
+    rows = pd.read_csv(tmp_path / "out" / "localization_test_results.csv")
+    assert set(rows["file_name"]) == {kept}
+
+
+def test_gate_csv_without_some_images_is_one_sentence(trained, labelled_root, tmp_path, capsys):
+    pd.DataFrame({"file_name": ["other.png"], "label": ["Nodule"], "confidence": [0.9]}).to_csv(
+        tmp_path / "gate.csv", index=False)
+    argv = ["--input_dir", str(labelled_root / "nih_filtered_images"), "--output_dir", str(tmp_path / "out"),
+            "--backend", "heatmap", "--checkpoint", str(trained / "ckpt" / "best_model"),
+            "--gate_csv", str(tmp_path / "gate.csv")]
+    assert inference.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--gate_csv" in err and "no row" in err
+
+
+def test_resume_continues_from_the_saved_step(trained, labelled_root, tiny_encoder, tmp_path, capsys):
+    shutil.copytree(trained / "ckpt", tmp_path / "ckpt")
+    capsys.readouterr()
+    assert train.main(_argv(labelled_root, tiny_encoder, tmp_path, "--max_steps", "9", "--resume")) == 0
+    assert f"resuming from {tmp_path / 'ckpt' / 'checkpoint-6'}" in capsys.readouterr().out
+    state = json.loads((tmp_path / "ckpt" / "checkpoint-9" / "trainer_state.json").read_text())
+    first = json.loads((trained / "ckpt" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 9
+    assert state["log_history"][: len(first["log_history"])] == first["log_history"]  # steps 1-6 not redone
+
+
+def test_bad_values_and_missing_data_exit_2(tmp_path, capsys):
+    assert train.main(["--data_root", str(tmp_path)]) == 2
+    assert "classification_labels.csv" in capsys.readouterr().err
+    assert train.main(["--metric_for_best", "nonsense"]) == 2
+    assert "--metric_for_best" in capsys.readouterr().err
+    assert inference.main(["--input_dir", str(tmp_path), "--backend", "heatmap"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_two_process_data_parallel_training(labelled_root, tiny_encoder, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each trains a replica; rank 0 evaluates and saves."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+               str(REPO / "localization_task" / "train.py"),
+               *_argv(labelled_root, tiny_encoder, tmp_path, "--max_steps", "2", "--eval_steps", "2")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert (tmp_path / "out" / "eval_summary.json").is_file()
+
+
+def test_gating_applies_to_the_grounding_backends_too(tmp_path):
+    data = REPO / "localization_task" / "tests" / "data"
+    names = sorted(p.name for p in data.iterdir() if p.suffix == ".png")
+    pd.DataFrame({"file_name": names, "label": "Nodule", "confidence": [0.2, 0.6, 0.9][: len(names)]}).to_csv(
+        tmp_path / "gate.csv", index=False)
+    argv = ["--input_dir", str(data), "--output_dir", str(tmp_path / "out"), "--backend", "scripted",
+            "--gate_csv", str(tmp_path / "gate.csv"), "--gate_threshold", "0.5"]
+    assert inference.main(argv) == 0
+    records = {json.loads(line)["file_name"]: json.loads(line)
+               for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()}
+    assert records[names[0]]["points"] == [] and records[names[0]]["gated"] is True  # confidence 0.2 < 0.5
+    assert not records[names[-1]].get("gated")
+
+
+def test_heatmap_inference_resumes_without_redoing_images(trained, labelled_root, tmp_path, capsys):
+    argv = ["--input_dir", str(labelled_root / "nih_filtered_images"), "--output_dir", str(tmp_path),
+            "--backend", "heatmap", "--checkpoint", str(trained / "ckpt" / "best_model"), "--num_workers", "0"]
+    assert inference.main(argv) == 0
+    first = (tmp_path / "localization_test_results.csv").read_bytes()
+    capsys.readouterr()
+    assert inference.main(argv) == 0
+    assert capsys.readouterr().out.startswith("0 images predicted")
+    assert (tmp_path / "localization_test_results.csv").read_bytes() == first
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_training_image_is_skipped_listed_and_training_goes_on(labelled_root, tiny_encoder, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(labelled_root, root)
+    split = pd.read_csv(root / "classification_labels.csv")
+    broken = sorted((root / "nih_filtered_images").iterdir())[:2]
+    for path in broken:
+        _truncate(path)
+    argv = _argv(root, tiny_encoder, tmp_path, "--max_steps", "3", "--max_unreadable_frac", "0.1",
+                 "--negatives_per_keypointed", "3", "--weak_per_keypointed", "3")
+    assert train.main(argv) == 0
+    listed = pd.read_csv(tmp_path / "out" / "unreadable_files.csv")
+    assert set(listed["file"].map(lambda p: Path(p).name)) <= {p.name for p in broken} and len(listed) >= 1
+    assert (tmp_path / "out" / "eval_summary.json").is_file() and len(split) > 0
+
+
+def test_too_many_unreadable_training_images_stop_with_one_sentence(labelled_root, tiny_encoder, tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(labelled_root, root)
+    for path in sorted((root / "nih_filtered_images").iterdir())[:10]:
+        _truncate(path)
+    argv = _argv(root, tiny_encoder, tmp_path, "--max_steps", "3", "--max_unreadable_frac", "0",
+                 "--negatives_per_keypointed", "3", "--weak_per_keypointed", "3")
+    assert train.main(argv) == 2
+    # Progress bars share stderr and redraw their line with a carriage return.
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    errors = [line[line.index("error:"):] for line in lines if "error:" in line]
+    assert len(errors) == 1 and "--max_unreadable_frac" in errors[0] and "unreadable" in errors[0]

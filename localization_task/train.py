@@ -1,0 +1,312 @@
+"""Train the heatmap nodule localizer: a radiograph encoder, a Gaussian-heatmap head, image labels too.
+
+    python localization_task/train.py                        # microsoft/rad-dino on data/nodulocc (GPU)
+    python localization_task/train.py --demo                 # synthetic data + tiny encoder, CPU, minutes
+    python localization_task/train.py --encoder google/medgemma-1.5-4b-it --encoder_mode lora
+    accelerate launch --num_processes 2 localization_task/train.py   # data-parallel, one GPU each
+
+Keypointed images learn a Gaussian per nodule centre (penalty-reduced focal
+loss); `No Finding` images learn an empty heatmap; nodule images without
+keypoints learn, through the maximum of their heatmap, that a nodule is
+somewhere (multiple-instance loss, `--weak_weight`). Each epoch: every
+keypointed image plus rotating slices of weak positives and negatives. The
+best checkpoint by validation F1 is kept; the peak confidence thresholds are
+tuned on validation and applied unchanged to the test split.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import torch
+from accelerate.utils import gather_object
+from transformers import EarlyStoppingCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from localization_task import cli
+from localization_task.augment import train_augmentation
+from localization_task.dataset import DataError, load_localization_data
+from localization_task.heatmap import sigma_hm_from_frac
+from localization_task.model import DEFAULT_ENCODER, HeatmapLocalizer, build_tiny_dinov2
+from localization_task.evaluation import predict_split, report_test
+from localization_task.run_files import RUN_CONFIG_JSON, write_run_config, write_text_atomic
+from localization_task.sampling import KIND_NAMES, SPLITS, image_kinds, split_by_patient
+from localization_task.trainer import HeatmapTrainer, metrics_function
+from localization_task.training_data import HeatmapDataset, ItemSettings, collate, evaluation_rows
+
+METRICS_FOR_BEST = ("f1_tolerant", "f1_tight", "count_accuracy", "loss")
+
+
+@dataclass
+class TrainConfig:
+    data_root: str = cli.arg("data/nodulocc", "folder with both label CSVs and the image folders")
+    encoder: str = cli.arg(DEFAULT_ENCODER, "hub id or folder: a Dinov2 or a Gemma 3 (MedGemma) checkpoint")
+    encoder_mode: Literal["frozen", "lora", "full"] = cli.arg("lora", "how the encoder trains")
+    input_size_px: int | None = cli.arg(None, "square model input (default: the encoder's own size)")
+    stride: Literal[4, 8] = cli.arg(4, "heatmap stride in input pixels", type=int)
+    head_channels: int = cli.arg(128, "width of the upsampling head")
+    stem_channels: int = cli.arg(16, "width of the head's convolutional stem on the image (0 = none)")
+    lora_r: int = cli.arg(16, "LoRA rank (--encoder_mode lora)")
+    lora_alpha: int = cli.arg(16, "LoRA alpha")
+    lora_dropout: float = cli.arg(0.05, "LoRA dropout")
+    sigma_frac: float = cli.arg(0.01, "Gaussian sigma of a keypoint target, as a fraction of the input side")
+    weak_weight: float = cli.arg(0.5, "weight of the image-label loss on heatmap maxima (0 = off)")
+    weak_per_keypointed: float = cli.arg(1.0, "weak positives per keypointed image in each epoch")
+    negatives_per_keypointed: float = cli.arg(1.0, "No Finding images per keypointed image in each epoch")
+    flip: bool = cli.arg(False, "also flip images left-right in training (radiographs are not symmetric)")
+    output_dir: str = cli.arg("outputs/localization_training", "test metrics, predictions, split, run config")
+    checkpoint_dir: str = cli.arg("checkpoints/localization", "trainer checkpoints and best_model/")
+    split_file: str | None = cli.arg(None, "reuse a split.csv (file_name,split) instead of making one")
+    seed: int = cli.arg(42, "seed for the split, the sampler, augmentations and training")
+    batch_size: int = cli.arg(8, "images per device per step")
+    grad_accum: int = cli.arg(2, "gradient accumulation steps")
+    eval_batch_size: int = cli.arg(16, "images per device when scoring")
+    learning_rate: float = cli.arg(3e-4, "peak learning rate (AdamW), then linear decay")
+    warmup_ratio: float = cli.arg(0.05, "fraction of steps of linear warm-up")
+    weight_decay: float = cli.arg(1e-4, "AdamW weight decay")
+    max_steps: int = cli.arg(3000, "optimizer steps")
+    eval_steps: int = cli.arg(200, "evaluate on validation (and checkpoint) every N steps")
+    logging_steps: int = cli.arg(10, "log the training loss every N steps")
+    save_total_limit: int = cli.arg(2, "checkpoints kept (the best one is always kept)")
+    metric_for_best: str = cli.arg("f1_tolerant", f"validation metric that picks the best checkpoint: {METRICS_FOR_BEST}")
+    early_stopping_patience: int | None = cli.arg(None, "stop after N evaluations without improvement")
+    max_points: int = cli.arg(5, "at most this many keypoints per image")
+    eval_negatives: int | None = cli.arg(500, "No Finding validation images scored at each evaluation (all on test)")
+    tight_frac: float = cli.arg(0.02, "tight distance threshold, fraction of the image diagonal")
+    tolerant_frac: float = cli.arg(0.05, "tolerant distance threshold, fraction of the image diagonal")
+    num_workers: int = cli.arg(4, "data-loading worker processes")
+    max_unreadable_frac: float = cli.arg(
+        0.01, "unreadable training images are skipped and listed; more than this fraction stops the run")
+    resume: str | None = cli.arg(None, "'latest' or a checkpoint folder to continue from", nargs="?", const="latest")
+    demo: bool = cli.arg(False, "make synthetic data and a tiny encoder if missing, and train on the CPU")
+
+    def __post_init__(self) -> None:
+        cli.check_choices(self)
+        if self.metric_for_best not in METRICS_FOR_BEST:
+            raise ValueError(f"--metric_for_best must be one of {', '.join(METRICS_FOR_BEST)}.")
+        for name in ("batch_size", "grad_accum", "eval_batch_size", "max_steps", "eval_steps", "max_points"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1.")
+        if self.weak_weight < 0 or self.weak_per_keypointed < 0 or self.negatives_per_keypointed < 0:
+            raise ValueError("--weak_weight, --weak_per_keypointed and --negatives_per_keypointed must be >= 0.")
+        if not 0 < self.sigma_frac < 0.2:
+            raise ValueError("--sigma_frac must lie in (0, 0.2).")
+        if not 0 <= self.max_unreadable_frac <= 1:
+            raise ValueError("--max_unreadable_frac must lie in [0, 1].")
+        if not 0 < self.tight_frac <= self.tolerant_frac <= 1:
+            raise ValueError("--tight_frac and --tolerant_frac need 0 < tight <= tolerant <= 1.")
+
+
+# The demo: synthetic radiographs with small, faint nodules and look-alike streaks,
+# a tiny random-init Dinov2 trained in full on the CPU in a few minutes.
+DEMO_ENCODER_INPUT_PX = 128
+DEMO_DEFAULTS = dict(
+    data_root="data/demo_localization", encoder="checkpoints/tiny-dinov2", encoder_mode="full",
+    output_dir="outputs/demo_localization", checkpoint_dir="checkpoints/demo_localization",
+    input_size_px=DEMO_ENCODER_INPUT_PX, head_channels=32, sigma_frac=0.02, batch_size=16, grad_accum=1,
+    eval_batch_size=32, learning_rate=2e-3, weight_decay=0.0, max_steps=600, eval_steps=150,
+    logging_steps=25, num_workers=0, eval_negatives=None, negatives_per_keypointed=0.5,
+    weak_per_keypointed=0.5,
+)
+
+
+def prepare_demo(config: TrainConfig) -> None:
+    """Synthetic data (the classification demo's generator, hard mode) and a tiny encoder, if missing."""
+    if not (Path(config.data_root) / "localization_labels.csv").is_file():
+        # Run as a command: the two task folders never import each other.
+        command = [sys.executable, "-m", "classification_task.synthetic", "--out", config.data_root,
+                   "--n_images", "800", "--positive_rate", "0.4", "--size_px", "256",
+                   "--difficulty", "hard", "--keypoint_fraction", "0.6", "--seed", "1"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DataError(f"could not write the demo data to {config.data_root}: "
+                            f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'unknown error'}")
+    if not (Path(config.encoder) / "config.json").is_file():
+        build_tiny_dinov2(config.encoder, input_size_px=DEMO_ENCODER_INPUT_PX, patch_size=8, hidden_size=64)
+
+
+def load_splits(config: TrainConfig) -> dict[str, pd.DataFrame]:
+    """All labelled images with a patient-grouped split (or the saved one); the split is saved."""
+    frame = load_localization_data(config.data_root)
+    kinds = image_kinds(frame["label"], [len(p) for p in frame["points_px"]])
+    frame = frame.assign(kind=kinds, split=_split(frame, kinds, config))
+    write_text_atomic(Path(config.output_dir) / "split.csv", frame[["file_name", "split"]].to_csv(index=False))
+    frames = {name: frame[frame["split"] == name].reset_index(drop=True) for name in SPLITS}
+    for name, part in frames.items():
+        counts = ", ".join(f"{(part['kind'] == k).sum()} {label}" for k, label in KIND_NAMES.items())
+        print(f"{name}: {len(part)} images ({counts})")
+    return frames
+
+
+def _split(frame: pd.DataFrame, kinds, config: TrainConfig):
+    if config.split_file is None:
+        return split_by_patient(frame["patient_id"], kinds, seed=config.seed)
+    path = Path(config.split_file)
+    if not path.is_file():
+        raise DataError(f"split file {path} not found; pass a split.csv written by an earlier run.")
+    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"file_name", "split"} <= set(saved.columns) or not set(saved["split"]) <= set(SPLITS):
+        raise DataError(f"{path} needs the columns file_name,split with splits in {SPLITS}.")
+    split = frame["file_name"].map(dict(zip(saved["file_name"], saved["split"])))
+    if split.isna().any():
+        raise DataError(f"{path} has no split for {int(split.isna().sum())} labelled image(s); regenerate it.")
+    return split.to_numpy()
+
+
+def build_model(config: TrainConfig) -> HeatmapLocalizer:
+    from localization_task.model import hub_token
+
+    return HeatmapLocalizer.from_encoder(
+        config.encoder, encoder_mode=config.encoder_mode, input_size_px=config.input_size_px,
+        stride=config.stride, head_channels=config.head_channels, stem_channels=config.stem_channels,
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, token=hub_token(),
+    )
+
+
+def item_settings(config: TrainConfig, model: HeatmapLocalizer) -> ItemSettings:
+    c = model.config
+    sigma_hm = sigma_hm_from_frac(config.sigma_frac, c.input_size_px, c.stride)
+    return ItemSettings(c.input_size_px, c.stride, sigma_hm, tuple(c.image_mean), tuple(c.image_std))
+
+
+def training_arguments(config: TrainConfig) -> TrainingArguments:
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return TrainingArguments(
+        output_dir=config.checkpoint_dir,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type="linear",
+        warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a ratio of max_steps
+        max_steps=config.max_steps,
+        optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
+        bf16=bf16,
+        eval_strategy="steps",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.eval_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=config.metric_for_best,
+        greater_is_better=config.metric_for_best != "loss",
+        logging_steps=config.logging_steps,
+        report_to=[],
+        dataloader_num_workers=config.num_workers,
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
+        seed=config.seed,
+    )
+
+
+def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict) -> HeatmapTrainer:
+    settings = item_settings(config, model)
+    val_rows = evaluation_rows(frames["val"], config.eval_negatives, seed=config.seed)
+    callbacks = []
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    return HeatmapTrainer(
+        model=model,
+        args=training_arguments(config),
+        train_dataset=HeatmapDataset(frames["train"], settings, train_augmentation(config.flip, config.seed),
+                                     seed=config.seed, skip_unreadable=True),
+        eval_dataset=HeatmapDataset(val_rows, settings, skip_unreadable=True),
+        data_collator=collate,
+        compute_metrics=metrics_function(val_rows, config.tolerant_frac, config.tight_frac),
+        callbacks=callbacks,
+        weak_weight=config.weak_weight,
+        weak_per_keypointed=config.weak_per_keypointed,
+        negatives_per_keypointed=config.negatives_per_keypointed,
+        max_points=config.max_points,
+        sampler_seed=config.seed,
+        max_unreadable_frac=config.max_unreadable_frac,
+    )
+
+
+def save_model_atomic(model: HeatmapLocalizer, folder: Path) -> None:
+    """save_pretrained into a temporary sibling, then swap it in: never half a model folder."""
+    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if folder.exists():
+        folder.replace(old)
+    tmp.replace(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def resume_checkpoint(config: TrainConfig) -> str | None:
+    if config.resume is None:
+        return None
+    if config.resume != "latest":
+        return config.resume
+    latest = get_last_checkpoint(config.checkpoint_dir) if Path(config.checkpoint_dir).is_dir() else None
+    print(f"resuming from {latest}" if latest else "no checkpoint to resume from: starting fresh")
+    return latest
+
+
+def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict) -> list[tuple[str, str]]:
+    """The best checkpoint on validation (thresholds) and test (metrics); saved with its thresholds.
+
+    Returns the (file, reason) of images that could not be read."""
+    settings = item_settings(config, model)
+    splits, unreadable = {}, []
+    for name, max_negatives in (("val", config.eval_negatives), ("test", None)):
+        rows = evaluation_rows(frames[name], max_negatives, seed=config.seed)
+        dataset = HeatmapDataset(rows, settings, skip_unreadable=True)
+        splits[name], skipped = predict_split(model, rows, dataset, config.eval_batch_size, config.max_points,
+                                              config.num_workers, desc=name)
+        unreadable += skipped
+    best_dir = Path(config.checkpoint_dir) / "best_model"
+    report_test(model, splits["val"], splits["test"],
+                {"tight": config.tight_frac, "tolerant": config.tolerant_frac},
+                Path(config.output_dir), extra={"checkpoint": str(best_dir)})
+    save_model_atomic(model, best_dir)
+    print(f"best model ({config.metric_for_best}) with its tuned thresholds saved to {best_dir}")
+    return unreadable
+
+
+def report_unreadable(output_dir: Path, unreadable: list[tuple[str, str]]) -> None:
+    """unreadable_files.csv (file, reason) beside the results; none: no file (an old list would mislead)."""
+    path = output_dir / "unreadable_files.csv"
+    if not unreadable:
+        path.unlink(missing_ok=True)
+        return
+    write_text_atomic(path, pd.DataFrame(unreadable, columns=["file", "error"]).to_csv(index=False))
+    print(f"skipped {len(unreadable)} unreadable image(s), listed in {path}; e.g. {unreadable[0][0]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = cli.parse(TrainConfig, __doc__, argv, demo_defaults=DEMO_DEFAULTS)
+    if config is None:
+        return 2
+    try:
+        if config.demo:
+            prepare_demo(config)
+        frames = load_splits(config)
+        write_run_config(Path(config.output_dir) / RUN_CONFIG_JSON, asdict(config), {})
+        model = build_model(config)
+        trainer = build_trainer(config, model, frames)
+        trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+        # Every process skipped its own share of unreadable training images: gather them all.
+        skipped = sorted(set(gather_object(list(trainer.unreadable.items()))))
+        if not trainer.is_world_process_zero():
+            return 0
+        report_unreadable(Path(config.output_dir), skipped + final_evaluation(config, trainer.model, frames))
+    except (DataError, ValueError) as err:
+        print(f"error: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
+        return 2
+    print(f"results written to {config.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

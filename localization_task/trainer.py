@@ -1,0 +1,107 @@
+"""`transformers.Trainer` with the heatmap loss, the epoch mix and peak-based evaluation.
+
+Loss per batch: the focal heatmap loss over keypointed and negative images
+(negatives have all-zero targets) plus `weak_weight` x the multiple-instance
+loss on the heatmap maximum of weak positives (towards 1) and negatives
+(towards 0). Evaluation decodes each image's candidate peaks into original
+pixels inside the model loop, so only (max_points x 3) numbers per image
+travel back, and scores them with this folder's own metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import Trainer
+
+from localization_task.dataset import DataError
+from localization_task.evaluation import f1_and_counts, peaks_tensor, split_peaks, tune_min_confidence
+from localization_task.heatmap import focal_heatmap_loss, weak_image_loss
+from localization_task.sampling import KEYPOINTED, NEGATIVE, WEAK, MixedEpochSampler
+
+
+def heatmap_loss(logits: torch.Tensor, batch: dict, weak_weight: float) -> torch.Tensor:
+    """Focal loss on keypointed + negative images, plus the weighted weak (image-label) loss."""
+    kind = batch["kind"]
+    dense = (kind == KEYPOINTED) | (kind == NEGATIVE)
+    loss = focal_heatmap_loss(logits[dense], batch["target"][dense]) if dense.any() else logits.sum() * 0.0
+    weak = (kind == WEAK) | (kind == NEGATIVE)
+    if weak_weight > 0 and weak.any():
+        loss = loss + weak_weight * weak_image_loss(logits[weak], batch["image_label"][weak])
+    return loss
+
+
+class HeatmapTrainer(Trainer):
+    """Stock Trainer (accumulation, mixed precision, checkpoints, resume, multi-GPU) with our loss."""
+
+    def __init__(self, *args, weak_weight: float, weak_per_keypointed: float, negatives_per_keypointed: float,
+                 max_points: int, sampler_seed: int = 0, max_unreadable_frac: float = 0.01, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_unreadable_frac = max_unreadable_frac
+        self.unreadable: dict[str, str] = {}  # training images skipped in this process: path -> reason
+        self.weak_weight = weak_weight
+        self.mix = (weak_per_keypointed, negatives_per_keypointed)
+        self.max_points = max_points
+        self.sampler_seed = sampler_seed
+        self.model_accepts_loss_kwargs = False  # our loss is a batch mean: the Trainer scales it
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return MixedEpochSampler(dataset.kinds, *self.mix, seed=self.sampler_seed)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.note_unreadable(inputs.get("skipped", []))
+        if len(inputs["index"]) == 0:  # every image of the batch was unreadable
+            loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+            return (loss, None) if return_outputs else loss
+        logits = model(inputs["pixel_values"])
+        loss = heatmap_loss(logits, inputs, self.weak_weight)
+        return (loss, logits) if return_outputs else loss
+
+    def note_unreadable(self, skipped) -> None:
+        """Remember skipped training images; too many of them end the run with one sentence."""
+        paths = self.train_dataset.paths
+        self.unreadable.update((paths[int(index)], reason) for index, reason in skipped)
+        allowed = self.max_unreadable_frac * len(self.train_dataset)
+        if len(self.unreadable) > allowed:
+            raise DataError(f"{len(self.unreadable)} training images are unreadable, more than --max_unreadable_frac "
+                            f"allows ({allowed:.0f}), e.g. {next(iter(self.unreadable))}; replace them or remove "
+                            "their rows from the label CSVs.")
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        if len(inputs["index"]) == 0:  # unreadable images only: nothing to score
+            empty = torch.zeros(0, self.max_points, 3, device=self.args.device)
+            zero = torch.zeros((), device=self.args.device)
+            return zero, (None if prediction_loss_only else (empty, torch.zeros(0, 5, device=self.args.device))), \
+                (None if prediction_loss_only else inputs["index"])
+        with torch.no_grad():
+            logits = model(inputs["pixel_values"])
+            loss = heatmap_loss(logits, inputs, self.weak_weight).detach()
+        if prediction_loss_only:
+            return loss, None, None
+        stride = self.accelerator.unwrap_model(model).config.stride
+        peaks = peaks_tensor(logits, inputs["box"], stride, self.max_points)
+        return loss, (peaks, inputs["box"].float()), inputs["index"]
+
+
+def metrics_function(frame: pd.DataFrame, tolerant_frac: float, tight_frac: float):
+    """`compute_metrics` for the Trainer: F1 and count accuracy at the best validation threshold.
+
+    Each evaluation tunes the confidence threshold on the evaluated split (the
+    final one is tuned the same way), so checkpoints are compared at their
+    best operating point rather than at an arbitrary fixed one.
+    """
+    def compute_metrics(eval_prediction) -> dict:
+        peaks, boxes = eval_prediction.predictions
+        split = split_peaks(frame, np.asarray(peaks), np.asarray(boxes), np.asarray(eval_prediction.label_ids))
+        tuned = tune_min_confidence(split, tolerant_frac)
+        best = tuned["at_min_confidence_f1"]
+        tight = f1_and_counts(split, tuned["min_confidence_f1"], tight_frac)["f1"]
+        return {"f1_tolerant": best["f1"], "f1_tight": tight, "count_accuracy": best["count_accuracy"],
+                "count_accuracy_with_nodules": best["count_accuracy_with_nodules"],
+                "count_accuracy_without_nodules": best["count_accuracy_without_nodules"],
+                "min_confidence": tuned["min_confidence_f1"]}
+
+    return compute_metrics
