@@ -201,7 +201,12 @@ def _deal(weights: list[float], fractions: tuple[float, ...]) -> list[int]:
 def load_or_make_split(frame: pd.DataFrame, split_file: str | Path | None, seed: int) -> pd.DataFrame:
     """Attach a `split` column, from `split_file` (file_name,split) if given, else a fresh seeded split."""
     if split_file is None:
-        return frame.assign(split=split_by_patient(frame, seed=seed))
+        try:
+            return frame.assign(split=split_by_patient(frame, seed=seed))
+        except ValueError as err:  # e.g. fewer patients than the split has folds
+            reason = str(err).rstrip(".")
+            raise DataError(f"{len(frame)} labelled image(s) of {frame['patient_id'].nunique()} patient(s) cannot "
+                            f"be split by patient ({reason}); label more images, or pass --split_file.") from None
     split_file = Path(split_file)
     if not split_file.is_file():
         raise DataError(f"split file {split_file} not found; pass a split.csv written by an earlier run.")
@@ -300,10 +305,16 @@ class ImageCache:
 
 
 class RadiographDataset(Dataset):
-    """(image, label) pairs from a labels frame with `path` and `label` columns."""
+    """(image, label) items from a labels frame with `path` and `label` columns.
+
+    An image that cannot be decoded (missing, truncated, not an image) gives
+    image None with the reason in `error`, so that one bad file does not end a
+    run: the collator leaves it out and the run counts it (see unreadable.py).
+    """
 
     def __init__(self, frame: pd.DataFrame, prep: Preprocessing = Preprocessing(), cache_dir: str | None = None):
         self.paths = frame["path"].tolist()
+        self.file_names = frame["file_name"].tolist() if "file_name" in frame else self.paths
         self.labels = frame["label"].to_numpy(dtype=np.int64)
         self.prep = prep
         self.cache = ImageCache(cache_dir, prep) if cache_dir else None
@@ -313,9 +324,9 @@ class RadiographDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path = self.paths[index]
+        item = {"file_name": self.file_names[index], "label": int(self.labels[index])}
         try:
             image = self.cache.load(path) if self.cache else load_image(path, self.prep)
-        except OSError as err:
-            raise DataError(f"image {path} cannot be read ({err.__class__.__name__}); "
-                            "replace it or remove its row from the labels CSV.") from None
-        return {"image": image, "label": int(self.labels[index])}
+        except Exception as err:  # Pillow raises many types; one bad file must not end a long run
+            return {**item, "image": None, "error": f"{type(err).__name__}: {err}"}
+        return {**item, "image": image}

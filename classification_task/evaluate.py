@@ -21,15 +21,23 @@ from classification_task.metrics import (
     select_thresholds,
     sensitivity_at_specificity,
 )
-from classification_task.model import score_dataset
+from classification_task.model import score_batches
 from classification_task.plots import save_all_plots
 from classification_task.run_files import write_csv_atomic, write_json_atomic
 
 
 def score_split(model, processor, frame: pd.DataFrame, prep: Preprocessing, batch_size: int, desc: str,
-                cache_dir: str | None = None) -> np.ndarray:
+                cache_dir: str | None = None, unreadable=None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The readable rows of `frame` and their p(nodule); unreadable images go to `unreadable` (UnreadableImages)."""
     dataset = RadiographDataset(frame, prep, cache_dir)
-    return score_dataset(model, processor, dataset, batch_size=batch_size, desc=desc)
+    scores, skipped = [np.zeros(0)], []
+    for _, p_nodule, batch_skipped in score_batches(model, processor, dataset, batch_size=batch_size, desc=desc):
+        scores.append(p_nodule)
+        skipped += batch_skipped
+        if unreadable is not None:
+            unreadable.record(batch_skipped)
+    readable = frame[~frame["file_name"].isin({name for name, _ in skipped})].reset_index(drop=True)
+    return readable, np.concatenate(scores)
 
 
 def metric_columns(name: str, labels_val, p_val, labels_test, p_test) -> tuple[dict, dict]:
@@ -65,18 +73,17 @@ def labels_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate_run(model, processor, frames: dict[str, pd.DataFrame], out_dir: str | Path, prep: Preprocessing,
                  batch_size: int = 4, n_boot: int = 1000, seed: int = 0, zero_shot: bool = True,
-                 log_history: list | None = None, cache_dir: str | None = None) -> dict:
+                 log_history: list | None = None, cache_dir: str | None = None, unreadable=None) -> dict:
     out_dir = Path(out_dir)
-    val, test = frames["val"], frames["test"]
+    val, p_val = score_split(model, processor, frames["val"], prep, batch_size, "validation", cache_dir, unreadable)
+    test, p_test = score_split(model, processor, frames["test"], prep, batch_size, "test", cache_dir, unreadable)
     y_val, y_test = val["label"].to_numpy(), test["label"].to_numpy()
-    p_val = score_split(model, processor, val, prep, batch_size, "validation", cache_dir)
-    p_test = score_split(model, processor, test, prep, batch_size, "test", cache_dir)
     columns, thresholds = metric_columns("fine-tuned", y_val, p_val, y_test, p_test)
     report = {"thresholds": thresholds}
     if zero_shot and hasattr(model, "disable_adapter"):
         with model.disable_adapter():
-            p_val_0 = score_split(model, processor, val, prep, batch_size, "validation, zero-shot", cache_dir)
-            p_test_0 = score_split(model, processor, test, prep, batch_size, "test, zero-shot", cache_dir)
+            _, p_val_0 = score_split(model, processor, val, prep, batch_size, "validation, zero-shot", cache_dir)
+            _, p_test_0 = score_split(model, processor, test, prep, batch_size, "test, zero-shot", cache_dir)
         zero_columns, zero_thresholds = metric_columns("zero-shot", y_val, p_val_0, y_test, p_test_0)
         columns = {**zero_columns, **columns}
         report["zero_shot_thresholds"] = zero_thresholds

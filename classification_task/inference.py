@@ -240,10 +240,9 @@ def load_model(config: InferenceConfig):
     return model, processor
 
 
-def score_images(config: InferenceConfig, names: list[str], cache: PartialScores,
+def score_images(config: InferenceConfig, model, processor, names: list[str], cache: PartialScores,
                  desc: str = "scoring") -> list[tuple[str, str]]:
     """Score `names` batch by batch into `cache`; returns (file_name, error) of unreadable ones."""
-    model, processor = load_model(config)
     images = FolderImages(config.input_dir, names, config.preprocessing)
     unreadable = []
     batches = score_batches(model, processor, images, config.batch_size, config.num_workers, desc)
@@ -329,9 +328,13 @@ def score_share(config: InferenceConfig, names: list[str], processes: Processes)
               f"{len(pending)} to score" + (f" by {processes.count} processes" if processes.count > 1 else ""))
     processes.barrier()  # every process has read the caches before any appends to them
     mine = processes.share(pending)
+    model, processor = load_model(config) if mine else (None, None)  # a failed load writes nothing
+    if processes.rank == 0:
+        write_run_config(Path(config.output_dir), config)
     rank = processes.rank if processes.count > 1 else None
     desc = "scoring" if rank is None else f"scoring, process {rank}"
-    unreadable = score_images(config, mine, PartialScores(partial_path(config, rank)), desc) if mine else []
+    cache = PartialScores(partial_path(config, rank))
+    unreadable = score_images(config, model, processor, mine, cache, desc) if mine else []
     order = {name: index for index, name in enumerate(names)}
     return sorted(processes.gather_to_first(unreadable), key=lambda pair: order[pair[0]])
 
@@ -348,17 +351,15 @@ def main(argv: list[str] | None = None) -> int:
         check_local_folder(config.model_id, "--model_id", "config.json", "a folder written by save_pretrained")
         check_local_folder(config.adapter, "--adapter", "adapter_config.json",
                            "the folder train.py saved (e.g. checkpoints/classification/best_adapter)")
-        if processes.rank == 0:
-            write_run_config(output_dir, config)
         unreadable = score_share(config, names, processes)
         if processes.rank != 0:
             return 0
         results = results_frame(names, cached_scores(config), config.threshold)
-        write_csv_atomic(results, output_dir / RESULTS_CSV)
         report_unreadable(output_dir, unreadable)
-        if results.empty:
+        if results.empty:  # no empty results file that could pass for a submission
             raise DataError(f"none of the {len(names)} image(s) in {config.input_dir} could be read; "
                             f"see {output_dir / UNREADABLE_CSV} and convert them to PNG or JPEG.")
+        write_csv_atomic(results, output_dir / RESULTS_CSV)
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,7 +3,8 @@
     python classification_task/metrics.py \
         --labels data/nodulocc/classification_labels.csv \
         --predictions outputs/classification_test_results.csv \
-        [--threshold 0.5] [--bootstrap 1000] [--seed 0] [--json outputs/test_metrics.json]
+        [--threshold 0.5] [--bootstrap 1000] [--seed 0] [--json outputs/test_metrics.json] \
+        [--confidence_of nodule|predicted]
 
 Every function takes binary labels (1 = Nodule) and p(nodule) in [0, 1]; a score
 counts as a positive prediction when p >= threshold. Values agree with scikit-learn
@@ -25,6 +26,7 @@ from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from classification_task import cli
+from classification_task.confidence import ConfidenceOf, as_p_nodule
 from classification_task.dataset import DataError, read_csv_table, read_labels_csv
 from classification_task.run_files import write_json_atomic
 
@@ -261,6 +263,9 @@ class ScoreConfig:
     bootstrap: int = cli.arg(1000, "stratified bootstrap resamples for 95% intervals; 0 disables")
     seed: int = cli.arg(0, "bootstrap seed")
     json_path: Path | None = cli.arg(None, "also write metrics, intervals and counts to this JSON file", flag="json")
+    confidence_of: ConfidenceOf | None = cli.arg(
+        None, "what confidence holds: nodule = p(nodule); predicted = the confidence of the predicted label; "
+        "unset: p(nodule), refused when the label column contradicts it")
 
     def __post_init__(self):
         self.labels, self.predictions = Path(self.labels), Path(self.predictions)
@@ -271,15 +276,16 @@ class ScoreConfig:
             raise ValueError(f"--bootstrap must be 0 (off) or a number of resamples, got {self.bootstrap}.")
 
 
-def load_predictions(path: Path) -> pd.Series:
-    """`classification_test_results.csv` (file_name,label,confidence) -> Series file_name -> p."""
+def load_predictions(path: Path, confidence_of: ConfidenceOf | None = None) -> pd.Series:
+    """`classification_test_results.csv` (file_name,label,confidence) -> Series file_name -> p(nodule)."""
     frame = read_csv_table(path, ("file_name", "confidence"), "pass an existing CSV file with --predictions")
     confidence = pd.to_numeric(frame.set_index("file_name")["confidence"], errors="coerce")
     bad = confidence.index[~confidence.between(0.0, 1.0)]  # NaN from coercion fails too
     if len(bad):
         raise DataError(f"{path} has a confidence outside [0, 1] or not a number (first at "
                         f"{bad[0]}); write p(nodule) as a number between 0 and 1.")
-    return confidence.astype(float)
+    labels = frame.set_index("file_name")["label"] if "label" in frame.columns else None
+    return as_p_nodule(confidence.astype(float), labels, path, confidence_of)
 
 
 def _match_base_names(predictions, labels):
@@ -298,7 +304,7 @@ def score_files(config: ScoreConfig) -> dict:
     """Metrics, intervals and match counts for the files present in both CSVs."""
     labels = read_labels_csv(config.labels, "pass an existing CSV file with --labels")
     labels = labels.set_index("file_name")["label"]
-    predictions = _match_base_names(load_predictions(config.predictions), labels)
+    predictions = _match_base_names(load_predictions(config.predictions, config.confidence_of), labels)
     common = labels.index.intersection(predictions.index)
     if common.empty:
         raise DataError(f"none of the file names in {config.predictions} appear in "

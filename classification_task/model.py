@@ -59,10 +59,10 @@ def device_map() -> dict | None:
 
 @contextmanager
 def explained_load_errors(model_id: str, adapter: str | None = None):
-    """from_pretrained failures (unknown id or folder, no access, no network) as one sentence."""
+    """from_pretrained failures (unknown id or folder, no access, no network, not a model) as one sentence."""
     try:
         yield
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a folder or config that holds no known model
         reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
         what = repr(model_id) + (f" with adapter {adapter!r}" if adapter else "")
         raise DataError(f"could not load {what} ({reason}); check --model_id / --adapter, and for the hub "
@@ -87,7 +87,7 @@ def load_base_model(model_id: str, quantization: Quantization = "nf4", attn_impl
             bnb_4bit_quant_storage=dtype,
         )
     with explained_load_errors(model_id):
-        return AutoModelForImageTextToText.from_pretrained(
+        model = AutoModelForImageTextToText.from_pretrained(
             model_id,
             dtype=dtype,
             quantization_config=quantization_config,
@@ -95,6 +95,22 @@ def load_base_model(model_id: str, quantization: Quantization = "nf4", attn_impl
             attn_implementation=attn_implementation,
             token=hub_token(),
         )
+    keep_4bit_weights_as_loaded(model)
+    return model
+
+
+def keep_4bit_weights_as_loaded(model) -> None:
+    """Switch off bitsandbytes' CPU repacking of 4-bit weights for inference.
+
+    On a CPU with AVX512-BF16, a 4-bit layer run in eval mode without gradients
+    repacks its weight and rounds the quantisation scales to bf16; the next
+    training step or save quantises them again. Each evaluation would then
+    nudge the frozen base, so a run resumed from a checkpoint (whose base is
+    freshly loaded) would drift away from the uninterrupted run.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def lora_config(rank: int = 16, alpha: int = 16, dropout: float = 0.05) -> LoraConfig:

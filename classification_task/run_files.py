@@ -1,8 +1,10 @@
-"""Files a run writes: atomic outputs (JSON, CSV, PNG) and the run's provenance.
+"""Files a run writes: atomic outputs (JSON, CSV, PNG), the run's provenance, and earlier runs.
 
 Every output is written beside its target and moved into place in one step,
 so readers never see half a file and a crash leaves the previous version intact.
 `run_config.json` records the resolved config, package versions and git commit.
+A fresh run refuses to start over an earlier run's checkpoints or results
+unless told to continue (`--resume`) or to replace them (`--overwrite`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +26,10 @@ import numpy as np
 import pandas as pd
 
 RUN_CONFIG_JSON = "run_config.json"
+# What a run leaves: results in the output folder, trainer checkpoints and the final adapter.
+RESULT_FILES = (RUN_CONFIG_JSON, "metrics.json", "test_predictions.csv", "val_predictions.csv", "test_labels.csv",
+                "unreadable_files.csv", "roc.png", "pr.png", "reliability.png", "training_curves.png")
+CHECKPOINT_FOLDERS = ("checkpoint-*", "best_adapter")
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "scikit-learn", "pandas", "pillow")
 
 
@@ -120,3 +127,48 @@ def write_run_config(out_dir: str | Path, config) -> Path:
     """`run_config.json`: the dataclass as resolved, plus versions and commit (no secrets in it)."""
     record = {"config": dataclasses.asdict(config), "versions": package_versions(), "git_commit": git_commit()}
     return write_json_atomic(Path(out_dir) / RUN_CONFIG_JSON, record)
+
+
+# ----------------------------------------------------------------------------- earlier runs
+
+
+def earlier_run(output_dir: str | Path, checkpoint_dir: str | Path | None) -> list[Path]:
+    """The result files and checkpoint folders an earlier run left in these folders."""
+    found = [Path(output_dir) / name for name in RESULT_FILES if (Path(output_dir) / name).is_file()]
+    if checkpoint_dir is not None:
+        found += sorted(path for pattern in CHECKPOINT_FOLDERS for path in Path(checkpoint_dir).glob(pattern)
+                        if path.is_dir())
+    return found
+
+
+def check_fresh_run(output_dir: str | Path, checkpoint_dir: str | Path | None, resume: str | None,
+                    overwrite: bool) -> list[Path]:
+    """Refuse to start a fresh run over an earlier one; return what `overwrite` will replace.
+
+    A fresh run over an earlier run's results would silently replace them, and
+    over its checkpoints it would mix two runs (a later --resume would pick the
+    earlier run's newest checkpoint). `checkpoint_dir` None: the run writes no
+    checkpoints (evaluation only). Raises ValueError with one sentence unless the
+    run continues (`resume`), replaces (`overwrite`) or finds nothing. Nothing
+    is removed here: call `remove_earlier_run` once the inputs have been checked.
+    """
+    if resume:
+        return []
+    found = earlier_run(output_dir, checkpoint_dir)
+    if found and not overwrite:
+        options = ("add --resume to continue it, " if checkpoint_dir is not None else "") + \
+            "add --overwrite to replace it, or pass other --output_dir/--checkpoint_dir folders"
+        raise ValueError(f"{found[0].parent} holds an earlier run ({found[0].name} and {len(found) - 1} more); "
+                         f"{options}.")
+    return found
+
+
+def remove_earlier_run(paths: list[Path]) -> None:
+    """Delete what `check_fresh_run` found, so no file of the earlier run outlives a crash of the new one."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    if paths:
+        print(f"--overwrite: removed {len(paths)} file(s) and folder(s) of the earlier run, e.g. {paths[0]}")

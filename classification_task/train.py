@@ -12,21 +12,22 @@ logits. Each epoch: all positives + the next chunk of negatives.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import pandas as pd
 import torch
-from transformers import EarlyStoppingCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from classification_task import cli
 from classification_task.dataset import SPLITS, DataError, Preprocessing, RadiographDataset, load_labels, load_or_make_split
 from classification_task.evaluate import evaluate_run
 from classification_task.model import (
     MEDGEMMA_ID,
-    PromptCollator,
     add_lora,
     answer_token_ids,
     load_base_model,
@@ -34,9 +35,11 @@ from classification_task.model import (
     load_with_adapter,
     lora_config,
 )
-from classification_task.run_files import write_csv_atomic, write_run_config
+from classification_task.run_files import check_fresh_run, remove_earlier_run, write_csv_atomic, write_run_config
 from classification_task.trainer import NoduleTrainer, compute_metrics
+from classification_task.unreadable import ReadableBatchCollator, UnreadableImages
 
+TRAINER_STATE = "trainer_state.json"  # written last into each checkpoint folder
 METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "balanced_accuracy", "mcc", "loss")
 
 
@@ -73,8 +76,10 @@ class TrainConfig:
     image_size_px: int | None = cli.arg(None, "resize before the processor (default: the processor's own size)")
     cache_dir: str | None = cli.arg(None, "cache pre-processed images here (speeds up later epochs)")
     num_workers: int = cli.arg(2, "data-loading worker processes")
+    max_unreadable_frac: float = cli.arg(0.01, "skip unreadable images, but stop when more than this fraction are")
     bootstrap: int = cli.arg(1000, "bootstrap resamples for test confidence intervals (0 = none)")
     resume: str | None = cli.arg(None, "'latest' or a checkpoint folder to continue from", const="latest")
+    overwrite: bool = cli.arg(False, "replace an earlier run's checkpoints and results in these folders")
     eval_only: bool = cli.arg(False, "skip training: evaluate --adapter (or the zero-shot base) on val/test")
     adapter: str | None = cli.arg(None, "adapter folder for --eval_only")
     zero_shot: bool = cli.arg(True, "also score the base model without adapter, side by side")
@@ -90,6 +95,10 @@ class TrainConfig:
             raise ValueError("--learning_rate must lie in (0, 1).")
         if self.pos_weight <= 0 or self.focal_gamma < 0:
             raise ValueError("--pos_weight must be positive and --focal_gamma non-negative.")
+        if not 0 <= self.max_unreadable_frac < 1:
+            raise ValueError("--max_unreadable_frac must lie in [0, 1).")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the earlier run and --overwrite replaces it: pass only one.")
         Preprocessing(self.clip_low_pct, self.clip_high_pct)  # validates the percentiles
 
     @property
@@ -123,14 +132,33 @@ def prepare_demo(config: TrainConfig) -> None:
         save_tiny_medgemma(config.model_id)
 
 
-def load_data(config: TrainConfig) -> dict:
-    frame = load_labels(config.data_root)
-    frame = load_or_make_split(frame, config.split_file, config.seed)
-    write_csv_atomic(frame[["file_name", "split"]], Path(config.output_dir) / "split.csv")
-    frames = {name: frame[frame["split"] == name].reset_index(drop=True) for name in SPLITS}
-    counts = ", ".join(f"{n} {len(f)} ({int(f['label'].sum())} nodule)" for n, f in frames.items())
+def load_data(config: TrainConfig) -> pd.DataFrame:
+    """The labelled images with a `split` column (train/val/test); nothing is written yet."""
+    frame = load_or_make_split(load_labels(config.data_root), config.split_file, config.seed)
+    counts = ", ".join(f"{name} {len(part)} ({int(part['label'].sum())} nodule)"
+                       for name, part in split_frames(frame).items())
     print(f"split by patient: {counts}")
-    return frames
+    return frame
+
+
+def split_frames(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {name: frame[frame["split"] == name].reset_index(drop=True) for name in SPLITS}
+
+
+def load_model(config: TrainConfig):
+    """The model to train (base + fresh LoRA) or, with --eval_only, to score (base + --adapter)."""
+    if config.eval_only:
+        return load_with_adapter(config.model_id, config.adapter, config.quantization)
+    set_seed(config.seed)  # the LoRA A matrices are drawn here, before the Trainer seeds anything
+    model = load_base_model(config.model_id, config.quantization)
+    return add_lora(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout))
+
+
+def start_run(config: TrainConfig, frame: pd.DataFrame, earlier: list[Path]) -> None:
+    """The inputs hold: replace an earlier run (--overwrite), then write the split and the config."""
+    remove_earlier_run(earlier)
+    write_csv_atomic(frame[["file_name", "split"]], Path(config.output_dir) / "split.csv")
+    write_run_config(config.output_dir, config)
 
 
 def training_arguments(config: TrainConfig) -> TrainingArguments:
@@ -167,7 +195,8 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
     )
 
 
-def build_trainer(config: TrainConfig, model, processor, frames: dict) -> NoduleTrainer:
+def build_trainer(config: TrainConfig, model, processor, frames: dict,
+                  unreadable: UnreadableImages) -> NoduleTrainer:
     prep = config.preprocessing
     callbacks = []
     if config.early_stopping_patience:
@@ -177,7 +206,7 @@ def build_trainer(config: TrainConfig, model, processor, frames: dict) -> Nodule
         args=training_arguments(config),
         train_dataset=RadiographDataset(frames["train"], prep, config.cache_dir),
         eval_dataset=RadiographDataset(frames["val"], prep, config.cache_dir),
-        data_collator=PromptCollator(processor),
+        data_collator=ReadableBatchCollator(processor),
         compute_metrics=compute_metrics,
         callbacks=callbacks,
         answer_ids=answer_token_ids(processor.tokenizer),
@@ -185,28 +214,64 @@ def build_trainer(config: TrainConfig, model, processor, frames: dict) -> Nodule
         focal_gamma=config.focal_gamma,
         sampler=config.sampler,
         sampler_seed=config.seed,
+        unreadable=unreadable,
     )
+
+
+def is_complete_checkpoint(folder: str | Path) -> bool:
+    """The Trainer writes trainer_state.json last: a folder without it (as JSON) was cut short."""
+    try:
+        json.loads((Path(folder) / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(checkpoint_dir: str | Path) -> str | None:
+    """The newest complete `checkpoint-N` folder: a run killed while saving resumes from the one before."""
+    steps = {int(folder.name[11:]): folder for folder in Path(checkpoint_dir).glob("checkpoint-*")
+             if folder.name[11:].isdigit() and is_complete_checkpoint(folder)}  # 11 = len("checkpoint-")
+    return str(steps[max(steps)]) if steps else None
 
 
 def resume_checkpoint(config: TrainConfig) -> str | None:
     if config.resume is None:
         return None
     if config.resume != "latest":
+        if not is_complete_checkpoint(config.resume):
+            raise DataError(f"{config.resume} is not a complete checkpoint (no {TRAINER_STATE}); pass another "
+                            f"checkpoint-N folder, or --resume alone for the latest complete one.")
         return config.resume
-    latest = get_last_checkpoint(config.checkpoint_dir) if Path(config.checkpoint_dir).is_dir() else None
+    latest = last_complete_checkpoint(config.checkpoint_dir)
     print(f"resuming from {latest}" if latest else "no checkpoint to resume from: starting fresh")
     return latest
 
 
-def train(config: TrainConfig, processor, frames: dict):
-    model = load_base_model(config.model_id, config.quantization)
-    model = add_lora(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout))
-    trainer = build_trainer(config, model, processor, frames)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+def train(config: TrainConfig, model, processor, frames: dict, resume_from: str | None,
+          unreadable: UnreadableImages):
+    trainer = build_trainer(config, model, processor, frames, unreadable)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except (DataError, ValueError):
+        close_progress_bars(trainer)
+        raise
     best_adapter = Path(config.checkpoint_dir) / "best_adapter"
     trainer.save_model(str(best_adapter))  # the best checkpoint: load_best_model_at_end
     print(f"best adapter ({config.metric_for_best}) saved to {best_adapter}")
     return trainer
+
+
+def close_progress_bars(trainer) -> None:
+    """Before an error is printed: a bar closed later would print itself after the error line."""
+    for callback in trainer.callback_handler.callbacks:
+        for bar in (getattr(callback, "training_bar", None), getattr(callback, "prediction_bar", None)):
+            if bar is not None:
+                bar.close()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch, or a plain run."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,28 +280,38 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     try:
+        # Only rank 0 looks: the other processes may start while it writes the new run's files.
+        earlier = check_fresh_run(config.output_dir, None if config.eval_only else config.checkpoint_dir,
+                                  config.resume, config.overwrite) if is_main_process() else []
+        resume_from = None if config.eval_only else resume_checkpoint(config)
         if config.demo:
             prepare_demo(config)
-        frames = load_data(config)
-        write_run_config(config.output_dir, config)
+        frame = load_data(config)
         processor = load_processor(config.model_id)
         answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
-        log_history = None
-        if config.eval_only:
-            model = load_with_adapter(config.model_id, config.adapter, config.quantization)
-        else:
-            trainer = train(config, processor, frames)
+        model = load_model(config)
+        start_run(config, frame, earlier)
+        frames, log_history = split_frames(frame), None
+        n_read = len(frame) if not config.eval_only else len(frames["val"]) + len(frames["test"])
+        unreadable = UnreadableImages(config.output_dir, n_read, config.max_unreadable_frac, write=is_main_process())
+        if config.resume:
+            unreadable.carry_over(dict(zip(frame["file_name"], frame["path"])))
+        if not config.eval_only:
+            trainer = train(config, model, processor, frames, resume_from, unreadable)
             if not trainer.is_world_process_zero():
                 return 0
             model, log_history = trainer.model, trainer.state.log_history
         evaluate_run(model, processor, frames, config.output_dir, config.preprocessing,
                      batch_size=config.eval_batch_size, n_boot=config.bootstrap, seed=config.seed,
                      zero_shot=config.zero_shot and (config.adapter is not None or not config.eval_only),
-                     log_history=log_history, cache_dir=config.cache_dir)
+                     log_history=log_history, cache_dir=config.cache_dir, unreadable=unreadable)
+        unreadable.save()
     except (DataError, ValueError) as err:
         # Raised in a DataLoader worker, the message carries the worker's traceback: keep its last line.
         print(f"error: {str(err).strip().splitlines()[-1].split('DataError: ')[-1]}", file=sys.stderr)
         return 2
+    if unreadable.errors:
+        print(unreadable.summary())
     print(f"results written to {config.output_dir}")
     return 0
 

@@ -79,8 +79,9 @@ class NoduleTrainer(Trainer):
     """
 
     def __init__(self, *args, answer_ids: list[int], pos_weight: float, focal_gamma: float,
-                 sampler: str = "balanced", sampler_seed: int = 0, **kwargs):
+                 sampler: str = "balanced", sampler_seed: int = 0, unreadable=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.unreadable = unreadable  # UnreadableImages: records what the collator left out
         self.answer_ids = answer_ids
         self.pos_weight = pos_weight
         self.focal_gamma = focal_gamma
@@ -96,13 +97,27 @@ class NoduleTrainer(Trainer):
             return RotatingBalancedSampler(dataset.labels, seed=self.sampler_seed)
         return super()._get_train_sampler(train_dataset)
 
+    def readable_inputs(self, inputs: dict) -> dict | None:
+        """The batch without its `unreadable` list (recorded here); None when no image was readable."""
+        inputs = dict(inputs)
+        skipped = inputs.pop("unreadable", [])
+        if skipped and self.unreadable is not None:
+            self.unreadable.record(skipped)
+        return inputs if "input_ids" in inputs else None
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = self.readable_inputs(inputs)
+        if inputs is None:  # a zero that still reaches every trainable weight, so backward runs as usual
+            loss = sum(param.sum() for param in model.parameters() if param.requires_grad) * 0.0
+            return (loss, None) if return_outputs else loss
         logits = answer_logits(model, inputs, self.answer_ids)
         loss = answer_loss(logits, inputs["labels"], self.pos_weight, self.focal_gamma)
         return (loss, logits) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
+        inputs = self.readable_inputs(self._prepare_inputs(inputs))
+        if inputs is None:
+            return None, None, None
         with torch.no_grad():
             logits = answer_logits(model, inputs, self.answer_ids)
             loss = answer_loss(logits, inputs["labels"], self.pos_weight, self.focal_gamma)

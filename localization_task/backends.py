@@ -13,7 +13,9 @@ gives every keypoint 1.0 (`NO_CONFIDENCE`).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +56,7 @@ DEFAULT_PROMPT = (
 )
 DEFAULT_FINDING = "nodule/mass"
 MAX_NEW_TOKENS = 512
+SCRIPTED_DELAY_ENV = "NODULOCC_SCRIPTED_DELAY_S"  # test double only: seconds of sleep per image
 NO_CONFIDENCE = 1.0  # for answers that come without token probabilities
 
 
@@ -365,8 +368,13 @@ class ScriptedBackend(GroundingBackend):
     probabilities. That answer goes through the same parser, confidence and
     coordinate code as a real one, so the whole command runs end to end. Its
     boxes and probabilities are arbitrary: they say nothing about the images.
+
+    For tests only: the environment variable NODULOCC_SCRIPTED_DELAY_S makes
+    it sleep that many seconds per image, so that a test can kill a run in
+    the middle. No other backend reads it.
     """
 
     def generate(self, item: ImageInput) -> Answer:
         check_model_input(item)
+        time.sleep(float(os.environ.get(SCRIPTED_DELAY_ENV, "0")))
         return scripted_answer(item.file_name)

@@ -1,11 +1,13 @@
-"""Files a run writes: atomic outputs, the run's provenance and the predictions cache.
+"""Files a run writes: atomic outputs, the run's provenance, the predictions cache, earlier runs.
 
 Every result file is replaced in one step (temp file beside it, then
 `os.replace`), so an interrupted run never leaves half a file. Beside the
 results, `run_config.json` holds the resolved config, package versions and
 git commit. `predictions.jsonl` holds one JSON record per image and is also
 the resume cache: records are appended and flushed one by one, and a rerun
-skips the images it already holds.
+skips the images it already holds. A fresh training run refuses to start
+over an earlier run's checkpoints or results unless told to continue
+(`--resume`) or to replace them (`--overwrite`): `check_fresh_run`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +33,10 @@ from localization_task.dataset import DataError
 PREDICTIONS_JSONL = "predictions.jsonl"
 RESULTS_CSV = "localization_test_results.csv"
 RUN_CONFIG_JSON = "run_config.json"
+# What a training run leaves: results in its output folder, checkpoints in its checkpoint folder.
+RESULT_FILES = (RUN_CONFIG_JSON, "eval_summary.json", "per_image_metrics.csv", RESULTS_CSV, PREDICTIONS_JSONL,
+                "unreadable_files.csv")
+CHECKPOINT_FOLDERS = ("checkpoint-*", "best_model")
 PACKAGES = ("numpy", "scipy", "pandas", "pillow", "torch", "transformers", "accelerate")
 
 
@@ -224,3 +231,45 @@ def write_records_jsonl(path: Path, records: dict[str, dict], names: list[str]) 
     """predictions.jsonl with one record per image of `names` (in that order), in one step."""
     lines = [json.dumps(records[name]) + "\n" for name in names if name in records]
     write_text_atomic(path, "".join(lines))
+
+
+# --- earlier runs --------------------------------------------------------------
+
+
+def earlier_run(output_dir: Path, checkpoint_dir: Path | None) -> list[Path]:
+    """The result files and checkpoint folders an earlier run left in these folders."""
+    found = [Path(output_dir) / name for name in RESULT_FILES if (Path(output_dir) / name).is_file()]
+    if checkpoint_dir is not None:
+        found += sorted(path for pattern in CHECKPOINT_FOLDERS for path in Path(checkpoint_dir).glob(pattern)
+                        if path.is_dir())
+    return found
+
+
+def check_fresh_run(output_dir: Path, checkpoint_dir: Path | None, resume, overwrite: bool) -> list[Path]:
+    """Refuse to start a fresh run over an earlier one; return what `overwrite` will replace.
+
+    A fresh run over an earlier run's results would silently replace them, and
+    over its checkpoints it would mix two runs (a later --resume would pick the
+    earlier run's newest checkpoint). `checkpoint_dir` None: the run writes no
+    checkpoints. Raises DataError with one sentence unless the run continues
+    (`resume`), replaces (`overwrite`) or finds nothing. Nothing is removed
+    here: call `remove_earlier_run` once the inputs have been checked.
+    """
+    if resume:
+        return []
+    found = earlier_run(output_dir, checkpoint_dir)
+    if found and not overwrite:
+        options = ("add --resume to continue it, " if checkpoint_dir is not None else "") + \
+            "add --overwrite to replace it, or pass other --output_dir/--checkpoint_dir folders"
+        raise DataError(f"{found[0].parent} holds an earlier run ({found[0].name} and {len(found) - 1} more); "
+                        f"{options}.")
+    return found
+
+
+def remove_earlier_run(paths: list[Path]) -> None:
+    """Delete what `check_fresh_run` found, so no file of the earlier run outlives a crash of the new one."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

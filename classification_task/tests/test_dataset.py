@@ -175,13 +175,14 @@ def test_wide_32_bit_images_fall_back_to_numpy(tmp_path):
     assert np.abs(stretch_to_uint8(pixels, 0.5, 99.5).astype(int) - expected).max() <= 1
 
 
-def test_unreadable_training_image_is_one_sentence(tmp_path):
+def test_an_unreadable_training_image_gives_image_none_and_the_reason(tmp_path):
     from classification_task.dataset import RadiographDataset
 
     (tmp_path / "bad.png").write_bytes(b"not a png")
     dataset = RadiographDataset(pd.DataFrame({"path": [str(tmp_path / "bad.png")], "label": [0]}))
-    with pytest.raises(DataError, match="cannot be read"):
-        dataset[0]
+    item = dataset[0]
+    assert item["image"] is None and item["file_name"] == str(tmp_path / "bad.png") and item["label"] == 0
+    assert item["error"].startswith("UnidentifiedImageError: cannot identify image file")
 
 
 def test_the_labels_csv_reads_without_images_and_refuses_repeated_names(tmp_path):

@@ -11,6 +11,8 @@ import pytest
 from classification_task.run_files import (
     RUN_CONFIG_JSON,
     atomic_output,
+    check_fresh_run,
+    remove_earlier_run,
     write_csv_atomic,
     write_json_atomic,
     write_run_config,
@@ -46,3 +48,25 @@ def test_run_config_records_the_config_versions_and_commit(tmp_path):
     assert record["config"] == {"seed": 3, "model_id": "tiny"}
     assert {"python", "torch", "transformers"} <= set(record["versions"])
     assert "git_commit" in record
+
+
+def test_check_fresh_run_refuses_an_earlier_run_unless_resumed_or_overwritten(tmp_path):
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    assert check_fresh_run(out, ckpt, resume=None, overwrite=False) == []  # nothing there yet
+    out.mkdir()
+    (out / "split.csv").write_text("file_name,split\n")  # a split alone is no run
+    assert check_fresh_run(out, ckpt, resume=None, overwrite=False) == []
+    (out / "metrics.json").write_text("{}")
+    (ckpt / "checkpoint-400").mkdir(parents=True)
+    (ckpt / "best_adapter").mkdir()
+    with pytest.raises(ValueError, match="--resume to continue it, add --overwrite to replace it") as error:
+        check_fresh_run(out, ckpt, resume=None, overwrite=False)
+    assert str(out) in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="^(?!.*--resume).*--overwrite"):
+        check_fresh_run(out, None, resume=None, overwrite=False)  # evaluation only: no checkpoints
+    assert check_fresh_run(out, ckpt, resume="latest", overwrite=False) == []
+    found = check_fresh_run(out, ckpt, resume=None, overwrite=True)
+    assert set(found) == {out / "metrics.json", ckpt / "checkpoint-400", ckpt / "best_adapter"}
+    assert (out / "metrics.json").is_file()  # nothing removed until asked
+    remove_earlier_run(found)
+    assert [p.name for p in out.iterdir()] == ["split.csv"] and list(ckpt.iterdir()) == []

@@ -121,3 +121,31 @@ def test_inference_then_metrics_cli_reproduce_the_training_test_metrics(data_roo
     assert from_cli["counts"]["scored"] == from_train["tp"] + from_train["tn"] + from_train["fp"] + from_train["fn"]
     for key, value in from_train.items():
         assert from_cli["metrics"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
+def _snapshot(*folders) -> dict:
+    return {path: path.read_bytes() for folder in folders for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_fresh_run_refuses_to_replace_a_finished_run_unless_told(data_root, tiny_model_dir, tmp_path, capsys):
+    argv = _argv(data_root, tiny_model_dir, tmp_path, "--quantization", "none", "--no-zero_shot", "--bootstrap", "0")
+    assert train.main(argv + ["--max_steps", "4"]) == 0
+    finished = _snapshot(tmp_path / "out", tmp_path / "ckpt")
+    capsys.readouterr()
+
+    assert train.main(argv + ["--max_steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--resume" in err and "--overwrite" in err and str(tmp_path / "out") in err
+    eval_only = argv + ["--eval_only", "--adapter", str(tmp_path / "ckpt" / "best_adapter")]
+    assert train.main(eval_only) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--resume" not in err
+    assert _snapshot(tmp_path / "out", tmp_path / "ckpt") == finished  # untouched
+
+    assert train.main(argv + ["--max_steps", "2", "--overwrite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best_adapter", "checkpoint-2"]
+    state = json.loads((tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["max_steps"] == 2
+    assert json.loads((tmp_path / "out" / "run_config.json").read_text())["config"]["max_steps"] == 2
+    assert train.main(argv + ["--resume", "--overwrite"]) == 2
+    assert "pass only one" in capsys.readouterr().err

@@ -8,9 +8,11 @@ from localization_task.dataset import DataError
 from localization_task.run_files import (
     JsonLineError,
     append_record,
+    check_fresh_run,
     check_resumable,
     iter_jsonl,
     load_records,
+    remove_earlier_run,
     write_png_atomic,
     write_run_config,
 )
@@ -73,3 +75,18 @@ def test_png_is_written_in_one_step(tmp_path):
     with Image.open(path) as image:
         assert (image.format, image.size) == ("PNG", (4, 3))
     assert [p.name for p in path.parent.iterdir()] == ["overlay.png"]
+
+
+def test_check_fresh_run_refuses_an_earlier_run_unless_resumed_or_overwritten(tmp_path):
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    assert check_fresh_run(out, ckpt, resume=None, overwrite=False) == []
+    out.mkdir()
+    (out / "eval_summary.json").write_text("{}")
+    (ckpt / "checkpoint-10").mkdir(parents=True)
+    with pytest.raises(DataError, match="--resume to continue it, add --overwrite to replace it"):
+        check_fresh_run(out, ckpt, resume=None, overwrite=False)
+    assert check_fresh_run(out, ckpt, resume="latest", overwrite=False) == []
+    found = check_fresh_run(out, ckpt, resume=None, overwrite=True)
+    assert set(found) == {out / "eval_summary.json", ckpt / "checkpoint-10"}
+    remove_earlier_run(found)
+    assert list(out.iterdir()) == [] and list(ckpt.iterdir()) == []
