@@ -7,7 +7,8 @@
 
 The model reads a multiple-choice question about the radiograph; p(nodule) is
 the softmax over the two answer-letter logits. Loss: class-weighted CE on those
-logits. Each epoch: all positives + the next chunk of negatives.
+logits. Each epoch (--sampler balanced, the default): all positives + the next
+chunk of negatives; --sampler weighted and random are the alternatives (see --help).
 """
 
 from __future__ import annotations
@@ -52,9 +53,17 @@ class TrainConfig:
     lora_r: int = cli.arg(16, "LoRA rank")
     lora_alpha: int = cli.arg(16, "LoRA alpha")
     lora_dropout: float = cli.arg(0.05, "LoRA dropout")
-    pos_weight: float = cli.arg(20.0, "class weight of Nodule in the loss (No Finding = 1)")
+    pos_weight: float = cli.arg(20.0, "class weight of Nodule in the loss (No Finding = 1); with --sampler "
+                                      "balanced or weighted the batches are balanced already and a weight > 1 "
+                                      "over-corrects: set 1 (the reference recipe uses 20 with balanced)")
     focal_gamma: float = cli.arg(0.0, "focal loss gamma; 0 = plain weighted cross-entropy")
-    sampler: Literal["balanced", "random"] = cli.arg("balanced", "rotating balanced epochs, or plain shuffling")
+    sampler: Literal["balanced", "weighted", "random"] = cli.arg(
+        "balanced", "balanced: each epoch every positive plus the next slice of negatives (all negatives "
+        "seen over the epochs; prefer it with rare positives); weighted: torch WeightedRandomSampler by "
+        "inverse class frequency, ~50/50 batches drawn with replacement, epochs as long as the data; "
+        "random: plain shuffling at the natural prevalence, pair it with --pos_weight. A balancing "
+        "sampler (balanced, weighted) with --pos_weight > 1 over-corrects: set --pos_weight 1. Seeded "
+        "from --seed and the epoch")
     batch_size: int = cli.arg(4, "images per device per step")
     grad_accum: int = cli.arg(4, "gradient accumulation steps (effective batch = batch_size x grad_accum x GPUs)")
     eval_batch_size: int = cli.arg(8, "images per device when scoring")

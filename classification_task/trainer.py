@@ -1,4 +1,4 @@
-"""`transformers.Trainer` with the answer-token loss and the rotating balanced sampler."""
+"""`transformers.Trainer` with the answer-token loss and the class-balancing samplers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Sampler
+from torch.utils.data import Sampler, WeightedRandomSampler
 from transformers import Trainer
 
 from classification_task.metrics import binary_metrics
@@ -71,6 +71,38 @@ class RotatingBalancedSampler(Sampler[int]):
         return iter(order.tolist())
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 32-bit seed from the training seed and the epoch, so a resumed run redraws the same epoch."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class ClassWeightedSampler(WeightedRandomSampler):
+    """torch's WeightedRandomSampler, each image weighted by 1 / (images of its class).
+
+    An epoch draws as many images as the data set holds, with replacement: about
+    half positives, each positive drawn many times, some negatives not at all.
+    The draw is seeded from the seed and the epoch (`set_epoch`, called by the
+    Trainer), so a run resumed mid-epoch skips exactly the batches it had seen.
+    """
+
+    def __init__(self, labels: Sequence[int], seed: int = 0):
+        labels = np.asarray(labels, dtype=np.int64)
+        class_counts = np.bincount(labels, minlength=2)
+        if labels.size == 0 or class_counts.min() == 0:
+            raise ValueError("the weighted sampler needs both positive and negative training images.")
+        weights = torch.as_tensor(1.0 / class_counts[labels], dtype=torch.float64)
+        super().__init__(weights, num_samples=labels.size, replacement=True)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        self.generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return super().__iter__()
+
+
 class NoduleTrainer(Trainer):
     """Trainer whose loss is weighted CE over the two answer logits.
 
@@ -91,9 +123,11 @@ class NoduleTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
 
     def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.sampler_kind == "balanced":
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
             return RotatingBalancedSampler(dataset.labels, seed=self.sampler_seed)
+        if self.sampler_kind == "weighted":
+            return ClassWeightedSampler(dataset.labels, seed=self.sampler_seed)
         return super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -1,14 +1,20 @@
-"""The trainer's pieces: the answer-token loss against hand-computed and torch cross-entropy, and
-the rotating balanced sampler (balance, coverage of negatives, determinism)."""
+"""The trainer's pieces: the answer-token loss against hand-computed and torch cross-entropy, the
+rotating balanced sampler (balance, coverage of negatives, determinism) and the class-weighted one."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from classification_task.trainer import RotatingBalancedSampler, answer_loss
+from classification_task.trainer import (
+    ClassWeightedSampler,
+    NoduleTrainer,
+    RotatingBalancedSampler,
+    answer_loss,
+)
 
 # ----------------------------------------------------------------------------- loss
 
@@ -103,3 +109,36 @@ def test_deterministic_given_seed_and_epoch():
 def test_needs_both_classes():
     with pytest.raises(ValueError, match="both positive and negative"):
         RotatingBalancedSampler([0, 0, 0])
+
+
+def test_weighted_sampler_draws_both_classes_about_equally():
+    labels = _labels(n_pos=20, n_neg=380)
+    sampler = ClassWeightedSampler(labels, seed=0)
+    drawn = np.concatenate([_epoch(sampler, epoch) for epoch in range(10)])
+    assert len(sampler) == len(labels) and drawn.size == 10 * len(labels)
+    assert 0.45 < labels[drawn].mean() < 0.55  # 5 % positives in the data, half in the draws
+    assert set(drawn[labels[drawn] == 1]) == set(np.flatnonzero(labels == 1))  # every positive drawn
+
+
+def test_weighted_sampler_is_a_function_of_seed_and_epoch():
+    labels = _labels()
+    first, second = ClassWeightedSampler(labels, seed=5), ClassWeightedSampler(labels, seed=5)
+    assert _epoch(first, 2) == _epoch(second, 2)  # a resumed run redraws the same epoch
+    assert _epoch(first, 2) == _epoch(first, 2)  # iterating twice does not advance a generator
+    assert _epoch(first, 2) != _epoch(first, 3)
+    assert _epoch(first, 0) != _epoch(ClassWeightedSampler(labels, seed=6), 0)
+
+
+def test_weighted_sampler_needs_both_classes():
+    with pytest.raises(ValueError, match="both positive and negative"):
+        ClassWeightedSampler([1, 1])
+
+
+@pytest.mark.parametrize("kind, expected", [("balanced", RotatingBalancedSampler),
+                                            ("weighted", ClassWeightedSampler)])
+def test_trainer_builds_the_chosen_sampler(kind, expected):
+    dataset = SimpleNamespace(labels=_labels())
+    trainer = SimpleNamespace(sampler_kind=kind, sampler_seed=3, train_dataset=dataset)
+    sampler = NoduleTrainer._get_train_sampler(trainer)
+    assert isinstance(sampler, expected) and sampler.seed == 3
+
