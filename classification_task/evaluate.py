@@ -17,12 +17,12 @@ from classification_task.dataset import INT_TO_LABEL, Preprocessing, RadiographD
 from classification_task.metrics import (
     binary_metrics,
     bootstrap_ci,
-    format_table,
     select_thresholds,
     sensitivity_at_specificity,
 )
 from classification_task.model import score_dataset
 from classification_task.plots import save_all_plots
+from classification_task.report import format_table
 from classification_task.run_files import write_csv_atomic, write_json_atomic
 
 
