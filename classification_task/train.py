@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -38,7 +39,7 @@ from classification_task.model import (
 from classification_task.run_files import write_csv_atomic, write_run_config
 from classification_task.trainer import NoduleTrainer, compute_metrics
 
-METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "balanced_accuracy", "mcc", "loss")
+METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "f_beta", "balanced_accuracy", "mcc", "loss")
 
 
 @dataclass
@@ -74,7 +75,10 @@ class TrainConfig:
     eval_steps: int = cli.arg(400, "evaluate on validation (and checkpoint) every N steps")
     logging_steps: int = cli.arg(10, "log the training loss every N steps")
     save_total_limit: int = cli.arg(3, "checkpoints kept (the best one is always kept)")
-    metric_for_best: str = cli.arg("pr_auc", f"validation metric that picks the best checkpoint: {METRICS_FOR_BEST}")
+    metric_for_best: str = cli.arg("pr_auc", "validation metric that picks the best checkpoint: "
+                                             f"{', '.join(METRICS_FOR_BEST)}")
+    f_beta: float = cli.arg(1.0, "beta of an F-beta score added to the tables, metrics.json and the "
+                                 "--metric_for_best choices (2 favours recall, 0.5 precision); 1 = F1 alone")
     early_stopping_patience: int | None = cli.arg(None, "stop after N evaluations without improvement")
     gradient_checkpointing: bool = cli.arg(True, "trade compute for memory (non-reentrant)")
     clip_low_pct: float = cli.arg(0.5, "lower percentile of the per-image contrast stretch")
@@ -99,7 +103,14 @@ class TrainConfig:
             raise ValueError("--learning_rate must lie in (0, 1).")
         if self.pos_weight <= 0 or self.focal_gamma < 0:
             raise ValueError("--pos_weight must be positive and --focal_gamma non-negative.")
+        if not 0 < self.f_beta < float("inf"):
+            raise ValueError(f"--f_beta must be a positive number, got {self.f_beta}.")
         Preprocessing(self.clip_low_pct, self.clip_high_pct)  # validates the percentiles
+
+    @property
+    def beta(self) -> float | None:
+        """The F-beta's beta, or None when F1 says it all and no checkpoint is picked by f_beta."""
+        return None if self.f_beta == 1 and self.metric_for_best != "f_beta" else self.f_beta
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -187,7 +198,7 @@ def build_trainer(config: TrainConfig, model, processor, frames: dict) -> Nodule
         train_dataset=RadiographDataset(frames["train"], prep, config.cache_dir),
         eval_dataset=RadiographDataset(frames["val"], prep, config.cache_dir),
         data_collator=PromptCollator(processor),
-        compute_metrics=compute_metrics,
+        compute_metrics=partial(compute_metrics, beta=config.beta),
         callbacks=callbacks,
         answer_ids=answer_token_ids(processor.tokenizer),
         pos_weight=config.pos_weight,
@@ -214,8 +225,23 @@ def train(config: TrainConfig, processor, frames: dict):
     trainer.train(resume_from_checkpoint=resume_checkpoint(config))
     best_adapter = Path(config.checkpoint_dir) / "best_adapter"
     trainer.save_model(str(best_adapter))  # the best checkpoint: load_best_model_at_end
-    print(f"best adapter ({config.metric_for_best}) saved to {best_adapter}")
+    best = best_checkpoint(trainer.state, config.metric_for_best)
+    if best["step"] is None:  # e.g. an AUC that stayed undefined on a one-class validation split
+        print(f"no best checkpoint (validation {best['metric']} never defined): the last adapter is "
+              f"saved to {best_adapter}")
+    else:
+        print(f"best checkpoint: step {best['step']}, validation {best['metric']} {best['value']:.4f}; "
+              f"its adapter is saved to {best_adapter}")
     return trainer
+
+
+def best_checkpoint(state, metric: str) -> dict:
+    """The step and validation value of the checkpoint that load_best_model_at_end kept."""
+    step = state.best_global_step
+    if step is None and state.best_model_checkpoint:  # older trainer states name only the folder
+        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+    value = state.best_metric if step is not None else None
+    return {"step": step, "metric": metric, "value": value}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         write_run_config(config.output_dir, config)
         processor = load_processor(config.model_id)
         answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
-        log_history = None
+        log_history, best = None, None
         if config.eval_only:
             model = load_with_adapter(config.model_id, config.adapter, config.quantization)
         else:
@@ -238,10 +264,13 @@ def main(argv: list[str] | None = None) -> int:
             if not trainer.is_world_process_zero():
                 return 0
             model, log_history = trainer.model, trainer.state.log_history
+            best = best_checkpoint(trainer.state, config.metric_for_best)
+        base_only = config.eval_only and config.adapter is None
         evaluate_run(model, processor, frames, config.output_dir, config.preprocessing,
                      batch_size=config.eval_batch_size, n_boot=config.bootstrap, seed=config.seed,
-                     zero_shot=config.zero_shot and (config.adapter is not None or not config.eval_only),
-                     log_history=log_history, cache_dir=config.cache_dir)
+                     zero_shot=config.zero_shot, log_history=log_history, cache_dir=config.cache_dir,
+                     beta=config.beta, best_checkpoint=best,
+                     model_name="zero_shot" if base_only else "fine_tuned")
     except (DataError, ValueError) as err:
         # Raised in a DataLoader worker, the message carries the worker's traceback: keep its last line.
         print(f"error: {str(err).strip().splitlines()[-1].split('DataError: ')[-1]}", file=sys.stderr)

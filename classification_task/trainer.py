@@ -145,8 +145,9 @@ class NoduleTrainer(Trainer):
         return loss.detach(), logits.detach().float(), inputs["labels"]
 
 
-def compute_metrics(eval_prediction) -> dict:
-    """Full classification metrics at threshold 0.5 from the two answer logits."""
+def compute_metrics(eval_prediction, beta: float | None = None) -> dict:
+    """Full classification metrics at threshold 0.5 from the two answer logits
+    (with `f_beta` when `beta` is given: bind it with functools.partial)."""
     p_nodule = p_nodule_from_logits(eval_prediction.predictions)
     labels = np.asarray(eval_prediction.label_ids)
-    return binary_metrics(labels, p_nodule, threshold=0.5)
+    return binary_metrics(labels, p_nodule, threshold=0.5, beta=beta)

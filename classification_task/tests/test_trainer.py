@@ -14,6 +14,7 @@ from classification_task.trainer import (
     NoduleTrainer,
     RotatingBalancedSampler,
     answer_loss,
+    compute_metrics,
 )
 
 # ----------------------------------------------------------------------------- loss
@@ -142,3 +143,10 @@ def test_trainer_builds_the_chosen_sampler(kind, expected):
     sampler = NoduleTrainer._get_train_sampler(trainer)
     assert isinstance(sampler, expected) and sampler.seed == 3
 
+
+def test_compute_metrics_reports_f_beta_when_asked():
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 3.0], [0.5, 0.0]])
+    prediction = SimpleNamespace(predictions=logits, label_ids=np.array([0, 1, 1, 1]))
+    assert "f_beta" not in compute_metrics(prediction)
+    result = compute_metrics(prediction, beta=2.0)
+    assert result["f_beta"] == pytest.approx(5 * 2 / (5 * 2 + 4 * 1))  # tp 2, fn 1, fp 0
