@@ -107,34 +107,32 @@ def labels_frame(frame: pd.DataFrame) -> pd.DataFrame:
 def evaluate_run(model, processor, frames: dict[str, pd.DataFrame], out_dir: str | Path, prep: Preprocessing,
                  batch_size: int = 4, n_boot: int = 1000, seed: int = 0, zero_shot: bool = True,
                  log_history: list | None = None, cache_dir: str | None = None, beta: float | None = None,
-                 best_checkpoint: dict | None = None, model_name: str = "fine_tuned") -> dict:
+                 best: dict | None = None, model_name: str = "fine_tuned") -> dict:
     """Score val and test, print the tables, write metrics.json, predictions and plots.
 
     `model_name` is "zero_shot" when `model` is the base model without adapter;
-    `best_checkpoint` ({"step", "metric", "value"}) is recorded and marked on the
-    training curves.
+    `best` (the best checkpoint's {"step", "metric", "value"}) is recorded and
+    marked on the training curves.
     """
     out_dir = Path(out_dir)
     val, test = frames["val"], frames["test"]
     y_val, y_test = val["label"].to_numpy(), test["label"].to_numpy()
-    sources = frame_sources(test)
     p_val = score_split(model, processor, val, prep, batch_size, "validation", cache_dir)
     p_test = score_split(model, processor, test, prep, batch_size, "test", cache_dir)
+    sources = frame_sources(test)  # of the rows scored
     results = {model_name: model_results(y_val, p_val, y_test, p_test, sources, beta, n_boot, seed)}
     if zero_shot and model_name != "zero_shot" and hasattr(model, "disable_adapter"):
         with model.disable_adapter():
             p_val_0 = score_split(model, processor, val, prep, batch_size, "validation, zero-shot", cache_dir)
             p_test_0 = score_split(model, processor, test, prep, batch_size, "test, zero-shot", cache_dir)
         results["zero_shot"] = model_results(y_val, p_val_0, y_test, p_test_0, sources, beta, n_boot, seed)
-    report = build_report(results, len(val), y_test, beta, n_boot, best_checkpoint)
+    report = build_report(results, len(val), y_test, beta, n_boot, best)
     print("\n" + evaluation_text(report))
     write_json_atomic(out_dir / "metrics.json", report)
     write_csv_atomic(predictions_frame(test, p_test), out_dir / "test_predictions.csv")
     write_csv_atomic(predictions_frame(val, p_val), out_dir / "val_predictions.csv")
     write_csv_atomic(labels_frame(test), out_dir / "test_labels.csv")
-    best_step = (best_checkpoint or {}).get("step")
-    metric_for_best = (best_checkpoint or {}).get("metric")
     with contextlib.suppress(ValueError):
         save_all_plots(out_dir, y_test, p_test, results[model_name]["thresholds"], log_history,
-                       best_step=best_step, metric_for_best=metric_for_best)
+                       best_step=(best or {}).get("step"), metric_for_best=(best or {}).get("metric"))
     return report

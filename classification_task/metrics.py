@@ -276,10 +276,10 @@ class ScoreConfig:
     labels: Path = cli.arg(cli.REQUIRED, "classification_labels.csv (file_name,label,LIDC_ID)")
     predictions: Path = cli.arg(cli.REQUIRED, "classification_test_results.csv (file_name,label,confidence)")
     threshold: float = cli.arg(0.5, "predict Nodule when confidence >= threshold")
-    bootstrap: int = cli.arg(1000, "stratified bootstrap resamples for 95% intervals; 0 disables")
-    seed: int = cli.arg(0, "bootstrap seed")
     f_beta: float = cli.arg(1.0, "also report the F-beta score with this beta (2 favours recall, 0.5 "
                                  "precision); 1 = F1 alone")
+    bootstrap: int = cli.arg(1000, "stratified bootstrap resamples for 95% intervals; 0 disables")
+    seed: int = cli.arg(0, "bootstrap seed")
     json_path: Path | None = cli.arg(None, "also write metrics, intervals and counts to this JSON file", flag="json")
 
     def __post_init__(self):
@@ -321,15 +321,19 @@ def _match_base_names(predictions, labels):
     return predictions if base_names.duplicated().any() else predictions.set_axis(base_names)
 
 
-def _has_column(path: Path, column: str) -> bool:
-    return column in pd.read_csv(path, nrows=0, dtype=str).columns
+def label_sources(path: Path, names: pd.Index) -> np.ndarray | None:
+    """"nih" / "lidc" for each of `names` in labels CSV `path`, or None without a LIDC_ID column."""
+    if "LIDC_ID" not in pd.read_csv(path, nrows=0, dtype=str).columns:
+        return None
+    lidc_ids = read_labels_csv(path, "pass an existing CSV file with --labels").set_index("file_name")["lidc_id"]
+    return image_sources(lidc_ids.loc[names], names)
 
 
 def score_files(config: ScoreConfig) -> dict:
     """Metrics, intervals and match counts for the files present in both CSVs; per source
     (`by_source`, else None) when the labels have a LIDC_ID column."""
-    table = read_labels_csv(config.labels, "pass an existing CSV file with --labels").set_index("file_name")
-    labels = table["label"]
+    labels = read_labels_csv(config.labels, "pass an existing CSV file with --labels")
+    labels = labels.set_index("file_name")["label"]
     predictions = _match_base_names(load_predictions(config.predictions), labels)
     common = labels.index.intersection(predictions.index)
     if common.empty:
@@ -341,10 +345,8 @@ def score_files(config: ScoreConfig) -> dict:
               "predicted_without_label": int(predictions.index.difference(common).size)}
     ci = (bootstrap_ci(y, p, config.threshold, config.bootstrap, config.seed, beta=config.beta)
           if config.bootstrap else None)
-    by_source = None
-    if _has_column(config.labels, "LIDC_ID"):
-        sources = image_sources(table.loc[common, "lidc_id"], common)
-        by_source = metrics_by_source(y, p, sources, config.threshold, config.beta)
+    sources = label_sources(config.labels, common)
+    by_source = None if sources is None else metrics_by_source(y, p, sources, config.threshold, config.beta)
     return {"config": asdict(config), "counts": counts,
             "metrics": binary_metrics(y, p, config.threshold, config.beta), "ci": ci,
             "sensitivity_at_specificity": sensitivity_at_specificity(y, p), "by_source": by_source}

@@ -37,7 +37,7 @@ from classification_task.model import (
     lora_config,
 )
 from classification_task.run_files import write_csv_atomic, write_run_config
-from classification_task.trainer import NoduleTrainer, compute_metrics
+from classification_task.trainer import NoduleTrainer, best_checkpoint, compute_metrics
 
 METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "f_beta", "balanced_accuracy", "mcc", "loss")
 
@@ -96,6 +96,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.metric_for_best not in METRICS_FOR_BEST:
             raise ValueError(f"--metric_for_best must be one of {', '.join(METRICS_FOR_BEST)}.")
+        if not 0 < self.f_beta < float("inf"):
+            raise ValueError(f"--f_beta must be a positive number, got {self.f_beta}.")
         for name in ("batch_size", "grad_accum", "eval_batch_size", "max_steps", "eval_steps", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1.")
@@ -103,8 +105,6 @@ class TrainConfig:
             raise ValueError("--learning_rate must lie in (0, 1).")
         if self.pos_weight <= 0 or self.focal_gamma < 0:
             raise ValueError("--pos_weight must be positive and --focal_gamma non-negative.")
-        if not 0 < self.f_beta < float("inf"):
-            raise ValueError(f"--f_beta must be a positive number, got {self.f_beta}.")
         Preprocessing(self.clip_low_pct, self.clip_high_pct)  # validates the percentiles
 
     @property
@@ -235,15 +235,6 @@ def train(config: TrainConfig, processor, frames: dict):
     return trainer
 
 
-def best_checkpoint(state, metric: str) -> dict:
-    """The step and validation value of the checkpoint that load_best_model_at_end kept."""
-    step = state.best_global_step
-    if step is None and state.best_model_checkpoint:  # older trainer states name only the folder
-        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
-    value = state.best_metric if step is not None else None
-    return {"step": step, "metric": metric, "value": value}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     config = cli.parse(TrainConfig, __doc__, argv, demo_defaults=DEMO_DEFAULTS)
@@ -256,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         write_run_config(config.output_dir, config)
         processor = load_processor(config.model_id)
         answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
-        log_history, best = None, None
+        log_history = None
         if config.eval_only:
             model = load_with_adapter(config.model_id, config.adapter, config.quantization)
         else:
@@ -264,13 +255,12 @@ def main(argv: list[str] | None = None) -> int:
             if not trainer.is_world_process_zero():
                 return 0
             model, log_history = trainer.model, trainer.state.log_history
-            best = best_checkpoint(trainer.state, config.metric_for_best)
-        base_only = config.eval_only and config.adapter is None
         evaluate_run(model, processor, frames, config.output_dir, config.preprocessing,
                      batch_size=config.eval_batch_size, n_boot=config.bootstrap, seed=config.seed,
-                     zero_shot=config.zero_shot, log_history=log_history, cache_dir=config.cache_dir,
-                     beta=config.beta, best_checkpoint=best,
-                     model_name="zero_shot" if base_only else "fine_tuned")
+                     zero_shot=config.zero_shot and (config.adapter is not None or not config.eval_only),
+                     log_history=log_history, cache_dir=config.cache_dir, beta=config.beta,
+                     best=None if config.eval_only else best_checkpoint(trainer.state, config.metric_for_best),
+                     model_name="zero_shot" if config.eval_only and config.adapter is None else "fine_tuned")
     except (DataError, ValueError) as err:
         # Raised in a DataLoader worker, the message carries the worker's traceback: keep its last line.
         print(f"error: {str(err).strip().splitlines()[-1].split('DataError: ')[-1]}", file=sys.stderr)

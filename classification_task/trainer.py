@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -151,3 +152,15 @@ def compute_metrics(eval_prediction, beta: float | None = None) -> dict:
     p_nodule = p_nodule_from_logits(eval_prediction.predictions)
     labels = np.asarray(eval_prediction.label_ids)
     return binary_metrics(labels, p_nodule, threshold=0.5, beta=beta)
+
+
+def best_checkpoint(state, metric: str) -> dict:
+    """Step and validation value of the checkpoint load_best_model_at_end kept, from a TrainerState.
+
+    `step` and `value` are None when no evaluation ever improved on the start
+    (an AUC that stayed undefined on a one-class validation split).
+    """
+    step = state.best_global_step
+    if step is None and state.best_model_checkpoint:  # older trainer states name only the folder
+        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+    return {"step": step, "metric": metric, "value": state.best_metric if step is not None else None}
