@@ -3,7 +3,7 @@
     python classification_task/metrics.py \
         --labels data/nodulocc/classification_labels.csv \
         --predictions outputs/classification_test_results.csv \
-        [--threshold 0.5] [--bootstrap 1000] [--seed 0] [--f_beta 2] [--json outputs/test_metrics.json]
+        [--threshold 0.5] [--bootstrap 1000] [--seed 0] [--json outputs/test_metrics.json]
 
 Every function takes binary labels (1 = Nodule) and p(nodule) in [0, 1]; a score
 counts as a positive prediction when p >= threshold. Values agree with scikit-learn

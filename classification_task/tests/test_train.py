@@ -125,8 +125,8 @@ def test_eval_only_scores_an_adapter_against_the_zero_shot_base(data_root, tiny_
     assert metrics["best_checkpoint"] is None
     assert all(len(line) <= 100 for line in _evaluation_lines(capsys.readouterr().out))
     # Without an adapter the base model is scored, and named what it is.
-    assert train.main(argv_eval) == 0
-    assert set(json.loads((eval_dir / "metrics.json").read_text())["test"]) == {"zero_shot"}
+    assert train.main(argv_eval + ["--output_dir", str(tmp_path / "eval_base")]) == 0
+    assert set(json.loads((tmp_path / "eval_base" / "metrics.json").read_text())["test"]) == {"zero_shot"}
     assert "Zero-shot model on test" in capsys.readouterr().out
 
 
