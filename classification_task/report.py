@@ -199,8 +199,8 @@ def _by_source_lines(report: Mapping) -> list[str]:
     rows = []
     for model, sources in by_source.items():
         rows += _source_rows(MODEL_NAMES[model], report["test"][model], sources, keys)
-    note = ("Test by image source. Every LIDC image is a nodule: a model that recognises the "
-            "source scores well overall but not within NIH; AUC is n/a within a one-class source.")
+    note = ("Test by image source. In NoduLoCC every LIDC image is a nodule: a model that recognises "
+            "the source scores well overall but not within NIH; AUC is n/a within a one-class source.")
     return [*_wrap(note), grid(header, rows, n_keys=2)]
 
 
@@ -236,6 +236,6 @@ def score_text(result: Mapping) -> str:
         rows = [[SOURCE_NAMES[source], *_size(metrics), *(number(metrics[name]) for name in names)]
                 for source, metrics in [("all", result["metrics"]), *by_source.items()]]
         threshold = result["metrics"]["threshold"]
-        lines += ["", *_wrap(f"By image source, at threshold {threshold:g} (all LIDC images are "
-                             "nodules: no AUC within LIDC):"), grid(header, rows)]
+        lines += ["", *_wrap(f"By image source, at threshold {threshold:g} (AUC is n/a within a "
+                             "one-class source, as LIDC is in NoduLoCC):"), grid(header, rows)]
     return "\n".join(lines)
