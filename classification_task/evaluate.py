@@ -1,8 +1,10 @@
 """End-of-run evaluation: thresholds tuned on validation, applied unchanged to test.
 
-Prints one table with the fine-tuned model (and, when the model carries a LoRA
-adapter, the zero-shot base model) at 0.5 and at each tuned threshold, and
-writes metrics.json, test/val predictions and plots next to it.
+Scores the fine-tuned model (and, when the model carries a LoRA adapter, the
+zero-shot base model) on validation and test; tests each at 0.5 and at each
+tuned threshold, overall and per image source (NIH, LIDC); prints the tables of
+`report.py` and writes metrics.json (schema in the README), test/val
+predictions and plots next to them.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from classification_task.dataset import INT_TO_LABEL, Preprocessing, RadiographD
 from classification_task.metrics import (
     binary_metrics,
     bootstrap_ci,
-    format_table,
+    image_sources,
+    metrics_by_source,
     select_thresholds,
     sensitivity_at_specificity,
 )
 from classification_task.model import score_batches
 from classification_task.plots import save_all_plots
+from classification_task.report import evaluation_text
 from classification_task.run_files import write_csv_atomic, write_json_atomic
 
 
@@ -40,16 +44,53 @@ def score_split(model, processor, frame: pd.DataFrame, prep: Preprocessing, batc
     return readable, np.concatenate(scores)
 
 
-def metric_columns(name: str, labels_val, p_val, labels_test, p_test) -> tuple[dict, dict]:
-    """Test metrics at 0.5 and at each threshold tuned on validation."""
-    columns = {f"{name} @0.5": binary_metrics(labels_test, p_test, 0.5)}
+def frame_sources(frame: pd.DataFrame) -> np.ndarray:
+    """"nih" / "lidc" per row, from LIDC_ID or the image's folder."""
+    names = frame["path"] if "path" in frame.columns else frame["file_name"]
+    return image_sources(frame["lidc_id"].to_numpy(), names.to_numpy())
+
+
+def model_results(y_val, p_val, y_test, p_test, sources=None, beta: float | None = None,
+                  n_boot: int = 0, seed: int = 0) -> dict:
+    """One model's test results at 0.5 and at each threshold tuned on validation.
+
+    Returns `thresholds`, `test` / `ci_95` / `by_source` keyed `threshold_{name}`
+    (`ci_95` empty when n_boot is 0, `by_source` when sources are given) and
+    `sensitivity_at_specificity`.
+    """
     try:
-        thresholds = select_thresholds(labels_val, p_val)
+        thresholds = select_thresholds(y_val, p_val, beta=beta)
     except ValueError:
         thresholds = {}  # validation with one class only: nothing to tune on
-    for key, threshold in thresholds.items():
-        columns[f"{name} @{key}"] = binary_metrics(labels_test, p_test, threshold)
-    return columns, thresholds
+    at = {"threshold_0.5": 0.5, **{f"threshold_{key}": value for key, value in thresholds.items()}}
+    results = {
+        "thresholds": thresholds,
+        "test": {key: binary_metrics(y_test, p_test, value, beta) for key, value in at.items()},
+        "ci_95": {key: bootstrap_ci(y_test, p_test, value, n_boot, seed, beta=beta)
+                  for key, value in at.items()} if n_boot else {},
+        "sensitivity_at_specificity": sensitivity_at_specificity(y_test, p_test),
+    }
+    if sources is not None:
+        per_threshold = {key: metrics_by_source(y_test, p_test, sources, value, beta) for key, value in at.items()}
+        results["by_source"] = {source: {key: per_threshold[key][source] for key in at}
+                                for source in per_threshold["threshold_0.5"]}
+    return results
+
+
+def build_report(results: dict[str, dict], n_val: int, y_test, beta: float | None = None,
+                 n_boot: int = 0, best_checkpoint: dict | None = None) -> dict:
+    """The content of metrics.json from `model_results` per model ("fine_tuned", "zero_shot")."""
+    main = "fine_tuned" if "fine_tuned" in results else next(iter(results))
+    report = {
+        "n_val": n_val, "n_test": int(len(y_test)), "n_test_positive": int(np.sum(y_test)),
+        "beta": beta, "n_bootstrap": n_boot, "best_checkpoint": best_checkpoint,
+        "thresholds": results[main]["thresholds"],
+    }
+    if main != "zero_shot" and "zero_shot" in results:
+        report["zero_shot_thresholds"] = results["zero_shot"]["thresholds"]
+    for part in ("test", "ci_95", "sensitivity_at_specificity", "by_source"):
+        report[part] = {name: result[part] for name, result in results.items() if part in result}
+    return report
 
 
 def predictions_frame(frame: pd.DataFrame, p_nodule: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
@@ -73,35 +114,33 @@ def labels_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate_run(model, processor, frames: dict[str, pd.DataFrame], out_dir: str | Path, prep: Preprocessing,
                  batch_size: int = 4, n_boot: int = 1000, seed: int = 0, zero_shot: bool = True,
-                 log_history: list | None = None, cache_dir: str | None = None, unreadable=None) -> dict:
+                 log_history: list | None = None, cache_dir: str | None = None, unreadable=None,
+                 beta: float | None = None, best: dict | None = None, model_name: str = "fine_tuned") -> dict:
+    """Score val and test, print the tables, write metrics.json, predictions and plots.
+
+    `model_name` is "zero_shot" when `model` is the base model without adapter;
+    `best` (the best checkpoint's {"step", "metric", "value"}) is recorded and
+    marked on the training curves. Unreadable images are left out and recorded
+    in `unreadable` (UnreadableImages).
+    """
     out_dir = Path(out_dir)
     val, p_val = score_split(model, processor, frames["val"], prep, batch_size, "validation", cache_dir, unreadable)
     test, p_test = score_split(model, processor, frames["test"], prep, batch_size, "test", cache_dir, unreadable)
     y_val, y_test = val["label"].to_numpy(), test["label"].to_numpy()
-    columns, thresholds = metric_columns("fine-tuned", y_val, p_val, y_test, p_test)
-    report = {"thresholds": thresholds}
-    if zero_shot and hasattr(model, "disable_adapter"):
+    sources = frame_sources(test)  # of the rows scored
+    results = {model_name: model_results(y_val, p_val, y_test, p_test, sources, beta, n_boot, seed)}
+    if zero_shot and model_name != "zero_shot" and hasattr(model, "disable_adapter"):
         with model.disable_adapter():
             _, p_val_0 = score_split(model, processor, val, prep, batch_size, "validation, zero-shot", cache_dir)
             _, p_test_0 = score_split(model, processor, test, prep, batch_size, "test, zero-shot", cache_dir)
-        zero_columns, zero_thresholds = metric_columns("zero-shot", y_val, p_val_0, y_test, p_test_0)
-        columns = {**zero_columns, **columns}
-        report["zero_shot_thresholds"] = zero_thresholds
-    ci = {"fine-tuned @0.5": bootstrap_ci(y_test, p_test, 0.5, n_boot=n_boot, seed=seed)} if n_boot else {}
-    report.update(
-        test=columns,
-        ci_95=ci,
-        sensitivity_at_specificity=sensitivity_at_specificity(y_test, p_test),
-        n_val=len(val), n_test=len(test), n_test_positive=int(y_test.sum()),
-    )
-    print(f"\nTest split: {len(test)} images, {int(y_test.sum())} with nodules; thresholds tuned on validation.")
-    print(format_table(columns, ci))
-    for key, value in report["sensitivity_at_specificity"].items():
-        print(f"{key}: {value:.3f}")
+        results["zero_shot"] = model_results(y_val, p_val_0, y_test, p_test_0, sources, beta, n_boot, seed)
+    report = build_report(results, len(val), y_test, beta, n_boot, best)
+    print("\n" + evaluation_text(report))
     write_json_atomic(out_dir / "metrics.json", report)
     write_csv_atomic(predictions_frame(test, p_test), out_dir / "test_predictions.csv")
     write_csv_atomic(predictions_frame(val, p_val), out_dir / "val_predictions.csv")
     write_csv_atomic(labels_frame(test), out_dir / "test_labels.csv")
     with contextlib.suppress(ValueError):
-        save_all_plots(out_dir, y_test, p_test, thresholds, log_history)
+        save_all_plots(out_dir, y_test, p_test, results[model_name]["thresholds"], log_history,
+                       best_step=(best or {}).get("step"), metric_for_best=(best or {}).get("metric"))
     return report

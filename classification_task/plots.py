@@ -8,7 +8,7 @@ once and returns an empty list. Figures are drawn on `matplotlib.figure.Figure`
 
     from classification_task.plots import save_all_plots
     save_all_plots("outputs/plots", labels, p_nodule, {"0.5": 0.5, "max_f1": 0.83},
-                   log_history=trainer.state.log_history)
+                   log_history=trainer.state.log_history, best_step=450, metric_for_best="pr_auc")
 """
 
 from __future__ import annotations
@@ -25,8 +25,16 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from classification_task.run_files import save_png_atomic
 
 INSTALL_HINT = 'matplotlib is not installed; install it with: pip install -e ".[plots]"'
-# Trainer bookkeeping logged next to the eval metrics: not worth a panel.
-_SKIPPED_EVAL_KEYS = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
+# What a researcher reads off a training run: (panel title, logged keys drawn in it).
+# The Trainer also logs counts, the threshold and timings; they get no panel.
+CURVE_PANELS = (
+    ("loss (train, validation)", ("loss", "eval_loss")),
+    ("learning rate", ("learning_rate",)),
+    ("validation ROC-AUC", ("eval_roc_auc",)),
+    ("validation PR-AUC", ("eval_pr_auc",)),
+    ("validation F1", ("eval_f1",)),
+    ("validation balanced accuracy", ("eval_balanced_accuracy",)),
+)
 
 
 def plots_available() -> bool:
@@ -138,44 +146,63 @@ def plot_reliability(path, labels: ArrayLike, p_nodule: ArrayLike, n_bins: int =
 
 
 def _history_series(log_history: Sequence[Mapping]) -> dict[str, tuple[list, list]]:
-    """name -> (steps, values): training loss and each eval_* metric per evaluation."""
+    """name -> (steps, values) of every numeric key logged with a step."""
     series: dict[str, tuple[list, list]] = {}
     for entry in log_history:
         step = entry.get("step")
         for key, value in entry.items():
-            wanted = key in ("loss", "learning_rate") or (
-                key.startswith("eval_") and key not in _SKIPPED_EVAL_KEYS)
-            if wanted and step is not None and isinstance(value, (int, float)):
+            if key not in ("step", "epoch") and step is not None and isinstance(value, (int, float)):
                 steps, values = series.setdefault(key, ([], []))
                 steps.append(step)
                 values.append(value)
     return series
 
 
-def plot_training_curves(path, log_history: Sequence[Mapping]) -> Path | None:
-    """Panels from a transformers `Trainer.state.log_history`: train and eval loss together,
-    then the learning rate and one panel per other eval_* metric. None if nothing was logged."""
+def training_curve_panels(log_history: Sequence[Mapping],
+                          metric_for_best: str | None = None) -> list[tuple[str, list[str]]]:
+    """(title, keys) of each panel of training_curves.png that has something logged.
+
+    The panels of CURVE_PANELS, plus one for the metric that picks the best
+    checkpoint when it is none of those (e.g. MCC or F-beta).
+    """
+    panels = list(CURVE_PANELS)
+    if metric_for_best and f"eval_{metric_for_best}" not in {k for _, keys in panels for k in keys}:
+        panels.append((f"validation {metric_for_best} (picks the best checkpoint)",
+                       (f"eval_{metric_for_best}",)))
     series = _history_series(log_history)
-    if not series:
+    return [(title, [key for key in keys if key in series]) for title, keys in panels
+            if any(key in series for key in keys)]
+
+
+def plot_training_curves(path, log_history: Sequence[Mapping], best_step: int | None = None,
+                         metric_for_best: str | None = None) -> Path | None:
+    """Losses, learning rate and the validation metrics over steps, from a transformers
+    `Trainer.state.log_history`; a dashed line marks the best checkpoint's step.
+    None if nothing was logged."""
+    panels = training_curve_panels(log_history, metric_for_best)
+    if not panels:
         return None
-    panels = [name for name in ("loss", "learning_rate") if name in series]
-    panels += [name for name in series if name.startswith("eval_") and name != "eval_loss"]
-    if "eval_loss" in series and "loss" not in series:
-        panels.insert(0, "eval_loss")
+    series = _history_series(log_history)
     figure, axes = _new_figure(len(panels), ncols=min(3, len(panels)), panel_size=(4.5, 3.5))
-    for ax, name in zip(axes, panels):
-        steps, values = series[name]
-        ax.plot(steps, values, "o-" if name.startswith("eval_") else "-", label=name)
-        if name == "loss" and "eval_loss" in series:
-            ax.plot(*series["eval_loss"], "o-", label="eval_loss")
-        ax.set(xlabel="step", title=name)
-        ax.legend(fontsize="small")
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            label = {"loss": "train", "eval_loss": "validation"}.get(key, key.removeprefix("eval_"))
+            ax.plot(*series[key], "o-" if key.startswith("eval_") else "-", label=label)
+        if best_step is not None:
+            ax.axvline(best_step, linestyle="--", color="grey")
+        ax.set(xlabel="step", title=title)
+        if len(keys) > 1:
+            ax.legend(fontsize="small")
+    if best_step is not None:
+        chosen = f" by validation {metric_for_best}" if metric_for_best else ""
+        figure.suptitle(f"dashed line: the best checkpoint{chosen}, step {best_step}", fontsize="medium")
     return save_png_atomic(figure, path)
 
 
 def save_all_plots(out_dir, labels: ArrayLike, p_nodule: ArrayLike,
                    thresholds: Mapping[str, float] | None = None,
-                   log_history: Sequence[Mapping] | None = None) -> list[Path]:
+                   log_history: Sequence[Mapping] | None = None, best_step: int | None = None,
+                   metric_for_best: str | None = None) -> list[Path]:
     """roc.png, pr.png, reliability.png and (with a log history) training_curves.png.
 
     Returns the written paths; without matplotlib it warns and returns [] so a
@@ -189,7 +216,7 @@ def save_all_plots(out_dir, labels: ArrayLike, p_nodule: ArrayLike,
                plot_pr(out_dir / "pr.png", labels, p_nodule, thresholds),
                plot_reliability(out_dir / "reliability.png", labels, p_nodule)]
     if log_history:
-        curves = plot_training_curves(out_dir / "training_curves.png", log_history)
+        curves = plot_training_curves(out_dir / "training_curves.png", log_history, best_step, metric_for_best)
         if curves is not None:
             written.append(curves)
     return written

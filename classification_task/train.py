@@ -7,7 +7,8 @@
 
 The model reads a multiple-choice question about the radiograph; p(nodule) is
 the softmax over the two answer-letter logits. Loss: class-weighted CE on those
-logits. Each epoch: all positives + the next chunk of negatives.
+logits. Each epoch (--sampler balanced, the default): all positives + the next
+chunk of negatives; --sampler weighted and random are the alternatives (see --help).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -36,11 +38,11 @@ from classification_task.model import (
     lora_config,
 )
 from classification_task.run_files import check_fresh_run, remove_earlier_run, write_csv_atomic, write_run_config
-from classification_task.trainer import NoduleTrainer, compute_metrics
+from classification_task.trainer import NoduleTrainer, best_checkpoint, compute_metrics
 from classification_task.unreadable import ReadableBatchCollator, UnreadableImages
 
 TRAINER_STATE = "trainer_state.json"  # written last into each checkpoint folder
-METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "balanced_accuracy", "mcc", "loss")
+METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "f_beta", "balanced_accuracy", "mcc", "loss")
 
 
 @dataclass
@@ -55,9 +57,17 @@ class TrainConfig:
     lora_r: int = cli.arg(16, "LoRA rank")
     lora_alpha: int = cli.arg(16, "LoRA alpha")
     lora_dropout: float = cli.arg(0.05, "LoRA dropout")
-    pos_weight: float = cli.arg(20.0, "class weight of Nodule in the loss (No Finding = 1)")
+    pos_weight: float = cli.arg(20.0, "class weight of Nodule in the loss (No Finding = 1); with --sampler "
+                                      "balanced or weighted the batches are balanced already and a weight > 1 "
+                                      "over-corrects: set 1 (the reference recipe uses 20 with balanced)")
     focal_gamma: float = cli.arg(0.0, "focal loss gamma; 0 = plain weighted cross-entropy")
-    sampler: Literal["balanced", "random"] = cli.arg("balanced", "rotating balanced epochs, or plain shuffling")
+    sampler: Literal["balanced", "weighted", "random"] = cli.arg(
+        "balanced", "balanced: each epoch every positive plus the next slice of negatives (all negatives "
+        "seen over the epochs; prefer it with rare positives); weighted: torch WeightedRandomSampler by "
+        "inverse class frequency, ~50/50 batches drawn with replacement, epochs as long as the data; "
+        "random: plain shuffling at the natural prevalence, pair it with --pos_weight. A balancing "
+        "sampler (balanced, weighted) with --pos_weight > 1 over-corrects: set --pos_weight 1. Seeded "
+        "from --seed and the epoch")
     batch_size: int = cli.arg(4, "images per device per step")
     grad_accum: int = cli.arg(4, "gradient accumulation steps (effective batch = batch_size x grad_accum x GPUs)")
     eval_batch_size: int = cli.arg(8, "images per device when scoring")
@@ -68,7 +78,10 @@ class TrainConfig:
     eval_steps: int = cli.arg(400, "evaluate on validation (and checkpoint) every N steps")
     logging_steps: int = cli.arg(10, "log the training loss every N steps")
     save_total_limit: int = cli.arg(3, "checkpoints kept (the best one is always kept)")
-    metric_for_best: str = cli.arg("pr_auc", f"validation metric that picks the best checkpoint: {METRICS_FOR_BEST}")
+    metric_for_best: str = cli.arg("pr_auc", "validation metric that picks the best checkpoint: "
+                                             f"{', '.join(METRICS_FOR_BEST)}")
+    f_beta: float = cli.arg(1.0, "beta of an F-beta score added to the tables, metrics.json and the "
+                                 "--metric_for_best choices (2 favours recall, 0.5 precision); 1 = F1 alone")
     early_stopping_patience: int | None = cli.arg(None, "stop after N evaluations without improvement")
     gradient_checkpointing: bool = cli.arg(True, "trade compute for memory (non-reentrant)")
     clip_low_pct: float = cli.arg(0.5, "lower percentile of the per-image contrast stretch")
@@ -88,6 +101,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.metric_for_best not in METRICS_FOR_BEST:
             raise ValueError(f"--metric_for_best must be one of {', '.join(METRICS_FOR_BEST)}.")
+        if not 0 < self.f_beta < float("inf"):
+            raise ValueError(f"--f_beta must be a positive number, got {self.f_beta}.")
         for name in ("batch_size", "grad_accum", "eval_batch_size", "max_steps", "eval_steps", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1.")
@@ -100,6 +115,11 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the earlier run and --overwrite replaces it: pass only one.")
         Preprocessing(self.clip_low_pct, self.clip_high_pct)  # validates the percentiles
+
+    @property
+    def beta(self) -> float | None:
+        """The F-beta's beta, or None when F1 says it all and no checkpoint is picked by f_beta."""
+        return None if self.f_beta == 1 and self.metric_for_best != "f_beta" else self.f_beta
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -207,7 +227,7 @@ def build_trainer(config: TrainConfig, model, processor, frames: dict,
         train_dataset=RadiographDataset(frames["train"], prep, config.cache_dir),
         eval_dataset=RadiographDataset(frames["val"], prep, config.cache_dir),
         data_collator=ReadableBatchCollator(processor),
-        compute_metrics=compute_metrics,
+        compute_metrics=partial(compute_metrics, beta=config.beta),
         callbacks=callbacks,
         answer_ids=answer_token_ids(processor.tokenizer),
         pos_weight=config.pos_weight,
@@ -257,7 +277,13 @@ def train(config: TrainConfig, model, processor, frames: dict, resume_from: str 
         raise
     best_adapter = Path(config.checkpoint_dir) / "best_adapter"
     trainer.save_model(str(best_adapter))  # the best checkpoint: load_best_model_at_end
-    print(f"best adapter ({config.metric_for_best}) saved to {best_adapter}")
+    best = best_checkpoint(trainer.state, config.metric_for_best)
+    if best["step"] is None:  # e.g. an AUC that stayed undefined on a one-class validation split
+        print(f"no best checkpoint (validation {best['metric']} never defined): the last adapter is "
+              f"saved to {best_adapter}")
+    else:
+        print(f"best checkpoint: step {best['step']}, validation {best['metric']} {best['value']:.4f}; "
+              f"its adapter is saved to {best_adapter}")
     return trainer
 
 
@@ -304,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_run(model, processor, frames, config.output_dir, config.preprocessing,
                      batch_size=config.eval_batch_size, n_boot=config.bootstrap, seed=config.seed,
                      zero_shot=config.zero_shot and (config.adapter is not None or not config.eval_only),
-                     log_history=log_history, cache_dir=config.cache_dir, unreadable=unreadable)
+                     log_history=log_history, cache_dir=config.cache_dir, unreadable=unreadable, beta=config.beta,
+                     best=None if config.eval_only else best_checkpoint(trainer.state, config.metric_for_best),
+                     model_name="zero_shot" if config.eval_only and config.adapter is None else "fine_tuned")
         unreadable.save()
     except (DataError, ValueError) as err:
         # Raised in a DataLoader worker, the message carries the worker's traceback: keep its last line.

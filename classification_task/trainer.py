@@ -1,13 +1,14 @@
-"""`transformers.Trainer` with the answer-token loss and the rotating balanced sampler."""
+"""`transformers.Trainer` with the answer-token loss and the class-balancing samplers."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Sampler
+from torch.utils.data import Sampler, WeightedRandomSampler
 from transformers import Trainer
 
 from classification_task.metrics import binary_metrics
@@ -71,6 +72,38 @@ class RotatingBalancedSampler(Sampler[int]):
         return iter(order.tolist())
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 32-bit seed from the training seed and the epoch, so a resumed run redraws the same epoch."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class ClassWeightedSampler(WeightedRandomSampler):
+    """torch's WeightedRandomSampler, each image weighted by 1 / (images of its class).
+
+    An epoch draws as many images as the data set holds, with replacement: about
+    half positives, each positive drawn many times, some negatives not at all.
+    The draw is seeded from the seed and the epoch (`set_epoch`, called by the
+    Trainer), so a run resumed mid-epoch skips exactly the batches it had seen.
+    """
+
+    def __init__(self, labels: Sequence[int], seed: int = 0):
+        labels = np.asarray(labels, dtype=np.int64)
+        class_counts = np.bincount(labels, minlength=2)
+        if labels.size == 0 or class_counts.min() == 0:
+            raise ValueError("the weighted sampler needs both positive and negative training images.")
+        weights = torch.as_tensor(1.0 / class_counts[labels], dtype=torch.float64)
+        super().__init__(weights, num_samples=labels.size, replacement=True)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        self.generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return super().__iter__()
+
+
 class NoduleTrainer(Trainer):
     """Trainer whose loss is weighted CE over the two answer logits.
 
@@ -92,9 +125,11 @@ class NoduleTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
 
     def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.sampler_kind == "balanced":
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
             return RotatingBalancedSampler(dataset.labels, seed=self.sampler_seed)
+        if self.sampler_kind == "weighted":
+            return ClassWeightedSampler(dataset.labels, seed=self.sampler_seed)
         return super()._get_train_sampler(train_dataset)
 
     def readable_inputs(self, inputs: dict) -> dict | None:
@@ -126,8 +161,21 @@ class NoduleTrainer(Trainer):
         return loss.detach(), logits.detach().float(), inputs["labels"]
 
 
-def compute_metrics(eval_prediction) -> dict:
-    """Full classification metrics at threshold 0.5 from the two answer logits."""
+def compute_metrics(eval_prediction, beta: float | None = None) -> dict:
+    """Full classification metrics at threshold 0.5 from the two answer logits
+    (with `f_beta` when `beta` is given: bind it with functools.partial)."""
     p_nodule = p_nodule_from_logits(eval_prediction.predictions)
     labels = np.asarray(eval_prediction.label_ids)
-    return binary_metrics(labels, p_nodule, threshold=0.5)
+    return binary_metrics(labels, p_nodule, threshold=0.5, beta=beta)
+
+
+def best_checkpoint(state, metric: str) -> dict:
+    """Step and validation value of the checkpoint load_best_model_at_end kept, from a TrainerState.
+
+    `step` and `value` are None when no evaluation ever improved on the start
+    (an AUC that stayed undefined on a one-class validation split).
+    """
+    step = state.best_global_step
+    if step is None and state.best_model_checkpoint:  # older trainer states name only the folder
+        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+    return {"step": step, "metric": metric, "value": state.best_metric if step is not None else None}

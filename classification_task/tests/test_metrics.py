@@ -19,11 +19,11 @@ from classification_task.metrics import (
     _resample_metrics,
     binary_metrics,
     bootstrap_ci,
-    format_table,
     main,
     select_thresholds,
     sensitivity_at_specificity,
 )
+from classification_task.report import format_table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-9
@@ -225,14 +225,15 @@ def test_sensitivity_at_specificity_matches_sklearn_roc_curve(seed):
 
 
 def test_format_table_aligns_columns_and_shows_intervals():
-    rows = {"zero-shot": {"threshold": 0.5, "roc_auc": 0.6914, "tp": 12},
-            "fine-tuned": {"threshold": 0.99973, "roc_auc": 0.7861, "tp": 40}}
-    table = format_table(rows, ci={"fine-tuned": {"roc_auc": (0.7612, 0.8118)}})
+    rows = {"zero-shot": {"threshold": 0.5, "roc_auc": 0.6914, "f_beta": 0.3, "tp": 12},
+            "fine-tuned": {"threshold": 0.99973, "roc_auc": 0.7861, "f_beta": math.nan, "tp": 40}}
+    table = format_table(rows, ci={"fine-tuned": {"roc_auc": (0.7612, 0.8118)}}, beta=2)
     lines = table.splitlines()
     assert lines[0].split() == ["metric", "zero-shot", "fine-tuned"]
     assert len({len(line) for line in lines}) == 1
     assert "0.786 [0.761, 0.812]" in table and "0.691" in table and "0.9997" in table
-    assert lines[-1].split() == ["tp", "12", "40"]
+    assert lines[-2].split() == ["F2", "0.300", "n/a"]
+    assert lines[-1].split() == ["TP", "12", "40"]
     with pytest.raises(ValueError, match="column names"):
         format_table(rows, ci={"roc_auc": (0.7, 0.8)})
 
@@ -267,7 +268,7 @@ def test_cli_prints_counts_and_writes_json_matching_sklearn(tmp_path, capsys, se
     assert f"scored images: {y.size} ({y.sum()} Nodule" in printed
     assert "labelled images without a prediction: 7" in printed
     assert "predicted images without a label (ignored): 5" in printed
-    assert "roc_auc" in printed and "[" in printed
+    assert "ROC-AUC" in printed and "[" in printed
     saved = json.loads(out.read_text())
     assert saved["counts"]["labelled_without_prediction"] == 7
     assert saved["counts"]["predicted_without_label"] == 5
@@ -320,6 +321,8 @@ def test_config_validation():
         ScoreConfig("l.csv", "p.csv", threshold=1.5)
     with pytest.raises(ValueError, match="bootstrap"):
         ScoreConfig("l.csv", "p.csv", bootstrap=-1)
+    with pytest.raises(ValueError, match="f_beta"):
+        ScoreConfig("l.csv", "p.csv", f_beta=0)
 
 
 @pytest.mark.parametrize("launcher", [["classification_task/metrics.py"],

@@ -53,11 +53,46 @@ def test_plots_survive_a_single_class_and_an_empty_history(tmp_path):
         assert_png(path)
 
 
-def test_history_series_keeps_losses_and_eval_metrics():
+def test_training_curves_show_what_a_researcher_reads_not_every_logged_key():
+    history = [*LOG_HISTORY,
+               {"eval_loss": 0.5, "eval_f1": 0.4, "eval_balanced_accuracy": 0.7, "eval_mcc": 0.3,
+                "eval_threshold": 0.5, "eval_tp": 3, "eval_brier": 0.2, "epoch": 0.5, "step": 50}]
+    assert plots.training_curve_panels(history) == [
+        ("loss (train, validation)", ["loss", "eval_loss"]), ("learning rate", ["learning_rate"]),
+        ("validation ROC-AUC", ["eval_roc_auc"]), ("validation PR-AUC", ["eval_pr_auc"]),
+        ("validation F1", ["eval_f1"]), ("validation balanced accuracy", ["eval_balanced_accuracy"])]
+    # The metric that picks the best checkpoint gets a panel when it is not among those.
+    panels = plots.training_curve_panels(history, metric_for_best="mcc")
+    assert panels[-1] == ("validation mcc (picks the best checkpoint)", ["eval_mcc"])
+    assert len(plots.training_curve_panels(history, metric_for_best="pr_auc")) == 6
+    # Only panels with something logged.
+    assert plots.training_curve_panels(LOG_HISTORY[:2]) == [("loss (train, validation)", ["loss"]),
+                                                            ("learning rate", ["learning_rate"])]
+    assert plots.training_curve_panels([{"train_runtime": 1.0, "epoch": 1.0, "step": 3}]) == []
+
+
+def test_history_series_reads_numbers_per_step():
     series = plots._history_series(LOG_HISTORY)
-    assert set(series) == {"loss", "learning_rate", "eval_loss", "eval_roc_auc", "eval_pr_auc"}
     assert series["loss"] == ([10, 20, 30], [0.9, 0.7, 0.6])
     assert series["eval_roc_auc"] == ([20, 40], [0.71, 0.75])
+    assert "epoch" not in series and "step" not in series
+
+
+def test_training_curves_mark_the_best_checkpoint(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    path = plots.plot_training_curves(tmp_path / "curves.png", LOG_HISTORY, best_step=40,
+                                      metric_for_best="pr_auc")
+    assert_png(path)
+    figures = []
+    monkeypatch.setattr(plots, "save_png_atomic", lambda figure, path: figures.append(figure) or path)
+    plots.plot_training_curves(tmp_path / "curves.png", LOG_HISTORY, best_step=40, metric_for_best="pr_auc")
+    axes = [ax for ax in figures[0].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["loss (train, validation)", "learning rate",
+                                               "validation ROC-AUC", "validation PR-AUC"]
+    for ax in axes:  # a dashed vertical line at the best step
+        assert any(line.get_linestyle() == "--" and set(line.get_xdata()) == {40} for line in ax.lines)
+    assert "step 40" in figures[0].get_suptitle() and "pr_auc" in figures[0].get_suptitle()
+    assert plots.plot_training_curves(tmp_path / "none.png", [{"train_runtime": 1.0}]) is None
 
 
 def test_without_matplotlib_save_all_plots_warns_and_returns_nothing(tmp_path, monkeypatch):

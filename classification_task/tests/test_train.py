@@ -60,8 +60,10 @@ def test_qlora_train_save_resume_continues_from_saved_step(data_root, tiny_model
 
     out = tmp_path / "out"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "fine-tuned @0.5" in metrics["test"] and "thresholds" in metrics
-    assert set(metrics["test"]["fine-tuned @0.5"]) >= {"roc_auc", "pr_auc", "mcc", "brier", "tp"}
+    assert "threshold_0.5" in metrics["test"]["fine_tuned"] and "thresholds" in metrics
+    assert set(metrics["test"]["fine_tuned"]["threshold_0.5"]) >= {"roc_auc", "pr_auc", "mcc", "brier", "tp"}
+    # 3 validation images: PR-AUC may stay undefined, and then no checkpoint is the best.
+    assert metrics["best_checkpoint"]["step"] in (None, 2, 4, 6) and metrics["best_checkpoint"]["metric"] == "pr_auc"
     for name in ("test_predictions.csv", "split.csv", "run_config.json"):
         assert (out / name).is_file()
     config = json.loads((out / "run_config.json").read_text())
@@ -69,17 +71,93 @@ def test_qlora_train_save_resume_continues_from_saved_step(data_root, tiny_model
     assert (tmp_path / "ckpt" / "best_adapter" / "adapter_config.json").is_file()
 
 
-def test_eval_only_scores_an_adapter_against_the_zero_shot_base(data_root, tiny_model_dir, tmp_path):
+def _evaluation_lines(printed: str) -> list[str]:
+    """The evaluation's printed summary, from its first line to the end of the output."""
+    return printed[printed.index("Test: "):].splitlines()
+
+
+def _split_with_both_classes(data_root, path) -> Path:
+    """A split.csv whose validation and test hold both classes, and test both sources."""
+    import pandas as pd
+
+    labels = pd.read_csv(data_root / "classification_labels.csv", dtype=str, keep_default_na=False)
+    split = pd.Series("train", index=labels.index)
+    for label in ("Nodule", "No Finding"):
+        rows = labels.index[labels["label"] == label]
+        split[rows[:3]], split[rows[3:7]] = "val", "test"
+    split[labels.index[labels["LIDC_ID"] != ""][-3:]] = "test"
+    pd.DataFrame({"file_name": labels["file_name"], "split": split}).to_csv(path, index=False)
+    return path
+
+
+def test_f_beta_picks_the_checkpoint_and_the_summary_fits_100_columns(data_root, tiny_model_dir, tmp_path,
+                                                                       capsys):
+    split_file = _split_with_both_classes(data_root, tmp_path / "split.csv")
+    argv = _argv(data_root, tiny_model_dir, tmp_path, "--quantization", "none", "--max_steps", "4",
+                 "--sampler", "weighted", "--pos_weight", "1", "--f_beta", "2", "--metric_for_best", "f_beta",
+                 "--split_file", str(split_file))
+    assert train.main(argv) == 0
+    state = json.loads((tmp_path / "ckpt" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert all("eval_f_beta" in entry for entry in state["log_history"] if "eval_loss" in entry)
+    assert state["best_metric"] == max(e["eval_f_beta"] for e in state["log_history"] if "eval_loss" in e)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["beta"] == 2.0 and "max_f_beta" in metrics["thresholds"]
+    assert metrics["best_checkpoint"] == {"step": state["best_global_step"], "metric": "f_beta",
+                                          "value": state["best_metric"]}
+    assert set(metrics["test"]) == {"fine_tuned", "zero_shot"} == set(metrics["by_source"])
+    assert set(metrics["by_source"]["fine_tuned"]) == {"nih", "lidc"}
+    assert "f_beta" in metrics["ci_95"]["fine_tuned"]["threshold_max_f_beta"]
+    lines = _evaluation_lines(capsys.readouterr().out)
+    assert any(line.startswith("F2 ") for line in lines) and any("by image source" in line for line in lines)
+    too_wide = [line for line in lines if len(line) > 100 and str(tmp_path) not in line]
+    assert not too_wide, too_wide
+
+
+def test_eval_only_scores_an_adapter_against_the_zero_shot_base(data_root, tiny_model_dir, tmp_path, capsys):
     argv = _argv(data_root, tiny_model_dir, tmp_path, "--quantization", "none", "--max_steps", "2")
     assert train.main(argv + ["--no-zero_shot"]) == 0
     adapter = tmp_path / "ckpt" / "best_adapter"
     eval_dir = tmp_path / "eval"
     argv_eval = _argv(data_root, tiny_model_dir, tmp_path, "--quantization", "none", "--eval_only",
-                      "--adapter", str(adapter), "--output_dir", str(eval_dir),
-                      "--split_file", str(tmp_path / "out" / "split.csv"))
-    assert train.main(argv_eval) == 0
-    columns = json.loads((eval_dir / "metrics.json").read_text())["test"]
-    assert "zero-shot @0.5" in columns and "fine-tuned @0.5" in columns
+                      "--output_dir", str(eval_dir), "--split_file", str(tmp_path / "out" / "split.csv"))
+    assert train.main(argv_eval + ["--adapter", str(adapter)]) == 0
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"fine_tuned", "zero_shot"} and "zero_shot_thresholds" in metrics
+    assert metrics["best_checkpoint"] is None
+    assert all(len(line) <= 100 for line in _evaluation_lines(capsys.readouterr().out))
+    # Without an adapter the base model is scored, and named what it is.
+    assert train.main(argv_eval + ["--output_dir", str(tmp_path / "eval_base")]) == 0
+    assert set(json.loads((tmp_path / "eval_base" / "metrics.json").read_text())["test"]) == {"zero_shot"}
+    assert "Zero-shot model on test" in capsys.readouterr().out
+
+
+def test_weighted_sampler_resumed_mid_epoch_sees_the_same_images(data_root, tiny_model_dir, tmp_path,
+                                                                 monkeypatch):
+    from classification_task.dataset import RadiographDataset
+
+    seen = []
+    original = RadiographDataset.__getitem__
+    monkeypatch.setattr(RadiographDataset, "__getitem__",
+                        lambda self, index: seen.append((len(self), index)) or original(self, index))
+    extra = ("--quantization", "none", "--sampler", "weighted", "--no-zero_shot", "--bootstrap", "0",
+             "--grad_accum", "1")
+    assert train.main(_argv(data_root, tiny_model_dir, tmp_path / "a", *extra, "--max_steps", "4")) == 0
+    n_train = sum(1 for line in (tmp_path / "a" / "out" / "split.csv").read_text().splitlines()
+                  if line.endswith(",train"))
+
+    def drawn() -> list[int]:
+        images, seen[:] = [index for size, index in seen if size == n_train], []
+        return images
+
+    straight = drawn()
+    argv = _argv(data_root, tiny_model_dir, tmp_path / "b", *extra)
+    assert train.main(argv + ["--max_steps", "2"]) == 0
+    first_part = drawn()
+    assert train.main(argv + ["--max_steps", "4", "--resume"]) == 0
+    second_part = drawn()
+    # 4 images a step; the loader reads one batch ahead, so a run reads a batch past its last step.
+    assert first_part[:8] == straight[:8] and len(straight) == 5 * 4
+    assert second_part == straight[8:], "the resumed run must see the images of steps 3 and 4"
 
 
 def test_bad_values_and_missing_data_exit_2(tmp_path, capsys):
@@ -117,10 +195,14 @@ def test_inference_then_metrics_cli_reproduce_the_training_test_metrics(data_roo
                          "--predictions", str(tmp_path / "inf" / "classification_test_results.csv"),
                          "--json", str(tmp_path / "cli.json")]) == 0
     from_cli = json.loads((tmp_path / "cli.json").read_text())
-    from_train = json.loads((out / "metrics.json").read_text())["test"]["fine-tuned @0.5"]
-    assert from_cli["counts"]["scored"] == from_train["tp"] + from_train["tn"] + from_train["fp"] + from_train["fn"]
-    for key, value in from_train.items():
+    from_train = json.loads((out / "metrics.json").read_text())
+    at_half = from_train["test"]["fine_tuned"]["threshold_0.5"]
+    assert from_cli["counts"]["scored"] == at_half["tp"] + at_half["tn"] + at_half["fp"] + at_half["fn"]
+    for key, value in at_half.items():
         assert from_cli["metrics"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+    for source, results in from_train["by_source"]["fine_tuned"].items():
+        for key, value in results["threshold_0.5"].items():
+            assert from_cli["by_source"][source][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
 
 
 def _snapshot(*folders) -> dict:

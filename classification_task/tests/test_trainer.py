@@ -1,14 +1,21 @@
-"""The trainer's pieces: the answer-token loss against hand-computed and torch cross-entropy, and
-the rotating balanced sampler (balance, coverage of negatives, determinism)."""
+"""The trainer's pieces: the answer-token loss against hand-computed and torch cross-entropy, the
+rotating balanced sampler (balance, coverage of negatives, determinism) and the class-weighted one."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from classification_task.trainer import RotatingBalancedSampler, answer_loss
+from classification_task.trainer import (
+    ClassWeightedSampler,
+    NoduleTrainer,
+    RotatingBalancedSampler,
+    answer_loss,
+    compute_metrics,
+)
 
 # ----------------------------------------------------------------------------- loss
 
@@ -103,3 +110,43 @@ def test_deterministic_given_seed_and_epoch():
 def test_needs_both_classes():
     with pytest.raises(ValueError, match="both positive and negative"):
         RotatingBalancedSampler([0, 0, 0])
+
+
+def test_weighted_sampler_draws_both_classes_about_equally():
+    labels = _labels(n_pos=20, n_neg=380)
+    sampler = ClassWeightedSampler(labels, seed=0)
+    drawn = np.concatenate([_epoch(sampler, epoch) for epoch in range(10)])
+    assert len(sampler) == len(labels) and drawn.size == 10 * len(labels)
+    assert 0.45 < labels[drawn].mean() < 0.55  # 5 % positives in the data, half in the draws
+    assert set(drawn[labels[drawn] == 1]) == set(np.flatnonzero(labels == 1))  # every positive drawn
+
+
+def test_weighted_sampler_is_a_function_of_seed_and_epoch():
+    labels = _labels()
+    first, second = ClassWeightedSampler(labels, seed=5), ClassWeightedSampler(labels, seed=5)
+    assert _epoch(first, 2) == _epoch(second, 2)  # a resumed run redraws the same epoch
+    assert _epoch(first, 2) == _epoch(first, 2)  # iterating twice does not advance a generator
+    assert _epoch(first, 2) != _epoch(first, 3)
+    assert _epoch(first, 0) != _epoch(ClassWeightedSampler(labels, seed=6), 0)
+
+
+def test_weighted_sampler_needs_both_classes():
+    with pytest.raises(ValueError, match="both positive and negative"):
+        ClassWeightedSampler([1, 1])
+
+
+@pytest.mark.parametrize("kind, expected", [("balanced", RotatingBalancedSampler),
+                                            ("weighted", ClassWeightedSampler)])
+def test_trainer_builds_the_chosen_sampler(kind, expected):
+    dataset = SimpleNamespace(labels=_labels())
+    trainer = SimpleNamespace(sampler_kind=kind, sampler_seed=3, train_dataset=dataset)
+    sampler = NoduleTrainer._get_train_sampler(trainer)
+    assert isinstance(sampler, expected) and sampler.seed == 3
+
+
+def test_compute_metrics_reports_f_beta_when_asked():
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 3.0], [0.5, 0.0]])
+    prediction = SimpleNamespace(predictions=logits, label_ids=np.array([0, 1, 1, 1]))
+    assert "f_beta" not in compute_metrics(prediction)
+    result = compute_metrics(prediction, beta=2.0)
+    assert result["f_beta"] == pytest.approx(5 * 2 / (5 * 2 + 4 * 1))  # tp 2, fn 1, fp 0
