@@ -183,7 +183,12 @@ def split_by_patient(
     for value in np.unique(stratum):
         members = rng.permutation(np.flatnonzero(stratum == value))
         patient_split[members] = _deal(weight[members].tolist(), fractions)
-    return pd.Series(np.array(SPLITS, dtype=object)[patient_split[codes]], index=frame.index, name="split")
+    split = np.array(SPLITS, dtype=object)[patient_split[codes]]
+    for name in SPLITS:  # thresholds are tuned on val and scored on test: each needs both classes
+        for value, label in INT_TO_LABEL.items():
+            if not np.any((split == name) & (labels == value)):
+                raise ValueError(f"the {name} split would get no {label} image")
+    return pd.Series(split, index=frame.index, name="split")
 
 
 def _deal(weights: list[float], fractions: tuple[float, ...]) -> list[int]:
