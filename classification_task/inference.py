@@ -199,6 +199,8 @@ class PartialScores:
         return scores
 
     def append(self, names: list[str], confidences: np.ndarray) -> None:
+        # With several processes, another may score its first batch before process 0 has made the folder.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         new_file = not self.path.is_file() or self.path.stat().st_size == 0
         with open(self.path, "a", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")

@@ -77,3 +77,9 @@ def test_two_processes_write_the_csv_of_one_and_resume(tiny_model_dir, tmp_path,
     _one_process([*common, "--output_dir", str(two)])
     assert "11 already scored, 1 to score" in capsys.readouterr().out  # the broken file is retried
     assert (two / inference.RESULTS_CSV).read_bytes() == expected
+
+
+def test_a_process_may_write_its_cache_before_the_output_folder_exists(tmp_path):
+    cache = inference.PartialScores(tmp_path / "not_yet" / ".classification_partial.abc.rank1.csv")
+    cache.append(["a.png"], np.array([0.25]))
+    assert cache.load() == {"a.png": 0.25}
