@@ -171,7 +171,7 @@ def test_two_process_data_parallel_training(data_root, tiny_model_dir, tmp_path)
     """torchrun with 2 CPU processes (gloo): each process trains its own replica."""
     argv = _argv(data_root, tiny_model_dir, tmp_path, "--quantization", "none", "--max_steps", "2",
                  "--no-zero_shot")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(REPO / "classification_task" / "train.py"), *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)

@@ -118,7 +118,7 @@ def test_bad_values_and_missing_data_exit_2(tmp_path, capsys):
 
 def test_two_process_data_parallel_training(labelled_root, tiny_encoder, tmp_path):
     """torchrun with 2 CPU processes (gloo): each trains a replica; rank 0 evaluates and saves."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(REPO / "localization_task" / "train.py"),
                *_argv(labelled_root, tiny_encoder, tmp_path, "--max_steps", "2", "--eval_steps", "2")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
