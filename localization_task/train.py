@@ -16,6 +16,7 @@ tuned on validation and applied unchanged to the test split.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,6 @@ import pandas as pd
 import torch
 from accelerate.utils import gather_object
 from transformers import EarlyStoppingCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from localization_task import cli
 from localization_task.augment import train_augmentation
@@ -35,7 +35,13 @@ from localization_task.dataset import DataError, load_localization_data
 from localization_task.heatmap import sigma_hm_from_frac
 from localization_task.model import DEFAULT_ENCODER, HeatmapLocalizer, build_tiny_dinov2
 from localization_task.evaluation import predict_split, report_test
-from localization_task.run_files import RUN_CONFIG_JSON, write_run_config, write_text_atomic
+from localization_task.run_files import (
+    RUN_CONFIG_JSON,
+    check_fresh_run,
+    remove_earlier_run,
+    write_run_config,
+    write_text_atomic,
+)
 from localization_task.sampling import KIND_NAMES, SPLITS, image_kinds, split_by_patient
 from localization_task.trainer import HeatmapTrainer, metrics_function
 from localization_task.training_data import HeatmapDataset, ItemSettings, collate, evaluation_rows
@@ -84,6 +90,7 @@ class TrainConfig:
     max_unreadable_frac: float = cli.arg(
         0.01, "unreadable training images are skipped and listed; more than this fraction stops the run")
     resume: str | None = cli.arg(None, "'latest' or a checkpoint folder to continue from", nargs="?", const="latest")
+    overwrite: bool = cli.arg(False, "replace an earlier run's results and checkpoints in the same folders")
     demo: bool = cli.arg(False, "make synthetic data and a tiny encoder if missing, and train on the CPU")
 
     def __post_init__(self) -> None:
@@ -97,6 +104,8 @@ class TrainConfig:
             raise ValueError("--weak_weight, --weak_per_keypointed and --negatives_per_keypointed must be >= 0.")
         if not 0 < self.sigma_frac < 0.2:
             raise ValueError("--sigma_frac must lie in (0, 0.2).")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the earlier run and --overwrite replaces it: pass only one.")
         if not 0 <= self.max_unreadable_frac <= 1:
             raise ValueError("--max_unreadable_frac must lie in [0, 1].")
         if not 0 < self.tight_frac <= self.tolerant_frac <= 1:
@@ -132,11 +141,10 @@ def prepare_demo(config: TrainConfig) -> None:
 
 
 def load_splits(config: TrainConfig) -> dict[str, pd.DataFrame]:
-    """All labelled images with a patient-grouped split (or the saved one); the split is saved."""
+    """All labelled images with a patient-grouped split (or the saved one), by split."""
     frame = load_localization_data(config.data_root)
     kinds = image_kinds(frame["label"], [len(p) for p in frame["points_px"]])
     frame = frame.assign(kind=kinds, split=_split(frame, kinds, config))
-    write_text_atomic(Path(config.output_dir) / "split.csv", frame[["file_name", "split"]].to_csv(index=False))
     frames = {name: frame[frame["split"] == name].reset_index(drop=True) for name in SPLITS}
     for name, part in frames.items():
         counts = ", ".join(f"{(part['kind'] == k).sum()} {label}" for k, label in KIND_NAMES.items())
@@ -248,7 +256,10 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
         return None
     if config.resume != "latest":
         return config.resume
-    latest = get_last_checkpoint(config.checkpoint_dir) if Path(config.checkpoint_dir).is_dir() else None
+    # The Trainer writes trainer_state.json last: a folder without it was cut short by a kill.
+    complete = [folder for folder in Path(config.checkpoint_dir).glob("checkpoint-*")
+                if folder.name[11:].isdigit() and (folder / "trainer_state.json").is_file()]
+    latest = str(max(complete, key=lambda folder: int(folder.name[11:]))) if complete else None
     print(f"resuming from {latest}" if latest else "no checkpoint to resume from: starting fresh")
     return latest
 
@@ -289,11 +300,19 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     try:
+        # Only rank 0 looks: the other processes may start while it writes the new run's files.
+        first = int(os.environ.get("RANK", "0")) == 0
+        earlier = check_fresh_run(config.output_dir, config.checkpoint_dir, config.resume, config.overwrite) \
+            if first else []
         if config.demo:
             prepare_demo(config)
         frames = load_splits(config)
-        write_run_config(Path(config.output_dir) / RUN_CONFIG_JSON, asdict(config), {})
         model = build_model(config)
+        if first:  # the inputs hold: replace the earlier run (--overwrite), record the new one
+            remove_earlier_run(earlier)
+            split = pd.concat([frames[name][["file_name", "split"]] for name in SPLITS])
+            write_text_atomic(Path(config.output_dir) / "split.csv", split.to_csv(index=False))
+            write_run_config(Path(config.output_dir) / RUN_CONFIG_JSON, asdict(config), {})
         trainer = build_trainer(config, model, frames)
         trainer.train(resume_from_checkpoint=resume_checkpoint(config))
         # Every process skipped its own share of unreadable training images: gather them all.

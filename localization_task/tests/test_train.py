@@ -186,3 +186,13 @@ def test_too_many_unreadable_training_images_stop_with_one_sentence(labelled_roo
     lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
     errors = [line[line.index("error:"):] for line in lines if "error:" in line]
     assert len(errors) == 1 and "--max_unreadable_frac" in errors[0] and "unreadable" in errors[0]
+
+
+def test_a_fresh_run_over_a_finished_one_is_refused_and_changes_nothing(trained, labelled_root, tiny_encoder, capsys):
+    before = {p: p.read_bytes() for p in sorted((trained / "out").iterdir()) if p.is_file()}
+    capsys.readouterr()
+    assert train.main(_argv(labelled_root, tiny_encoder, trained)) == 2
+    errors = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--resume" in errors[0] and "--overwrite" in errors[0]
+    assert {p: p.read_bytes() for p in sorted((trained / "out").iterdir()) if p.is_file()} == before
+    assert train.main(_argv(labelled_root, tiny_encoder, trained, "--resume", "--overwrite")) == 2
