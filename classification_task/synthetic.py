@@ -23,12 +23,10 @@ large bright disc is learned within tens. Brightness, contrast and the 16-bit
 window are drawn independently of the label, so the blob is the only cue that
 separates the classes within a source.
 
-`--difficulty hard` (for localization) makes nodules small (radius ~3 % of
-the width) and faint, and adds bright streaks to the lungs of every image as
-look-alikes, so a localizer must learn round blobs rather than "anything
-bright". `--keypoint_fraction` writes keypoints for only that share of the
-nodule images; the others stay nodule images without keypoints, like most of
-the real positives.
+`--difficulty hard` (for localization): small faint nodules (radius ~3 % of the
+width) and bright look-alike streaks in every image's lungs, so a localizer must
+learn round blobs, not "anything bright". `--keypoint_fraction`: only that share
+of the nodule images keeps its keypoints, like the real positives.
 """
 
 from __future__ import annotations
@@ -78,21 +76,15 @@ class SyntheticConfig:
             raise ValueError("--out must name an output folder.")
         if self.n_images < 1:
             raise ValueError(f"--n_images must be at least 1, got {self.n_images}.")
-        if not 0.0 <= self.positive_rate <= 1.0:
-            raise ValueError(f"--positive_rate must be in [0, 1], got {self.positive_rate}.")
+        for name in ("positive_rate", "lidc_fraction", "keypoint_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"--{name} must be in [0, 1], got {getattr(self, name)}.")
         if not 32 <= self.size_px <= 4096:
             raise ValueError(f"--size_px must be in [32, 4096], got {self.size_px}.")
-        if not 0.0 <= self.lidc_fraction <= 1.0:
-            raise ValueError(f"--lidc_fraction must be in [0, 1], got {self.lidc_fraction}.")
-        if not 0.0 <= self.keypoint_fraction <= 1.0:
-            raise ValueError(f"--keypoint_fraction must be in [0, 1], got {self.keypoint_fraction}.")
         if self.difficulty not in ("easy", "hard"):
             raise ValueError(f"--difficulty must be easy or hard, got {self.difficulty!r}.")
-        if not 0.01 <= self.nodule_radius_frac <= 0.15:
-            # Above ~0.15 a nodule no longer fits inside a lung field.
-            raise ValueError(
-                f"--nodule_radius_frac must be in [0.01, 0.15], got {self.nodule_radius_frac}."
-            )
+        if not 0.01 <= self.nodule_radius_frac <= 0.15:  # above ~0.15 a nodule leaves the lung field
+            raise ValueError(f"--nodule_radius_frac must be in [0.01, 0.15], got {self.nodule_radius_frac}.")
 
 
 @dataclass(frozen=True)
