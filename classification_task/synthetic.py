@@ -3,10 +3,9 @@
 Writes a small, seeded stand-in for the challenge data so that training,
 inference and the tests run end to end without the real images:
 
-    python -m classification_task.synthetic --out data/demo \
-        [--n_images 300] [--positive_rate 0.3] [--size_px 256] \
-        [--lidc_fraction 0.25] [--nodule_radius_frac 0.08] [--difficulty easy|hard] \
-        [--keypoint_fraction 1.0] [--seed 0] [--overwrite]
+    python -m classification_task.synthetic --out data/demo [--n_images 300] [--size_px 256] \
+        [--positive_rate 0.3] [--lidc_fraction 0.25] [--nodule_radius_frac 0.08] [--seed 0] \
+        [--difficulty easy|hard] [--keypoint_fraction 1.0] [--overwrite]
 
 Layout (same as the real data root):
     classification_labels.csv   file_name,label,LIDC_ID
@@ -16,12 +15,11 @@ Layout (same as the real data root):
     lidc_png_16_bit/            16-bit PNGs LIDC-IDRI-NNNN_K.png, 1.25x larger,
                                 values in a ~3000-wide window around 20000-30000
 
-Nodules are bright soft-edged discs inside the lung fields, large enough
-(radius ~6-10 % of the width) to survive downsizing to 112 px: with faint
-2-4 px blobs a tiny model stays at chance after hundreds of steps, while a
-large bright disc is learned within tens. Brightness, contrast and the 16-bit
-window are drawn independently of the label, so the blob is the only cue that
-separates the classes within a source.
+Nodules are bright soft-edged discs in the lung fields, large enough (radius
+~6-10 % of the width) to survive downsizing to 112 px: a tiny model stays at
+chance on faint 2-4 px blobs but learns a large disc within tens of steps.
+Brightness, contrast and the 16-bit window are drawn independently of the
+label: within a source the blob is the only cue.
 
 `--difficulty hard` (for localization): small faint nodules (radius ~3 % of the
 width) and bright look-alike streaks in every image's lungs, so a localizer must
