@@ -13,6 +13,8 @@ chunk of negatives; --sampler weighted and random are the alternatives (see --he
 
 from __future__ import annotations
 
+import classification_task  # noqa: F401  first: its __init__ quiets a bitsandbytes import warning
+
 import json
 import os
 import sys

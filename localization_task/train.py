@@ -16,6 +16,8 @@ tuned on validation and applied unchanged to the test split.
 
 from __future__ import annotations
 
+import localization_task  # noqa: F401  first: its __init__ quiets a bitsandbytes import warning
+
 import os
 import shutil
 import subprocess

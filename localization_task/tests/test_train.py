@@ -196,3 +196,12 @@ def test_a_fresh_run_over_a_finished_one_is_refused_and_changes_nothing(trained,
     assert len(errors) == 1 and "--resume" in errors[0] and "--overwrite" in errors[0]
     assert {p: p.read_bytes() for p in sorted((trained / "out").iterdir()) if p.is_file()} == before
     assert train.main(_argv(labelled_root, tiny_encoder, trained, "--resume", "--overwrite")) == 2
+
+
+@pytest.mark.parametrize("task", ["classification_task", "localization_task"])
+def test_a_bad_flag_run_as_a_script_prints_exactly_one_line(task):
+    """Run as scripts, the entry points import transformers: no library warning may join the error."""
+    done = subprocess.run([sys.executable, str(REPO / task / "train.py"), "--metric_for_best", "nonsense"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: --metric_for_best")
