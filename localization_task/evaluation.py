@@ -182,9 +182,9 @@ def report_test(model, val: SplitPeaks, test: SplitPeaks, thresholds_frac: dict[
     print(f"\nTest split, peaks kept at confidence >= {tuned['min_confidence_f1']:g} "
           "(the threshold with the best F1 on validation):")
     print(format_table(results, list(thresholds_frac)))
-    print(f"At confidence >= {tuned['min_confidence_count']:g} (best validation count accuracy): "
-          f"count accuracy {at_count['count_accuracy']:.3f} (with nodules "
-          f"{at_count['count_accuracy_with_nodules']:.3f}, without {at_count['count_accuracy_without_nodules']:.3f})")
+    print(f"At confidence >= {tuned['min_confidence_count']:g} (best validation count accuracy): count accuracy\n"
+          f"{at_count['count_accuracy']:.3f} (with nodules {at_count['count_accuracy_with_nodules']:.3f}, "
+          f"without {at_count['count_accuracy_without_nodules']:.3f})")
     summary = {"min_confidence_f1": tuned["min_confidence_f1"],
                "min_confidence_count": tuned["min_confidence_count"],
                "validation": {k: tuned[k] for k in ("at_min_confidence_f1", "at_min_confidence_count")},
