@@ -62,13 +62,13 @@ from localization_task.dataset import (
 )
 from localization_task.heatmap_backend import checkpoint_signature
 from localization_task.parsing import DEFAULT_LABELS
+from localization_task.processes import Processes, all_records, merge_caches
 from localization_task.run_files import (
     PREDICTIONS_JSONL,
     RESULTS_CSV,
     RUN_CONFIG_JSON,
     append_record,
     check_resumable,
-    load_records,
     write_results_csv,
     write_run_config,
 )
@@ -251,7 +251,7 @@ def gated(record: dict, gate: set[str]) -> dict:
 
 def predict_pending(
     localizer: Localizer, config: InferenceConfig, pending: list[tuple[Path, str]], n_images: int,
-    gate: set[str],
+    gate: set[str], cache: Path,
 ) -> tuple[int, list[str]]:
     """Predict the pending (path, name) images one by one, appending one record each.
 
@@ -272,13 +272,13 @@ def predict_pending(
             prediction = localizer.predict(ImageInput(name, model_input, width_px, height_px))
             model_input.unlink()
             record = gated(prediction.to_record(name, width_px, height_px), gate)
-            append_record(config.output_dir / PREDICTIONS_JSONL, record)
+            append_record(cache, record)
             predicted += 1
     return predicted, unreadable
 
 
 def predict_pending_heatmap(config: InferenceConfig, pending: list[tuple[Path, str]],
-                            gate: set[str]) -> tuple[int, list[str]]:
+                            gate: set[str], cache: Path) -> tuple[int, list[str]]:
     """Predict the pending images in batches with the trained localizer, appending one record each."""
     from localization_task.heatmap_backend import load_localizer, min_confidence_of, predict_records
 
@@ -296,7 +296,7 @@ def predict_pending_heatmap(config: InferenceConfig, pending: list[tuple[Path, s
         config.num_workers, (config.clip_low_pct, config.clip_high_pct), skip,
     )
     for record in records:
-        append_record(config.output_dir / PREDICTIONS_JSONL, gated(record, gate))
+        append_record(cache, gated(record, gate))
         predicted += 1
     return predicted, unreadable
 
@@ -310,11 +310,20 @@ def main(argv: list[str] | None = None) -> int:
     config = cli.parse(InferenceConfig, DESCRIPTION, argv, HELP_EPILOG)
     if config is None:
         return 2
+    processes = Processes.join()
+    try:
+        return run(config, processes)
+    finally:
+        processes.leave()
+
+
+def run(config: InferenceConfig, processes: Processes) -> int:
+    """Predict this process's share of the pending images; process 0 then writes the outputs."""
     try:
         images = find_input_images(config)
         if config.output_dir.exists() and not config.output_dir.is_dir():
             raise DataError(f"--output_dir {config.output_dir} is a file: pass a folder for the results.")
-        records = load_records(config.output_dir / PREDICTIONS_JSONL)
+        records = all_records(config.output_dir)
         check_resumable(config.output_dir, records, config.prediction_settings())
         names = [path.relative_to(config.input_dir).as_posix() for path in images]
         gate = read_gate(config.gate_csv, config.gate_threshold, names) if config.gate_csv else set()
@@ -323,23 +332,28 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(error))
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    settings = config.prediction_settings()
-    write_run_config(config.output_dir / RUN_CONFIG_JSON, asdict(config), settings)
-    pending = [(path, name) for path, name in zip(images, names) if name not in records]
+    if processes.rank == 0:
+        write_run_config(config.output_dir / RUN_CONFIG_JSON, asdict(config), config.prediction_settings())
+    pending = processes.share([(path, name) for path, name in zip(images, names) if name not in records])
+    cache = processes.cache(config.output_dir)
     try:
         if localizer is None:
-            predicted, unreadable = predict_pending_heatmap(config, pending, gate)
+            predicted, unreadable = predict_pending_heatmap(config, pending, gate, cache)
         else:
-            predicted, unreadable = predict_pending(localizer, config, pending, len(images), gate)
+            predicted, unreadable = predict_pending(localizer, config, pending, len(images), gate, cache)
     except DataError as error:
         return fail(str(error))
+    counts = processes.gather_to_first([(predicted, unreadable)])  # waits for every process
+    if processes.rank != 0:
+        return 0
+    predicted, unreadable = sum(c[0] for c in counts), [name for c in counts for name in c[1]]
     if len(unreadable) == len(images):
         return fail(
             f"none of the {len(images)} images in {config.input_dir} could be read: "
             "check the files."
         )
 
-    records = load_records(config.output_dir / PREDICTIONS_JSONL)
+    records = merge_caches(config.output_dir, names)
     n_points = write_results_csv(config.output_dir / RESULTS_CSV, records, names)
     print(
         f"{predicted} images predicted, {len(images) - predicted - len(unreadable)} reused, "

@@ -205,3 +205,24 @@ def test_a_bad_flag_run_as_a_script_prints_exactly_one_line(task):
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: --metric_for_best")
+
+
+@pytest.mark.parametrize("backend", ["scripted", "heatmap"])
+def test_two_inference_processes_write_the_csv_of_one(backend, trained, labelled_root, tmp_path):
+    """torchrun, 2 CPU processes (gloo): each predicts half the images; process 0 merges their caches."""
+    argv = ["--input_dir", str(labelled_root / "nih_filtered_images"), "--backend", backend, "--num_workers", "0"]
+    if backend == "heatmap":
+        argv += ["--checkpoint", str(trained / "ckpt" / "best_model")]
+    assert inference.main([*argv, "--output_dir", str(tmp_path / "one")]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "localization_task" / "inference.py"), *argv, "--output_dir", str(tmp_path / "two")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = tmp_path / "one", tmp_path / "two"
+    # Batches hold other images in two processes: a float may change in its last digits, nothing more.
+    rows_one, rows_two = (pd.read_csv(folder / "localization_test_results.csv") for folder in (one, two))
+    assert rows_two["file_name"].tolist() == rows_one["file_name"].tolist()
+    np.testing.assert_allclose(rows_two[["x", "y", "confidence"]], rows_one[["x", "y", "confidence"]], atol=1e-4)
+    assert _points_by_name(two / "predictions.jsonl").keys() == _points_by_name(one / "predictions.jsonl").keys()
+    assert not list(two.glob("predictions.rank*.jsonl"))  # merged into predictions.jsonl
