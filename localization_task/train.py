@@ -244,7 +244,8 @@ def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict) ->
 
 def save_model_atomic(model: HeatmapLocalizer, folder: Path) -> None:
     """save_pretrained into a temporary sibling, then swap it in: never half a model folder."""
-    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     if folder.exists():
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.train(resume_from_checkpoint=resume_checkpoint(config))
         # Every process skipped its own share of unreadable training images: gather them all.
         skipped = sorted(set(gather_object(list(trainer.unreadable.items()))))
-        if not trainer.is_world_process_zero():
+        if not (first and trainer.is_world_process_zero()):
             return 0
         report_unreadable(Path(config.output_dir), skipped + final_evaluation(config, trainer.model, frames))
     except (DataError, ValueError) as err:
