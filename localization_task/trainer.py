@@ -72,10 +72,12 @@ class HeatmapTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         if len(inputs["index"]) == 0:  # unreadable images only: nothing to score
-            empty = torch.zeros(0, self.max_points, 3, device=self.args.device)
-            zero = torch.zeros((), device=self.args.device)
-            return zero, (None if prediction_loss_only else (empty, torch.zeros(0, 5, device=self.args.device))), \
-                (None if prediction_loss_only else inputs["index"])
+            device = self.args.device
+            zero = torch.zeros((), device=device)
+            if prediction_loss_only:
+                return zero, None, None
+            no_peaks, no_boxes = torch.zeros(0, self.max_points, 3, device=device), torch.zeros(0, 5, device=device)
+            return zero, (no_peaks, no_boxes), inputs["index"]
         with torch.no_grad():
             logits = model(inputs["pixel_values"])
             loss = heatmap_loss(logits, inputs, self.weak_weight).detach()
