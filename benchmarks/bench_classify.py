@@ -5,7 +5,7 @@
 (a) reference style: one image per forward pass, logits over the whole
     vocabulary at every position (no `logits_to_keep`), 4-bit NF4 base with the
     LoRA adapter left unmerged;
-(b) ours: `classification_task.model.score_dataset`, batched, only the two
+(b) ours: `classification_task.model.score_batches`, batched, only the two
     answer logits at the answer position (`logits_to_keep`), the adapter merged
     into a bf16 base (fp32 on the CPU), PyTorch's fused attention (sdpa).
 Both use the project's loading code and the same prompt; both attend with sdpa.
@@ -35,7 +35,7 @@ from benchmarks.models import full_size_model_folders, synthetic_images, tiny_mo
 from classification_task import cli
 from classification_task.model import (
     PromptCollator, answer_token_ids, load_processor, load_with_adapter, model_dtype, p_nodule_from_logits,
-    score_dataset,
+    score_batches,
 )
 
 REFERENCE, OURS = "reference", "ours"
@@ -79,6 +79,12 @@ def reference_scores(model, processor, images: list[dict]) -> np.ndarray:
     return np.concatenate(scores)
 
 
+def our_scores(model, processor, images: list[dict], batch_size: int) -> np.ndarray:
+    """p(nodule) of every image, batched: the toolkit's own scoring loop."""
+    batches = score_batches(model, processor, images, batch_size, desc="ours")
+    return np.concatenate([p_nodule for _, p_nodule, _ in batches])
+
+
 def measure(scorers: dict, images: list[dict], rounds: int) -> dict:
     """Per scorer: (images/s of its best round, peak GPU GiB or None on the CPU, scores).
 
@@ -119,7 +125,7 @@ def run_setups(base: Path, adapter: Path, images: list[dict], batches: list[int]
         free(reference)
     ours = load_with_adapter(str(base), str(adapter), quantization="none", merge=True)
     label = f"{OURS} ({str(model_dtype(ours)).replace('torch.', '')})"
-    our_scorers = {(label, b): (lambda imgs, b=b: score_dataset(ours, processor, imgs, b)) for b in batches}
+    our_scorers = {(label, b): (lambda imgs, b=b: our_scores(ours, processor, imgs, b)) for b in batches}
     results |= measure(our_scorers, images, rounds=2) if on_gpu else \
         measure(reference_scorers | our_scorers, images, rounds=3)
     free(ours)

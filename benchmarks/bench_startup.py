@@ -26,8 +26,9 @@ from sklearn.model_selection import StratifiedGroupKFold
 from benchmarks.common import format_table, machine_line, timed, write_record
 from classification_task import cli
 from classification_task.dataset import (
-    IMAGE_FOLDERS, LABELS_CSV, load_labels, patient_id, read_labels_csv, resolve_image_path, split_by_patient,
+    IMAGE_FOLDERS, LABELS_CSV, load_labels, patient_id, read_labels_csv, resolve_image_path,
 )
+from classification_task.split import split_by_patient
 
 N_LIDC_ROWS = 113
 N_NIH_NODULE = 2705

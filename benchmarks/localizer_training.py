@@ -27,7 +27,7 @@ from localization_task.augment import train_augmentation
 from localization_task.model import build_tiny_dinov2
 from localization_task.train import DEMO_DEFAULTS, TrainConfig, build_model, item_settings, training_arguments
 from localization_task.trainer import HeatmapTrainer
-from localization_task.training_data import HeatmapDataset, collate
+from localization_task.dataset import HeatmapDataset, collate
 
 MODEL_CPU, MODEL_GPU = "heatmap, tiny Dinov2", "heatmap, RAD-DINO ViT-B/14"
 

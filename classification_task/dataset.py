@@ -1,4 +1,4 @@
-"""NoduLoCC classification data: labels, image loading, pre-processing and the patient split.
+"""NoduLoCC classification data: labels, image loading, pre-processing and the torch Dataset.
 
 Source: the NoduLoCC2026 challenge data, laid out under a data root
 (default `data/nodulocc`):
@@ -32,7 +32,6 @@ LABELS_CSV = "classification_labels.csv"
 IMAGE_FOLDERS = ("nih_filtered_images", "lidc_png_16_bit")
 LABEL_TO_INT = {"No Finding": 0, "Nodule": 1}
 INT_TO_LABEL = {v: k for k, v in LABEL_TO_INT.items()}
-SPLITS = ("train", "val", "test")
 NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)
 PLAIN_NAME = re.compile(r"[^/\\:]+")  # no folder part, no drive: safe_join accepts it unless it is ".."
 
@@ -153,78 +152,6 @@ def patient_id(file_name: str, lidc_id: str = "") -> str:
     if lidc_id:
         return f"lidc:{lidc_id}"
     return f"file:{file_name}"
-
-
-# ----------------------------------------------------------------------------- split
-
-
-def split_by_patient(
-    frame: pd.DataFrame, fractions: tuple[float, float, float] = (0.80, 0.05, 0.15), seed: int = 0
-) -> pd.Series:
-    """Assign train/val/test per row, stratified by class, grouped by `patient_id`.
-
-    A patient's stratum is its highest label (any Nodule image makes it a
-    nodule patient) and its weight its number of images of that class. Within
-    each stratum the patients, shuffled with the seed, are dealt one by one to
-    the split furthest below its share of the weight dealt so far. No patient
-    is split; the nodule images, and the images of patients without nodules,
-    fall into the splits in the given fractions up to about one patient, and
-    every split gets patients once a stratum has about twenty. A patient's size
-    does not sway where it goes. 63k rows take a fraction of a second; the
-    result does not depend on the row order.
-    """
-    patients, codes = np.unique(frame["patient_id"].to_numpy(dtype=str), return_inverse=True)
-    labels = frame["label"].to_numpy(dtype=np.int64)
-    stratum = np.zeros(len(patients), dtype=np.int64)
-    np.maximum.at(stratum, codes, labels)
-    weight = np.bincount(codes, weights=labels == stratum[codes], minlength=len(patients))
-    patient_split = np.empty(len(patients), dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    for value in np.unique(stratum):
-        members = rng.permutation(np.flatnonzero(stratum == value))
-        patient_split[members] = _deal(weight[members].tolist(), fractions)
-    split = np.array(SPLITS, dtype=object)[patient_split[codes]]
-    for name in SPLITS:  # thresholds are tuned on val and scored on test: each needs both classes
-        for value, label in INT_TO_LABEL.items():
-            if not np.any((split == name) & (labels == value)):
-                raise ValueError(f"the {name} split would get no {label} image")
-    return pd.Series(split, index=frame.index, name="split")
-
-
-def _deal(weights: list[float], fractions: tuple[float, ...]) -> list[int]:
-    """Index of the split each weight goes to, in order: the one furthest below its share so far."""
-    dealt, total, splits = [0.0] * len(fractions), 0.0, []
-    for w in weights:
-        # The choice ignores w itself: a large patient is as likely as a small one to go anywhere.
-        split = max(range(len(fractions)), key=lambda k: fractions[k] * total - dealt[k])
-        dealt[split] += w
-        total += w
-        splits.append(split)
-    return splits
-
-
-def load_or_make_split(frame: pd.DataFrame, split_file: str | Path | None, seed: int) -> pd.DataFrame:
-    """Attach a `split` column, from `split_file` (file_name,split) if given, else a fresh seeded split."""
-    if split_file is None:
-        try:
-            return frame.assign(split=split_by_patient(frame, seed=seed))
-        except ValueError as err:  # e.g. fewer patients than the split has folds
-            reason = str(err).rstrip(".")
-            raise DataError(f"{len(frame)} labelled image(s) of {frame['patient_id'].nunique()} patient(s) cannot "
-                            f"be split by patient ({reason}); label more images, or pass --split_file.") from None
-    split_file = Path(split_file)
-    if not split_file.is_file():
-        raise DataError(f"split file {split_file} not found; pass a split.csv written by an earlier run.")
-    saved = pd.read_csv(split_file, dtype=str)
-    if not {"file_name", "split"} <= set(saved.columns):
-        raise DataError(f"{split_file} needs the columns file_name,split.")
-    unknown = sorted(set(saved["split"]) - set(SPLITS))
-    if unknown or saved["file_name"].duplicated().any():
-        raise DataError(f"{split_file} must list each file once with a split in {SPLITS}; found {unknown[:3] or 'duplicates'}.")
-    merged = frame.merge(saved[["file_name", "split"]], on="file_name", how="left")
-    if merged["split"].isna().any():
-        raise DataError(f"{split_file} has no split for {merged['split'].isna().sum()} labelled image(s); regenerate it.")
-    return merged
 
 
 # ----------------------------------------------------------------------------- images

@@ -260,12 +260,3 @@ def score_batches(
                 p_nodule = p_nodule_from_logits(answer_logits(model, inputs, answer_ids).cpu())
             progress.update(len(batch["file_names"]) + len(batch["skipped"]))
             yield batch["file_names"], p_nodule, batch["skipped"]
-
-
-def score_dataset(
-    model, processor, dataset: Dataset, batch_size: int = 4, num_workers: int = 0, desc: str = "scoring"
-) -> np.ndarray:
-    """p(nodule) for every item of `dataset`, in order (a dataset whose images all load)."""
-    batches = score_batches(model, processor, dataset, batch_size, num_workers, desc)
-    scores = [p_nodule for _, p_nodule, _ in batches]
-    return np.concatenate(scores) if scores else np.zeros(0)

@@ -28,7 +28,8 @@ import torch
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from classification_task import cli
-from classification_task.dataset import SPLITS, DataError, Preprocessing, RadiographDataset, load_labels, load_or_make_split
+from classification_task.dataset import DataError, Preprocessing, RadiographDataset, load_labels
+from classification_task.split import SPLITS, load_or_make_split
 from classification_task.evaluate import evaluate_run
 from classification_task.model import (
     MEDGEMMA_ID,

@@ -66,8 +66,3 @@ def train_augmentation(flip: bool = False, seed: int = 0) -> KeypointAugmentatio
     if flip:
         transforms.append(A.HorizontalFlip(p=0.5))
     return KeypointAugmentation(transforms, seed=seed)
-
-
-def eval_augmentation() -> KeypointAugmentation:
-    """The identity, with the same call signature as `train_augmentation`."""
-    return KeypointAugmentation([A.NoOp()], seed=0)

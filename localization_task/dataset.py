@@ -1,4 +1,4 @@
-"""NoduLoCC localization data: labels, image discovery and pre-processing.
+"""NoduLoCC localization data: labels, image discovery, pre-processing and the torch Dataset.
 
 Source: the NoduLoCC2026 challenge data, laid out under a data root (default
 `data/nodulocc`, relative to the repository root):
@@ -13,24 +13,31 @@ Source: the NoduLoCC2026 challenge data, laid out under a data root (default
         lidc_png_16_bit/          LIDC-derived 16-bit PNGs (e.g. 2022x2022)
 
 `load_localization_data` joins the two label files into one table of images
-with their keypoints, for training a localizer.
+with their keypoints; `HeatmapDataset` turns its rows into training items.
 
 Pre-processing (what the CheXagent-2 reference did): any PNG/JPEG mode -> grey
 -> per-image percentile clip (0.5 / 99.5 %) -> rescale to 0-255 uint8 -> RGB.
-The percentiles come from an integer histogram, so a 16-bit 2k x 2k image
-costs one `np.bincount` instead of a sort, and they equal
+The percentiles come from an integer histogram (`percentiles.py`), so a 16-bit
+2k x 2k image costs one `np.bincount` instead of a sort, and they equal
 `np.percentile(..., method="linear")` exactly.
 """
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
+from torch.utils.data import Dataset
+
+from localization_task.augment import KeypointAugmentation
+from localization_task.heatmap import Letterbox, gaussian_heatmap, heatmap_size, input_to_heatmap, letterbox_image
+from localization_task.percentiles import histogram_percentiles
+from localization_task.split import KEYPOINTED, NEGATIVE, image_kinds
 
 DEFAULT_DATA_ROOT = Path("data/nodulocc")
 CLASSIFICATION_CSV = "classification_labels.csv"
@@ -43,7 +50,6 @@ DEFAULT_CLIP_LOW_PCT = 0.5
 DEFAULT_CLIP_HIGH_PCT = 99.5
 
 _UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-_MAX_HISTOGRAM_BINS = 1 << 16  # wider integer ranges fall back to np.percentile
 
 
 class DataError(ValueError):
@@ -272,40 +278,6 @@ def to_grey_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"))
 
 
-def _lerp(below: np.ndarray, above: np.ndarray, gamma: np.ndarray) -> np.ndarray:
-    """numpy's linear-method interpolation, written the same way so the
-    floating-point result is bit-identical to `np.percentile`."""
-    diff = above - below
-    return np.where(gamma >= 0.5, above - diff * (1 - gamma), below + diff * gamma)
-
-
-def histogram_percentiles(values: np.ndarray, pcts: Sequence[float]) -> np.ndarray:
-    """`np.percentile(values, pcts, method="linear")` for integer images.
-
-    Counting values (np.bincount) and walking the cumulative sum finds the
-    k-th smallest value without sorting; float or very wide integer ranges
-    fall back to np.percentile itself.
-    """
-    flat = values.ravel()
-    if not np.issubdtype(flat.dtype, np.integer):
-        return np.percentile(flat, pcts, method="linear")
-    if flat.dtype in (np.uint8, np.uint16):
-        offset, counts = 0, np.bincount(flat)
-    else:  # e.g. mode 'I' (int32): shift to start at 0 if the range is narrow
-        offset = int(flat.min())
-        if int(flat.max()) - offset >= _MAX_HISTOGRAM_BINS:
-            return np.percentile(flat, pcts, method="linear")
-        counts = np.bincount(flat.astype(np.int64) - offset)
-    cumulative = np.cumsum(counts)
-    rank = (flat.size - 1) * (np.asarray(pcts, dtype=np.float64) / 100)
-    below_rank = np.floor(rank)
-    above_rank = np.minimum(below_rank + 1, flat.size - 1)
-    # k-th smallest value = first bin whose cumulative count exceeds k.
-    below = np.searchsorted(cumulative, below_rank, side="right") + offset
-    above = np.searchsorted(cumulative, above_rank, side="right") + offset
-    return _lerp(below, above, rank - below_rank)
-
-
 def _rescale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
     if high <= low:  # flat image: nothing to stretch
         return np.zeros(values.shape, dtype=np.uint8)
@@ -346,3 +318,138 @@ def load_preprocessed(
     with Image.open(path) as image:
         image.load()
         return preprocess_image(image, clip_low_pct, clip_high_pct)
+
+
+def pixel_values_from_grey(grey_uint8: np.ndarray, image_mean, image_std) -> torch.Tensor:
+    """Letterboxed grey uint8 images (S, S) or (B, S, S) -> normalised (B, 3, S, S) float32."""
+    images = np.asarray(grey_uint8, dtype=np.float32) / 255.0
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim != 3:
+        raise ValueError(f"expected (S, S) or (B, S, S) grey images, got shape {images.shape}.")
+    # NumPy, not torch: this runs per image in data-loader workers, where torch's
+    # thread pool makes such small operations slow.
+    mean = np.asarray(image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(image_std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return torch.from_numpy((images[:, None] - mean) / std)
+
+
+# ----------------------------------------------------------------------------- training items
+
+
+@dataclass(frozen=True)
+class ItemSettings:
+    """How images become model inputs and targets; saved with the model so inference matches."""
+
+    input_size_px: int
+    stride: int
+    sigma_hm: float
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    clip_low_pct: float = 0.5
+    clip_high_pct: float = 99.5
+
+
+class UnreadableImage(DataError):
+    """An image file that cannot be decoded; `reason` says why."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"image {path} cannot be read ({reason}); replace it or remove its rows from the label CSVs.")
+        self.reason = reason
+
+
+def read_stretched(path: str) -> np.ndarray:
+    """Any radiograph file -> (height, width) uint8 after the per-image percentile stretch."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            grey = to_grey_array(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise UnreadableImage(path, f"{type(err).__name__}: {err}") from None
+    return percentile_clip_to_uint8(grey)
+
+
+def box_tensor(box: Letterbox) -> torch.Tensor:
+    """A letterbox as 5 numbers, so it survives batching and gathering across processes."""
+    return torch.tensor([box.width_px, box.height_px, box.input_size_px,
+                         box.resized_width_px, box.resized_height_px], dtype=torch.float64)
+
+
+def box_from_tensor(values) -> Letterbox:
+    return Letterbox(*(int(v) for v in values))
+
+
+class HeatmapDataset(Dataset):
+    """Items of a labelled frame (columns path, label, points_px) for training or evaluation."""
+
+    def __init__(self, frame: pd.DataFrame, settings: ItemSettings,
+                 augmentation: KeypointAugmentation | None = None, seed: int = 0,
+                 skip_unreadable: bool = False):
+        self.paths = frame["path"].tolist()
+        self.points_px = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in frame["points_px"]]
+        self.labels = frame["label"].to_numpy(dtype=np.int64)
+        self.kinds = image_kinds(self.labels, [len(p) for p in self.points_px])
+        self.settings = settings
+        self.augmentation = augmentation
+        self.seed, self.epoch = seed, 0
+        self.skip_unreadable = skip_unreadable  # one unreadable file must not end a long run
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentations depend on (seed, epoch, index) only: resumed runs draw the same ones."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.settings
+        try:
+            grey = read_stretched(self.paths[index])
+        except UnreadableImage as err:
+            if not self.skip_unreadable:
+                raise
+            return {"index": index, "unreadable": err.reason}
+        box = Letterbox.for_image(grey.shape[1], grey.shape[0], s.input_size_px)
+        image = letterbox_image(grey, box)
+        points_in = box.to_input(self.points_px[index])
+        if self.augmentation is not None:
+            sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+            image, points_in = self.augmentation(image, points_in, sample_seed=sample_seed)
+        size_hm = heatmap_size(s.input_size_px, s.stride)
+        target = gaussian_heatmap(input_to_heatmap(points_in, s.input_size_px, s.stride), size_hm, s.sigma_hm)
+        return {
+            "pixel_values": pixel_values_from_grey(image, s.image_mean, s.image_std)[0],
+            "target": torch.from_numpy(target)[None],
+            "kind": int(self.kinds[index]),
+            "image_label": float(self.labels[index]),
+            "index": index,
+            "box": box_tensor(box),
+        }
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack the readable items of a batch; unreadable ones pass through as (index, reason)."""
+    skipped = [(item["index"], item["unreadable"]) for item in items if "unreadable" in item]
+    items = [item for item in items if "unreadable" not in item]
+    batch = {key: torch.stack([item[key] for item in items]) if items else torch.zeros(0)
+             for key in ("pixel_values", "target", "box")}
+    batch["kind"] = torch.tensor([item["kind"] for item in items], dtype=torch.long)
+    batch["image_label"] = torch.tensor([item["image_label"] for item in items], dtype=torch.float32)
+    batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
+    if skipped:
+        batch["skipped"] = skipped
+    return batch
+
+
+def evaluation_rows(frame: pd.DataFrame, max_negatives: int | None, seed: int = 0) -> pd.DataFrame:
+    """The rows a split is scored on: every keypointed image plus (a seeded sample of) negatives.
+
+    Nodule images without keypoints are left out: their true number of
+    nodules is unknown, so no localization metric can be computed on them.
+    """
+    kinds = image_kinds(frame["label"], [len(p) for p in frame["points_px"]])
+    negatives = np.flatnonzero(kinds == NEGATIVE)
+    if max_negatives is not None and len(negatives) > max_negatives:
+        negatives = np.sort(np.random.default_rng(seed).choice(negatives, max_negatives, replace=False))
+    keep = np.sort(np.concatenate([np.flatnonzero(kinds == KEYPOINTED), negatives]))
+    return frame.iloc[keep].reset_index(drop=True)

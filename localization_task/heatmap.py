@@ -1,4 +1,4 @@
-"""Heatmap geometry, training targets, losses and peak decoding for the keypoint localizer.
+"""Heatmap geometry, training targets and peak decoding for the keypoint localizer.
 
 Coordinates are pixel indices: pixel (i, j) has its centre at x = i, y = j and
 covers [i - 0.5, i + 0.5). Resizing by a factor s maps x to (x + 0.5) * s - 0.5,
@@ -17,9 +17,8 @@ Three frames, one `Letterbox` per image to move between them:
               the stride when it divides the input size)
 
 Targets are CenterNet-style Gaussians (the nearest cell of each keypoint is
-exactly 1.0, every other cell is below 1), trained with the penalty-reduced
-focal loss; images with only an image label (nodule or not) are trained
-through the maximum of their heatmap. Decoding keeps local maxima, refines
+exactly 1.0, every other cell is below 1), for the penalty-reduced focal loss
+in `trainer.py`. Decoding keeps local maxima, refines
 them to sub-cell precision and maps them back to original pixels.
 """
 from __future__ import annotations
@@ -106,14 +105,6 @@ class Letterbox:
         """Input pixels (..., 2) -> original pixels."""
         return _rescale(xy_in, 1.0 / self.scale_xy)
 
-    def to_heatmap(self, xy_px, stride: int) -> np.ndarray:
-        """Original pixels -> heatmap cells."""
-        return input_to_heatmap(self.to_input(xy_px), self.input_size_px, stride)
-
-    def from_heatmap(self, xy_hm, stride: int) -> np.ndarray:
-        """Heatmap cells -> original pixels."""
-        return self.to_original(heatmap_to_input(xy_hm, self.input_size_px, stride))
-
     def in_image(self, xy_in) -> np.ndarray:
         """Which input-pixel points (..., 2) fall on the resized image rather than the padding."""
         xy_in = np.asarray(xy_in, dtype=np.float64)
@@ -175,46 +166,6 @@ def gaussian_heatmap(points_hm, size_hm: int | tuple[int, int], sigma_hm: float)
 
 
 # --- losses -----------------------------------------------------------------
-
-
-def focal_heatmap_loss(
-    logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
-) -> torch.Tensor:
-    """CenterNet's penalty-reduced focal loss on sigmoid(logits), summed, per positive cell.
-
-    Positives are the cells where target == 1 (one per keypoint, see
-    `gaussian_heatmap`); the (1 - target)^beta factor forgives confident
-    predictions next to a keypoint. The sum is divided by the number of
-    positives in the batch, at least 1, so all-zero targets (negative images)
-    contribute their negative term only.
-    """
-    if logits.shape != target.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape.")
-    logits, target = logits.float(), target.float()
-    log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
-    prob = log_p.exp()
-    positive = target >= 1.0
-    pos_term = (1.0 - prob) ** alpha * log_p
-    neg_term = (1.0 - target) ** beta * prob**alpha * log_not_p
-    loss_sum = -torch.where(positive, pos_term, neg_term).sum()
-    return loss_sum / positive.sum().clamp(min=1)
-
-
-def weak_image_loss(logits: torch.Tensor, image_labels: torch.Tensor) -> torch.Tensor:
-    """Multiple-instance loss: BCE of each image's maximum heatmap logit towards its image label.
-
-    For images with an image label but no keypoints: a nodule image (label 1)
-    must have some confident cell, a negative one (label 0) none. An empty
-    batch gives a zero that still carries the graph.
-    """
-    if logits.shape[0] == 0:
-        return logits.sum() * 0.0
-    max_logits = logits.float().flatten(1).amax(dim=1)
-    labels = image_labels.to(max_logits).reshape(-1)
-    return F.binary_cross_entropy_with_logits(max_logits, labels)
-
-
-# --- decoding ---------------------------------------------------------------
 
 
 class Peak(NamedTuple):

@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 
 from localization_task.dataset import DataError
-from localization_task.evaluation import iter_peaks
+from localization_task.evaluate import iter_peaks
 from localization_task.model import HeatmapLocalizer
-from localization_task.training_data import HeatmapDataset, ItemSettings
+from localization_task.dataset import HeatmapDataset, ItemSettings
 
 DEFAULT_MIN_CONFIDENCE = 0.3  # for a checkpoint without a tuned threshold
 

@@ -23,7 +23,6 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from dotenv import load_dotenv
 from peft import LoraConfig, inject_adapter_in_model
@@ -323,20 +322,6 @@ def image_normalisation(encoder_id_or_path: str | Path, token: str | None = None
     except OSError:
         return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
     return [float(v) for v in processor.image_mean], [float(v) for v in processor.image_std]
-
-
-def pixel_values_from_grey(grey_uint8: np.ndarray, image_mean, image_std) -> torch.Tensor:
-    """Letterboxed grey uint8 images (S, S) or (B, S, S) -> normalised (B, 3, S, S) float32."""
-    images = np.asarray(grey_uint8, dtype=np.float32) / 255.0
-    if images.ndim == 2:
-        images = images[None]
-    if images.ndim != 3:
-        raise ValueError(f"expected (S, S) or (B, S, S) grey images, got shape {images.shape}.")
-    # NumPy, not torch: this runs per image in data-loader workers, where torch's
-    # thread pool makes such small operations slow.
-    mean = np.asarray(image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(image_std, dtype=np.float32).reshape(1, 3, 1, 1)
-    return torch.from_numpy((images[:, None] - mean) / std)
 
 
 def build_tiny_dinov2(

@@ -36,7 +36,7 @@ from localization_task.augment import train_augmentation
 from localization_task.dataset import DataError, load_localization_data
 from localization_task.heatmap import sigma_hm_from_frac
 from localization_task.model import DEFAULT_ENCODER, HeatmapLocalizer, build_tiny_dinov2
-from localization_task.evaluation import predict_split, report_test
+from localization_task.evaluate import predict_split, report_test
 from localization_task.run_files import (
     RUN_CONFIG_JSON,
     check_fresh_run,
@@ -44,9 +44,9 @@ from localization_task.run_files import (
     write_run_config,
     write_text_atomic,
 )
-from localization_task.sampling import KIND_NAMES, SPLITS, image_kinds, split_by_patient
+from localization_task.split import KIND_NAMES, SPLITS, image_kinds, split_by_patient
 from localization_task.trainer import HeatmapTrainer, metrics_function
-from localization_task.training_data import HeatmapDataset, ItemSettings, collate, evaluation_rows
+from localization_task.dataset import HeatmapDataset, ItemSettings, collate, evaluation_rows
 
 METRICS_FOR_BEST = ("f1_tolerant", "f1_tight", "count_accuracy", "loss")
 

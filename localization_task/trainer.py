@@ -1,4 +1,4 @@
-"""`transformers.Trainer` with the heatmap loss, the epoch mix and peak-based evaluation.
+"""The localizer's losses, its epoch sampler and `transformers.Trainer` with peak-based evaluation.
 
 Loss per batch: the focal heatmap loss over keypointed and negative images
 (negatives have all-zero targets) plus `weak_weight` x the multiple-instance
@@ -10,15 +10,58 @@ travel back, and scores them with this folder's own metrics.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from torch.utils.data import Sampler
 from transformers import Trainer
 
 from localization_task.dataset import DataError
-from localization_task.evaluation import f1_and_counts, peaks_tensor, split_peaks, tune_min_confidence
-from localization_task.heatmap import focal_heatmap_loss, weak_image_loss
-from localization_task.sampling import KEYPOINTED, NEGATIVE, WEAK, MixedEpochSampler
+from localization_task.evaluate import f1_and_counts, peaks_tensor, split_peaks, tune_min_confidence
+from localization_task.split import KEYPOINTED, NEGATIVE, WEAK
+
+
+def focal_heatmap_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
+) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss on sigmoid(logits), summed, per positive cell.
+
+    Positives are the cells where target == 1 (one per keypoint, see
+    `gaussian_heatmap`); the (1 - target)^beta factor forgives confident
+    predictions next to a keypoint. The sum is divided by the number of
+    positives in the batch, at least 1, so all-zero targets (negative images)
+    contribute their negative term only.
+    """
+    if logits.shape != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape.")
+    logits, target = logits.float(), target.float()
+    log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+    prob = log_p.exp()
+    positive = target >= 1.0
+    pos_term = (1.0 - prob) ** alpha * log_p
+    neg_term = (1.0 - target) ** beta * prob**alpha * log_not_p
+    loss_sum = -torch.where(positive, pos_term, neg_term).sum()
+    return loss_sum / positive.sum().clamp(min=1)
+
+
+def weak_image_loss(logits: torch.Tensor, image_labels: torch.Tensor) -> torch.Tensor:
+    """Multiple-instance loss: BCE of each image's maximum heatmap logit towards its image label.
+
+    For images with an image label but no keypoints: a nodule image (label 1)
+    must have some confident cell, a negative one (label 0) none. An empty
+    batch gives a zero that still carries the graph.
+    """
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    max_logits = logits.float().flatten(1).amax(dim=1)
+    labels = image_labels.to(max_logits).reshape(-1)
+    return F.binary_cross_entropy_with_logits(max_logits, labels)
+
+
+# --- decoding ---------------------------------------------------------------
 
 
 def heatmap_loss(logits: torch.Tensor, batch: dict, weak_weight: float) -> torch.Tensor:
@@ -30,6 +73,48 @@ def heatmap_loss(logits: torch.Tensor, batch: dict, weak_weight: float) -> torch
     if weak_weight > 0 and weak.any():
         loss = loss + weak_weight * weak_image_loss(logits[weak], batch["image_label"][weak])
     return loss
+
+
+class MixedEpochSampler(Sampler[int]):
+    """Every keypointed image each epoch, plus the next slices of weak positives and negatives.
+
+    Slices are non-overlapping chunks of one seeded permutation per kind, so
+    successive epochs walk through every weak positive and every negative. The
+    order inside an epoch depends only on (seed, epoch): a resumed run sees the
+    same images in the same order.
+    """
+
+    def __init__(self, kinds: Sequence[int], weak_per_keypointed: float = 1.0,
+                 negatives_per_keypointed: float = 1.0, seed: int = 0):
+        kinds = np.asarray(kinds)
+        self.keypointed = np.flatnonzero(kinds == KEYPOINTED)
+        if len(self.keypointed) == 0:
+            raise ValueError("the training split has no image with keypoints; the localizer needs some.")
+        self.seed, self.epoch = seed, 0
+        self.pools = {}
+        for kind, ratio in ((WEAK, weak_per_keypointed), (NEGATIVE, negatives_per_keypointed)):
+            members = np.flatnonzero(kinds == kind)
+            chunk = min(len(members), round(ratio * len(self.keypointed)))
+            order = np.random.default_rng([seed, kind]).permutation(members)
+            self.pools[kind] = (order, chunk)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer before each epoch."""
+        self.epoch = epoch
+
+    def slice_for_epoch(self, kind: int, epoch: int) -> np.ndarray:
+        order, chunk = self.pools[kind]
+        if chunk == 0:
+            return order[:0]
+        positions = np.arange(epoch * chunk, (epoch + 1) * chunk) % len(order)
+        return order[positions]
+
+    def __len__(self) -> int:
+        return len(self.keypointed) + sum(chunk for _, chunk in self.pools.values())
+
+    def __iter__(self) -> Iterator[int]:
+        indices = np.concatenate([self.keypointed, *(self.slice_for_epoch(k, self.epoch) for k in self.pools)])
+        return iter(np.random.default_rng([self.seed, 1000 + self.epoch]).permutation(indices).tolist())
 
 
 class HeatmapTrainer(Trainer):

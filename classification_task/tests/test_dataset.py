@@ -1,4 +1,4 @@
-"""Loading the NoduLoCC layout, pre-processing radiographs, and the patient split."""
+"""Loading the NoduLoCC layout and pre-processing radiographs."""
 
 import shutil
 from pathlib import Path
@@ -9,19 +9,8 @@ import pytest
 from PIL import Image
 
 from classification_task.dataset import (
-    DataError,
-    ImageCache,
-    Preprocessing,
-    integer_percentiles,
-    load_image,
-    load_labels,
-    load_or_make_split,
-    patient_id,
-    read_grey,
-    read_labels_csv,
-    safe_join,
-    split_by_patient,
-    stretch_to_uint8,
+    DataError, ImageCache, Preprocessing, integer_percentiles, load_image, load_labels, patient_id,
+    read_grey, read_labels_csv, safe_join, stretch_to_uint8,
 )
 from classification_task.synthetic import generate_dataset
 
@@ -48,42 +37,6 @@ def test_patient_ids():
     assert patient_id("00000001_002.png") == patient_id("00000001_000.png") == "nih:00000001"
     assert patient_id("LIDC-IDRI-0001_1.png", "LIDC-IDRI-0001") == "lidc:LIDC-IDRI-0001"
     assert patient_id("other.png") == "file:other.png"
-
-
-def _patients_frame(n_patients=1500, seed=0) -> pd.DataFrame:
-    """Labels in the NIH naming scheme: 1-4 follow-ups per patient, ~5 % nodules."""
-    rng = np.random.default_rng(seed)
-    names = [f"{p:08d}_{f:03d}.png" for p in range(n_patients) for f in range(rng.integers(1, 5))]
-    labels = (rng.random(len(names)) < 0.05).astype(int)
-    return pd.DataFrame({"file_name": names, "label": labels, "patient_id": [patient_id(n) for n in names]})
-
-
-def test_split_is_patient_grouped_stratified_and_seeded():
-    frame = _patients_frame()
-    split = split_by_patient(frame, seed=0)
-    splits_per_patient = split.groupby(frame["patient_id"]).nunique()
-    assert (splits_per_patient == 1).all(), "a patient crosses splits"
-    fractions = split.value_counts(normalize=True)
-    for name, target in (("train", 0.80), ("val", 0.05), ("test", 0.15)):
-        assert fractions[name] == pytest.approx(target, abs=0.01)
-        assert frame["label"][split == name].mean() == pytest.approx(frame["label"].mean(), abs=0.01)
-    assert split.equals(split_by_patient(frame, seed=0))
-    assert not split.equals(split_by_patient(frame, seed=1))
-
-
-def test_split_of_the_synthetic_layout_has_no_leakage(demo_root):
-    frame = load_labels(demo_root)
-    split = split_by_patient(frame, seed=0)
-    assert (split.groupby(frame["patient_id"]).nunique() == 1).all()
-    assert set(split) == {"train", "val", "test"}
-
-
-def test_split_file_round_trip(demo_root, tmp_path):
-    frame = load_labels(demo_root)
-    made = load_or_make_split(frame, None, seed=3)
-    made[["file_name", "split"]].to_csv(tmp_path / "split.csv", index=False)
-    reused = load_or_make_split(frame, tmp_path / "split.csv", seed=99)
-    assert reused["split"].tolist() == made["split"].tolist()
 
 
 def test_missing_csv_and_missing_images_are_explained(tmp_path, demo_root):
@@ -159,13 +112,6 @@ def test_symlinked_images_inside_the_folder_are_accepted(tmp_path):
     folder.mkdir()
     (folder / "00000001_000.png").symlink_to(FIXTURES / "00000001_000.png")
     assert safe_join(folder, "00000001_000.png").is_file()
-
-
-def test_bad_split_files_are_refused(demo_root, tmp_path):
-    frame = load_labels(demo_root)
-    pd.DataFrame({"file_name": frame["file_name"], "split": "validation"}).to_csv(tmp_path / "s.csv", index=False)
-    with pytest.raises(DataError, match="split"):
-        load_or_make_split(frame, tmp_path / "s.csv", seed=0)
 
 
 def test_wide_32_bit_images_fall_back_to_numpy(tmp_path):

@@ -11,8 +11,9 @@ import pytest
 
 from classification_task import dataset, percentiles
 from classification_task.dataset import (
-    clip_bounds, find_image_paths, integer_percentiles, patient_id, resolve_image_path, split_by_patient,
+    clip_bounds, find_image_paths, integer_percentiles, patient_id, resolve_image_path,
 )
+from classification_task.split import split_by_patient
 
 FIXTURES = Path(__file__).parent / "data"
 

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from classification_task import inference, metrics, train
-from classification_task.dataset import load_labels, split_by_patient
+from classification_task.dataset import load_labels
+from classification_task.split import split_by_patient
 from classification_task.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]

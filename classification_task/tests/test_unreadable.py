@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from classification_task import train
-from classification_task.dataset import DataError, RadiographDataset, load_labels, split_by_patient
+from classification_task.dataset import DataError, RadiographDataset, load_labels
+from classification_task.split import split_by_patient
 from classification_task.synthetic import generate_dataset
 from classification_task.trainer import NoduleTrainer
 from classification_task.unreadable import UNREADABLE_CSV, ReadableBatchCollator, UnreadableImages

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from localization_task.augment import eval_augmentation, train_augmentation
+from localization_task.augment import train_augmentation
 
 HEIGHT_PX, WIDTH_PX = 128, 160
 
@@ -77,10 +77,3 @@ def test_same_seeds_give_the_same_augmentation():
     np.testing.assert_array_equal(stream_a, stream_b)
     other = first(image, [[70.0, 50.0]], sample_seed=8)[1]
     assert not np.array_equal(other, first(image, [[70.0, 50.0]], sample_seed=7)[1])
-
-
-def test_eval_augmentation_is_the_identity():
-    image = image_with_dot((70.0, 50.0))
-    out_image, out_points = eval_augmentation()(image, [[70.0, 50.0], [3.0, 4.0]])
-    np.testing.assert_array_equal(out_image, image)
-    np.testing.assert_array_equal(out_points, [[70.0, 50.0], [3.0, 4.0]])

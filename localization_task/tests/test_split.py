@@ -1,18 +1,11 @@
-"""The localizer's patient split and epoch mix: no leaks, right proportions, determinism."""
+"""The localizer's image kinds and patient split: no leaks, right proportions, determinism."""
 
 import time
 
 import numpy as np
 import pytest
 
-from localization_task.sampling import (
-    KEYPOINTED,
-    NEGATIVE,
-    WEAK,
-    MixedEpochSampler,
-    image_kinds,
-    split_by_patient,
-)
+from localization_task.split import KEYPOINTED, NEGATIVE, WEAK, image_kinds, split_by_patient
 
 
 def _cohort(n_patients=400, seed=0):
@@ -62,42 +55,3 @@ def test_split_at_full_scale_takes_under_a_few_seconds():
     split = split_by_patient(patients, kinds, seed=0)
     assert time.perf_counter() - start < 5  # generous: a correctness guard against quadratic code
     assert set(split) == {"train", "val", "test"}
-
-
-def _epoch(sampler, epoch):
-    sampler.set_epoch(epoch)
-    return list(sampler)
-
-
-def test_epoch_has_every_keypointed_image_and_the_asked_proportions():
-    kinds = np.array([KEYPOINTED] * 5 + [WEAK] * 20 + [NEGATIVE] * 100)
-    sampler = MixedEpochSampler(kinds, weak_per_keypointed=2, negatives_per_keypointed=3, seed=0)
-    for epoch in range(4):
-        indices = _epoch(sampler, epoch)
-        assert len(indices) == len(sampler) == 5 + 10 + 15
-        assert len(set(indices)) == len(indices)
-        assert sorted(i for i in indices if kinds[i] == KEYPOINTED) == list(range(5))
-        assert sum(kinds[i] == WEAK for i in indices) == 10
-
-
-def test_weak_and_negative_slices_rotate_through_all():
-    kinds = np.array([KEYPOINTED] * 4 + [WEAK] * 8 + [NEGATIVE] * 12)
-    sampler = MixedEpochSampler(kinds, weak_per_keypointed=1, negatives_per_keypointed=1, seed=4)
-    weak = [i for epoch in range(2) for i in _epoch(sampler, epoch) if kinds[i] == WEAK]
-    negative = [i for epoch in range(3) for i in _epoch(sampler, epoch) if kinds[i] == NEGATIVE]
-    assert sorted(weak) == list(range(4, 12))  # two epochs of 4 cover all 8 exactly once
-    assert sorted(negative) == list(range(12, 24))  # three epochs of 4 cover all 12
-
-
-def test_zero_weight_leaves_a_kind_out_and_order_is_deterministic():
-    kinds = np.array([KEYPOINTED] * 3 + [WEAK] * 3 + [NEGATIVE] * 3)
-    sampler = MixedEpochSampler(kinds, weak_per_keypointed=0, negatives_per_keypointed=1, seed=2)
-    assert not any(kinds[i] == WEAK for i in _epoch(sampler, 0))
-    again = MixedEpochSampler(kinds, weak_per_keypointed=0, negatives_per_keypointed=1, seed=2)
-    assert _epoch(sampler, 5) == _epoch(again, 5)
-    assert _epoch(sampler, 5) != _epoch(sampler, 6) or _epoch(sampler, 6) != _epoch(sampler, 7)
-
-
-def test_needs_keypointed_images():
-    with pytest.raises(ValueError, match="keypoints"):
-        MixedEpochSampler([WEAK, NEGATIVE])
