@@ -30,8 +30,9 @@ class ReadableBatchCollator:
     A batch whose images are all unreadable holds only `labels` (empty) and `unreadable`.
     """
 
-    def __init__(self, processor):
-        self.prompts = PromptCollator(processor)
+    def __init__(self, processor, collate=None):
+        # `collate`: another batcher of readable items (the encoder classifier's EncoderCollator).
+        self.prompts = collate or PromptCollator(processor)
 
     def __call__(self, items: list[dict]) -> dict:
         readable = [item for item in items if item["image"] is not None]
