@@ -118,3 +118,24 @@ def test_image_size_must_fit_the_patches(tiny_dinov2_dir):
     with pytest.raises(ValueError, match="multiple of the encoder's patch size 8"):
         new_classifier(str(tiny_dinov2_dir), input_size_px=60)
     assert encoder_model.new_classifier(str(tiny_dinov2_dir), input_size_px=64).config.input_size_px == 64
+
+
+def test_a_training_batch_of_unreadable_images_only_costs_nothing(tiny_dinov2_dir):
+    """The Trainer's collator and loss treat the encoder's batches as MedGemma's: unreadable items left out,
+    a batch of none readable gives a zero loss that still reaches every trainable weight."""
+    from classification_task.classifiers import batch_collator, logits_function
+    from classification_task.trainer import NoduleTrainer
+    from classification_task.unreadable import ReadableBatchCollator
+
+    model = new_classifier(str(tiny_dinov2_dir), encoder_mode="frozen")
+    collate = ReadableBatchCollator(None, batch_collator(model, None))
+    bad = {"file_name": "bad.png", "image": None, "error": "OSError: truncated", "label": 1}
+    batch = collate([_images(1)[0], bad])
+    assert batch["pixel_values"].shape == (1, 3, 56, 56) and batch["unreadable"] == [("bad.png", bad["error"])]
+    trainer = NoduleTrainer.__new__(NoduleTrainer)  # only the loss is exercised: no Trainer set-up needed
+    trainer.unreadable, trainer.pos_weight, trainer.focal_gamma = None, 1.0, 0.0
+    trainer.logits_fn = logits_function(model, None)
+    loss = trainer.compute_loss(model, batch)
+    assert loss.item() > 0
+    empty = trainer.compute_loss(model, collate([bad]))
+    assert empty.item() == 0 and empty.requires_grad
