@@ -29,7 +29,7 @@ from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from classification_task import cli
 from classification_task.dataset import DataError, Preprocessing, RadiographDataset, load_labels
-from classification_task.split import SPLITS, load_or_make_split
+from classification_task.split import SPLIT_CSV, SPLITS, keep_run_split, load_or_make_split, split_table
 from classification_task.evaluate import evaluate_run
 from classification_task.model import (
     MEDGEMMA_ID,
@@ -54,7 +54,8 @@ class TrainConfig:
     model_id: str = cli.arg(MEDGEMMA_ID, "hub id or local folder of a Gemma 3 / MedGemma checkpoint")
     output_dir: str = cli.arg("outputs/classification", "metrics, predictions, split, config and plots")
     checkpoint_dir: str = cli.arg("checkpoints/classification", "trainer checkpoints and best_adapter/")
-    split_file: str | None = cli.arg(None, "reuse a split.csv (file_name,split) instead of making one")
+    split_file: str | None = cli.arg(None, "reuse a split.csv (file_name,split) instead of making one; "
+                                           "--resume always keeps the run's own split.csv")
     seed: int = cli.arg(42, "seed for the split, the sampler and training")
     quantization: Literal["nf4", "none"] = cli.arg("nf4", "nf4 = QLoRA (4-bit base); none = plain LoRA")
     lora_r: int = cli.arg(16, "LoRA rank")
@@ -155,9 +156,20 @@ def prepare_demo(config: TrainConfig) -> None:
         save_tiny_medgemma(config.model_id)
 
 
-def load_data(config: TrainConfig) -> pd.DataFrame:
-    """The labelled images with a `split` column (train/val/test); nothing is written yet."""
-    frame = load_or_make_split(load_labels(config.data_root), config.split_file, config.seed)
+def load_data(config: TrainConfig, resume_from: str | None) -> pd.DataFrame:
+    """The labelled images with a `split` column (train/val/test); nothing is written yet.
+
+    --resume keeps the split in the run's split.csv (see split.keep_run_split);
+    otherwise --split_file or a fresh seeded split.
+    """
+    labels, run_split = load_labels(config.data_root), Path(config.output_dir) / SPLIT_CSV
+    if config.resume and run_split.is_file():
+        frame = keep_run_split(labels, run_split, config.split_file)
+    elif resume_from is not None and config.split_file is None:
+        raise DataError(f"{run_split} not found: a resumed run reuses the split it started with; pass the "
+                        "--output_dir of the run being resumed, or its split.csv as --split_file.")
+    else:
+        frame = load_or_make_split(labels, config.split_file, config.seed)
     counts = ", ".join(f"{name} {len(part)} ({int(part['label'].sum())} nodule)"
                        for name, part in split_frames(frame).items())
     print(f"split by patient: {counts}")
@@ -180,7 +192,7 @@ def load_model(config: TrainConfig):
 def start_run(config: TrainConfig, frame: pd.DataFrame, earlier: list[Path]) -> None:
     """The inputs hold: replace an earlier run (--overwrite), then write the split and the config."""
     remove_earlier_run(earlier)
-    write_csv_atomic(frame[["file_name", "split"]], Path(config.output_dir) / "split.csv")
+    write_csv_atomic(split_table(frame), Path(config.output_dir) / SPLIT_CSV)
     write_run_config(config.output_dir, config)
 
 
@@ -315,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         resume_from = None if config.eval_only else resume_checkpoint(config)
         if config.demo:
             prepare_demo(config)
-        frame = load_data(config)
+        frame = load_data(config, resume_from)
         processor = load_processor(config.model_id)
         answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
         model = load_model(config)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from classification_task import train
@@ -142,8 +143,7 @@ def test_weighted_sampler_resumed_mid_epoch_sees_the_same_images(data_root, tiny
     extra = ("--quantization", "none", "--sampler", "weighted", "--no-zero_shot", "--bootstrap", "0",
              "--grad_accum", "1")
     assert train.main(_argv(data_root, tiny_model_dir, tmp_path / "a", *extra, "--max_steps", "4")) == 0
-    n_train = sum(1 for line in (tmp_path / "a" / "out" / "split.csv").read_text().splitlines()
-                  if line.endswith(",train"))
+    n_train = int((pd.read_csv(tmp_path / "a" / "out" / "split.csv")["split"] == "train").sum())
 
     def drawn() -> list[int]:
         images, seen[:] = [index for size, index in seen if size == n_train], []
