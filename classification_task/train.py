@@ -16,7 +16,6 @@ from __future__ import annotations
 import classification_task  # noqa: F401  first: its __init__ quiets a bitsandbytes import warning
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +39,7 @@ from classification_task.model import (
     load_with_adapter,
     lora_config,
 )
+from classification_task.processes import Processes
 from classification_task.run_files import check_fresh_run, remove_earlier_run, write_csv_atomic, write_run_config
 from classification_task.trainer import NoduleTrainer, best_checkpoint, compute_metrics
 from classification_task.unreadable import ReadableBatchCollator, UnreadableImages
@@ -210,6 +210,9 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         max_steps=config.max_steps,
         optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
         bf16=bf16,
+        # Without CUDA, say so: accelerate then joins the processes of a launch into one data-parallel
+        # run (gloo); otherwise each process would train a replica of its own on all the data.
+        use_cpu=not torch.cuda.is_available(),
         activation_checkpointing=config.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy="steps",
@@ -230,7 +233,7 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
     )
 
 
-def build_trainer(config: TrainConfig, model, processor, frames: dict,
+def build_trainer(config: TrainConfig, args: TrainingArguments, model, processor, frames: dict,
                   unreadable: UnreadableImages) -> NoduleTrainer:
     prep = config.preprocessing
     callbacks = []
@@ -238,7 +241,7 @@ def build_trainer(config: TrainConfig, model, processor, frames: dict,
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     return NoduleTrainer(
         model=model,
-        args=training_arguments(config),
+        args=args,
         train_dataset=RadiographDataset(frames["train"], prep, config.cache_dir),
         eval_dataset=RadiographDataset(frames["val"], prep, config.cache_dir),
         data_collator=ReadableBatchCollator(processor),
@@ -282,9 +285,9 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     return latest
 
 
-def train(config: TrainConfig, model, processor, frames: dict, resume_from: str | None,
+def train(config: TrainConfig, args: TrainingArguments, model, processor, frames: dict, resume_from: str | None,
           unreadable: UnreadableImages):
-    trainer = build_trainer(config, model, processor, frames, unreadable)
+    trainer = build_trainer(config, args, model, processor, frames, unreadable)
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except (DataError, ValueError):
@@ -310,9 +313,25 @@ def close_progress_bars(trainer) -> None:
                 bar.close()
 
 
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun / accelerate launch, or a plain run."""
-    return os.environ.get("RANK", "0") == "0"
+def prepare_run(config: TrainConfig, processes: Processes):
+    """Check the inputs in every process, then let process 0 alone write the run's files.
+
+    Every process looks for an earlier run before any writes (the barrier in
+    `first_does`): a process that wrote first would make the others find its
+    files and refuse their own run. Returns the checkpoint to resume from, the
+    split frame, the processor and the model.
+    """
+    earlier = check_fresh_run(config.output_dir, None if config.eval_only else config.checkpoint_dir,
+                              config.resume, config.overwrite)
+    resume_from = None if config.eval_only else resume_checkpoint(config)
+    if config.demo:
+        processes.first_does(lambda: prepare_demo(config))
+    frame = load_data(config, resume_from)
+    processor = load_processor(config.model_id)
+    answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
+    model = load_model(config)
+    processes.first_does(lambda: start_run(config, frame, earlier))
+    return resume_from, frame, processor, model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,24 +340,19 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     try:
-        # Only rank 0 looks: the other processes may start while it writes the new run's files.
-        earlier = check_fresh_run(config.output_dir, None if config.eval_only else config.checkpoint_dir,
-                                  config.resume, config.overwrite) if is_main_process() else []
-        resume_from = None if config.eval_only else resume_checkpoint(config)
-        if config.demo:
-            prepare_demo(config)
-        frame = load_data(config, resume_from)
-        processor = load_processor(config.model_id)
-        answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
-        model = load_model(config)
-        start_run(config, frame, earlier)
+        args = training_arguments(config)  # joins the launcher's process group, if any
+        processes = Processes.current()
+        resume_from, frame, processor, model = prepare_run(config, processes)
+        if config.eval_only and not processes.is_first:
+            return 0  # the evaluation runs in one process
         frames, log_history = split_frames(frame), None
         n_read = len(frame) if not config.eval_only else len(frames["val"]) + len(frames["test"])
-        unreadable = UnreadableImages(config.output_dir, n_read, config.max_unreadable_frac, write=is_main_process())
+        unreadable = UnreadableImages(config.output_dir, n_read, config.max_unreadable_frac,
+                                      write=processes.is_first)
         if config.resume:
             unreadable.carry_over(dict(zip(frame["file_name"], frame["path"])))
         if not config.eval_only:
-            trainer = train(config, model, processor, frames, resume_from, unreadable)
+            trainer = train(config, args, model, processor, frames, resume_from, unreadable)
             if not trainer.is_world_process_zero():
                 return 0
             model, log_history = trainer.model, trainer.state.log_history
