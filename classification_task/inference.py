@@ -42,19 +42,18 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from classification_task import cli, classifiers
 from classification_task.dataset import INT_TO_LABEL, DataError, Preprocessing, load_image, safe_join
 from classification_task.encoder_model import load_classifier
 from classification_task.model import MEDGEMMA_ID, answer_token_ids, load_processor, load_with_adapter
+from classification_task.processes import Processes
 from classification_task.run_files import read_operating_point, write_csv_atomic, write_run_config
 
 RESULTS_CSV = "classification_test_results.csv"
@@ -287,47 +286,6 @@ def score_images(config: InferenceConfig, model, processor, names: list[str], ca
             cache.append(file_names, p_nodule)
         unreadable += skipped
     return unreadable
-
-
-# ----------------------------------------------------------------------------- several processes
-
-
-@dataclass(frozen=True)
-class Processes:
-    """This process's place among those torchrun / accelerate launch started (one alone by default)."""
-
-    rank: int = 0
-    count: int = 1
-
-    @classmethod
-    def join(cls) -> Processes:
-        """Join the launcher's process group. gloo: the group only synchronises, so it needs no GPU,
-        and a long timeout, since process 0 may wait hours for a slower one to finish its share."""
-        count = int(os.environ.get("WORLD_SIZE", "1"))
-        if count == 1:
-            return cls()
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", timeout=timedelta(hours=24))
-        return cls(dist.get_rank(), count)
-
-    def share(self, names: list[str]) -> list[str]:
-        return names[self.rank :: self.count]
-
-    def barrier(self) -> None:
-        if self.count > 1:
-            dist.barrier()
-
-    def gather_to_first(self, items: list) -> list:
-        """Every process's `items`, concatenated, on process 0 (once all have sent); [] elsewhere."""
-        if self.count == 1:
-            return items
-        gathered = [None] * self.count if self.rank == 0 else None
-        dist.gather_object(items, gathered, dst=0)
-        return [item for part in gathered for item in part] if self.rank == 0 else []
-
-    def leave(self) -> None:
-        if self.count > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- outputs

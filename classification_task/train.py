@@ -22,7 +22,6 @@ from __future__ import annotations
 import classification_task  # noqa: F401  first: its __init__ quiets a bitsandbytes import warning
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -35,7 +34,7 @@ from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from classification_task import cli, classifiers
 from classification_task.dataset import DataError, Preprocessing, RadiographDataset, load_labels
-from classification_task.split import SPLITS, load_or_make_split
+from classification_task.split import SPLIT_CSV, SPLITS, keep_run_split, load_or_make_split, split_table
 from classification_task.evaluate import evaluate_run
 from classification_task.model import (
     MEDGEMMA_ID,
@@ -46,6 +45,7 @@ from classification_task.model import (
     load_with_adapter,
     lora_config,
 )
+from classification_task.processes import Processes
 from classification_task.run_files import check_fresh_run, remove_earlier_run, write_csv_atomic, write_run_config
 from classification_task.trainer import NoduleTrainer, best_checkpoint, compute_metrics
 from classification_task.unreadable import ReadableBatchCollator, UnreadableImages
@@ -69,7 +69,8 @@ class TrainConfig:
     output_dir: str = cli.arg("outputs/classification", "metrics, predictions, split, config and plots")
     checkpoint_dir: str = cli.arg("checkpoints/classification", "trainer checkpoints and best_adapter/ "
                                                                 "(best_model/ for the encoder classifier)")
-    split_file: str | None = cli.arg(None, "reuse a split.csv (file_name,split) instead of making one")
+    split_file: str | None = cli.arg(None, "reuse a split.csv (file_name,split) instead of making one; "
+                                           "--resume always keeps the run's own split.csv")
     seed: int = cli.arg(42, "seed for the split, the sampler and training")
     quantization: Literal["nf4", "none"] = cli.arg("nf4", "nf4 = QLoRA (4-bit base); none = plain LoRA")
     lora_r: int = cli.arg(16, "LoRA rank")
@@ -189,9 +190,20 @@ def prepare_demo(config: TrainConfig) -> None:
             save_tiny_medgemma(config.model_id)
 
 
-def load_data(config: TrainConfig) -> pd.DataFrame:
-    """The labelled images with a `split` column (train/val/test); nothing is written yet."""
-    frame = load_or_make_split(load_labels(config.data_root), config.split_file, config.seed)
+def load_data(config: TrainConfig, resume_from: str | None) -> pd.DataFrame:
+    """The labelled images with a `split` column (train/val/test); nothing is written yet.
+
+    --resume keeps the split in the run's split.csv (see split.keep_run_split);
+    otherwise --split_file or a fresh seeded split.
+    """
+    labels, run_split = load_labels(config.data_root), Path(config.output_dir) / SPLIT_CSV
+    if config.resume and run_split.is_file():
+        frame = keep_run_split(labels, run_split, config.split_file)
+    elif resume_from is not None and config.split_file is None:
+        raise DataError(f"{run_split} not found: a resumed run reuses the split it started with; pass the "
+                        "--output_dir of the run being resumed, or its split.csv as --split_file.")
+    else:
+        frame = load_or_make_split(labels, config.split_file, config.seed)
     counts = ", ".join(f"{name} {len(part)} ({int(part['label'].sum())} nodule)"
                        for name, part in split_frames(frame).items())
     print(f"split by patient: {counts}")
@@ -220,7 +232,7 @@ def load_model(config: TrainConfig):
 def start_run(config: TrainConfig, frame: pd.DataFrame, earlier: list[Path]) -> None:
     """The inputs hold: replace an earlier run (--overwrite), then write the split and the config."""
     remove_earlier_run(earlier)
-    write_csv_atomic(frame[["file_name", "split"]], Path(config.output_dir) / "split.csv")
+    write_csv_atomic(split_table(frame), Path(config.output_dir) / SPLIT_CSV)
     write_run_config(config.output_dir, config)
 
 
@@ -238,9 +250,10 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         max_steps=config.max_steps,
         optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
         bf16=bf16,
-        # The encoder classifier fits a GPU's memory easily at 518 px, and on a CPU memory is no concern.
-        activation_checkpointing=config.gradient_checkpointing and (
-            config.model_kind != "encoder" or torch.cuda.is_available()),
+        # Without CUDA, say so: accelerate then joins the processes of a launch into one data-parallel
+        # run (gloo); otherwise each process would train a replica of its own on all the data.
+        use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=config.gradient_checkpointing,  # the model kind may narrow it: build_trainer
         activation_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy="steps",
         eval_steps=config.eval_steps,
@@ -260,15 +273,19 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
     )
 
 
-def build_trainer(config: TrainConfig, model, processor, frames: dict,
+def build_trainer(config: TrainConfig, args: TrainingArguments, model, processor, frames: dict,
                   unreadable: UnreadableImages) -> NoduleTrainer:
     prep = config.preprocessing
+    # Decided here, once the model kind is known: the encoder classifier fits a GPU's memory easily at
+    # 518 px, and on a CPU memory is no concern.
+    args.activation_checkpointing = config.gradient_checkpointing and (
+        config.model_kind != "encoder" or torch.cuda.is_available())
     callbacks = []
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     return NoduleTrainer(
         model=model,
-        args=training_arguments(config),
+        args=args,
         train_dataset=RadiographDataset(frames["train"], prep, config.cache_dir),
         eval_dataset=RadiographDataset(frames["val"], prep, config.cache_dir),
         data_collator=ReadableBatchCollator(processor, classifiers.batch_collator(model, processor)),
@@ -313,9 +330,9 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     return latest
 
 
-def train(config: TrainConfig, model, processor, frames: dict, resume_from: str | None,
+def train(config: TrainConfig, args: TrainingArguments, model, processor, frames: dict, resume_from: str | None,
           unreadable: UnreadableImages):
-    trainer = build_trainer(config, model, processor, frames, unreadable)
+    trainer = build_trainer(config, args, model, processor, frames, unreadable)
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except (DataError, ValueError):
@@ -341,9 +358,27 @@ def close_progress_bars(trainer) -> None:
                 bar.close()
 
 
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun / accelerate launch, or a plain run."""
-    return os.environ.get("RANK", "0") == "0"
+def prepare_run(config: TrainConfig, processes: Processes):
+    """Check the inputs in every process, then let process 0 alone write the run's files.
+
+    Every process looks for an earlier run before any writes (the barrier in
+    `first_does`): a process that wrote first would make the others find its
+    files and refuse their own run. Returns the checkpoint to resume from, the
+    split frame, the processor and the model.
+    """
+    earlier = check_fresh_run(config.output_dir, None if config.eval_only else config.checkpoint_dir,
+                              config.resume, config.overwrite)
+    resume_from = None if config.eval_only else resume_checkpoint(config)
+    if config.demo:
+        processes.first_does(lambda: prepare_demo(config))
+    frame = load_data(config, resume_from)
+    config.model_kind = classifiers.resolve_kind(config.model_id, config.model_kind)
+    processor = load_processor(config.model_id) if config.model_kind == "medgemma" else None
+    if processor is not None:
+        answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
+    model = load_model(config)
+    processes.first_does(lambda: start_run(config, frame, earlier))
+    return resume_from, frame, processor, model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,26 +387,19 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     try:
-        # Only rank 0 looks: the other processes may start while it writes the new run's files.
-        earlier = check_fresh_run(config.output_dir, None if config.eval_only else config.checkpoint_dir,
-                                  config.resume, config.overwrite) if is_main_process() else []
-        resume_from = None if config.eval_only else resume_checkpoint(config)
-        if config.demo:
-            prepare_demo(config)
-        frame = load_data(config)
-        config.model_kind = classifiers.resolve_kind(config.model_id, config.model_kind)
-        processor = load_processor(config.model_id) if config.model_kind == "medgemma" else None
-        if processor is not None:
-            answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
-        model = load_model(config)
-        start_run(config, frame, earlier)
+        args = training_arguments(config)  # joins the launcher's process group, if any
+        processes = Processes.current()
+        resume_from, frame, processor, model = prepare_run(config, processes)
+        if config.eval_only and not processes.is_first:
+            return 0  # the evaluation runs in one process
         frames, log_history = split_frames(frame), None
         n_read = len(frame) if not config.eval_only else len(frames["val"]) + len(frames["test"])
-        unreadable = UnreadableImages(config.output_dir, n_read, config.max_unreadable_frac, write=is_main_process())
+        unreadable = UnreadableImages(config.output_dir, n_read, config.max_unreadable_frac,
+                                      write=processes.is_first)
         if config.resume:
             unreadable.carry_over(dict(zip(frame["file_name"], frame["path"])))
         if not config.eval_only:
-            trainer = train(config, model, processor, frames, resume_from, unreadable)
+            trainer = train(config, args, model, processor, frames, resume_from, unreadable)
             if not trainer.is_world_process_zero():
                 return 0
             model, log_history = trainer.model, trainer.state.log_history

@@ -14,6 +14,7 @@ from transformers import Trainer
 
 from classification_task.metrics import binary_metrics
 from classification_task.model import answer_logits, p_nodule_from_logits
+from classification_task.processes import Processes
 
 
 def answer_loss(
@@ -137,9 +138,16 @@ class NoduleTrainer(Trainer):
         return super()._get_train_sampler(train_dataset)
 
     def readable_inputs(self, inputs: dict) -> dict | None:
-        """The batch without its `unreadable` list (recorded here); None when no image was readable."""
+        """The batch without its `unreadable` list (recorded here); None when no image was readable.
+
+        With several processes each reads its own part of the batch: the lists of
+        all are gathered (every process takes this step together), so each process
+        counts every unreadable image once against the limit, and all stop together.
+        """
         inputs = dict(inputs)
         skipped = inputs.pop("unreadable", [])
+        if self.args.world_size > 1:
+            skipped = Processes.current().gather_to_all(skipped)
         if skipped and self.unreadable is not None:
             self.unreadable.record(skipped)
         return inputs if "pixel_values" in inputs else None
