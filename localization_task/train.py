@@ -11,7 +11,11 @@ keypoints learn, through the maximum of their heatmap, that a nodule is
 somewhere (multiple-instance loss, `--weak_weight`). Each epoch: every
 keypointed image plus rotating slices of weak positives and negatives. The
 best checkpoint by validation F1 is kept; the peak confidence thresholds are
-tuned on validation and applied unchanged to the test split.
+tuned on every validation image and applied unchanged to the test split, whose
+predictions are written at the count-accuracy threshold (`--operating_point`).
+A run's split is decided once (`--resume` reuses its split.csv); `--split_file`
+trains on another run's split, e.g. the classifier's, and `--gate_csv` then
+reports the localization gated by that classifier on the shared test images.
 """
 
 from __future__ import annotations
@@ -98,7 +102,9 @@ class TrainConfig:
     metric_for_best: str = cli.arg("f1_tolerant", f"validation metric that picks the best checkpoint: {METRICS_FOR_BEST}")
     early_stopping_patience: int | None = cli.arg(None, "stop after N evaluations without improvement")
     max_points: int = cli.arg(5, "at most this many keypoints per image")
-    eval_negatives: int | None = cli.arg(500, "No Finding validation images scored at each evaluation (all on test)")
+    eval_negatives: int | None = cli.arg(
+        500, "No Finding validation images sampled at each evaluation in training, weighted to the split's "
+        "share (the final tuning and test score all)")
     tight_frac: float = cli.arg(0.02, "tight distance threshold, fraction of the image diagonal")
     tolerant_frac: float = cli.arg(0.05, "tolerant distance threshold, fraction of the image diagonal")
     num_workers: int = cli.arg(4, "data-loading worker processes")

@@ -61,3 +61,24 @@ def test_the_training_dataset_follows_the_epoch_in_every_process(labelled_root, 
     for rank in (0, 1):
         epochs = [int(line) for line in (probe / f"rank{rank}.txt").read_text().split()]
         assert sorted(set(epochs)) == [0, 1], (rank, epochs)
+
+
+def test_an_epoch_given_to_a_sharded_loader_reaches_the_dataset(labelled_root):
+    """accelerate's DataLoaderShard over a BatchSamplerShard stops its set_epoch at our sampler; the sampler
+    the trainer builds passes the epoch on to the dataset."""
+    from types import SimpleNamespace
+
+    from accelerate.data_loader import BatchSamplerShard, DataLoaderShard
+    from torch.utils.data import BatchSampler
+
+    from localization_task.dataset import HeatmapDataset, ItemSettings, collate, load_localization_data
+    from localization_task.trainer import HeatmapTrainer
+
+    dataset = HeatmapDataset(load_localization_data(labelled_root), ItemSettings(64, 4, 1.0, (0.5,), (0.5,)))
+    trainer = SimpleNamespace(mix=(0.5, 0.5), sampler_seed=0, train_dataset=dataset)
+    sampler = HeatmapTrainer._get_train_sampler(trainer, dataset)
+    for rank in (0, 1):
+        shard = BatchSamplerShard(BatchSampler(sampler, 4, drop_last=False), num_processes=2, process_index=rank)
+        loader = DataLoaderShard(dataset, batch_sampler=shard, collate_fn=collate)
+        loader.set_epoch(3 + rank)
+        assert sampler.epoch == dataset.epoch == 3 + rank
