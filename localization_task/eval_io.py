@@ -285,3 +285,16 @@ def load_inputs(cfg) -> EvalImages:
                                 "pass the folder that holds it, or drop --overlay_dir.")
     spacing_mm = None if spacing is None else np.array([spacing.get(n, np.nan) for n in names])
     return EvalImages(names, gt_xy, pred_xy, pred_conf, sizes[:, 0], sizes[:, 1], finder, spacing_mm)
+
+
+def read_gate_csv(path: str | Path, threshold: float | None = None) -> dict[str, bool]:
+    """A classifier's CSV (file_name,label,confidence) as {file_name: gated}: True where the
+    classifier calls the image No Finding, or, with `threshold`, scores it below that."""
+    table = read_table(path, ("file_name", "label", "confidence"), "--gate_csv", text_columns=("file_name", "label"))
+    names = table["file_name"].str.strip()
+    if threshold is not None:
+        gated = pd.to_numeric(table["confidence"], errors="coerce").to_numpy() < threshold
+    else:
+        gated = (table["label"].str.strip() == "No Finding").to_numpy()
+    return dict(zip(names, (bool(g) for g in gated)))
+

@@ -38,12 +38,20 @@ def load_localizer(checkpoint: str | Path) -> HeatmapLocalizer:
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
-def min_confidence_of(model: HeatmapLocalizer, asked: float | None) -> float:
-    """The threshold asked for, else the one tuned on validation, else a default."""
+def min_confidence_of(model: HeatmapLocalizer, asked: float | None, operating_point: str = "count") -> float:
+    """The threshold asked for, else the one tuned on validation for `operating_point`
+    ("count": count accuracy, what the challenge ranks; "f1"), else a default. Says which."""
     if asked is not None:
+        print(f"keeping peaks at confidence >= {asked:g} (--min_confidence)")
         return asked
-    tuned = model.config.min_confidence_f1
-    return float(tuned) if tuned is not None else DEFAULT_MIN_CONFIDENCE
+    tuned = getattr(model.config, f"min_confidence_{operating_point}")
+    if tuned is None:
+        print(f"the checkpoint has no tuned threshold: keeping peaks at confidence >= {DEFAULT_MIN_CONFIDENCE:g}")
+        return DEFAULT_MIN_CONFIDENCE
+    goal = "count accuracy" if operating_point == "count" else "F1"
+    print(f"operating point {operating_point!r}: keeping peaks at confidence >= {float(tuned):g} "
+          f"(tuned on validation for {goal})")
+    return float(tuned)
 
 
 def checkpoint_signature(checkpoint: str | Path) -> list:

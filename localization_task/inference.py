@@ -7,7 +7,8 @@
 
 `--backend heatmap` runs a model trained by localization_task/train.py, in
 batches, in this environment; each keypoint's confidence is its heatmap peak,
-kept from the threshold tuned on validation (or `--min_confidence`) up.
+kept from the threshold tuned on validation for count accuracy (the
+challenge's ranking; `--operating_point f1` for the F1 one, or `--min_confidence`) up.
 `--gate_csv` (either backend) takes the classifier's
 classification_test_results.csv: images it calls No Finding (or scores below
 `--gate_threshold`) get no keypoints.
@@ -58,8 +59,8 @@ from localization_task.dataset import (
     DataError,
     discover_images,
     load_preprocessed,
-    read_table,
 )
+from localization_task.eval_io import read_gate_csv
 from localization_task.heatmap_backend import checkpoint_signature
 from localization_task.parsing import DEFAULT_LABELS
 from localization_task.processes import Processes, all_records, merge_caches
@@ -87,6 +88,8 @@ class InferenceConfig:
     checkpoint: str | None = cli.arg(None, "heatmap: the best_model folder written by localization_task/train.py")
     min_confidence: float | None = cli.arg(
         None, "heatmap: keep peaks from this confidence up (default: the threshold tuned on validation)")
+    operating_point: Literal["count", "f1"] = cli.arg(
+        "count", "heatmap: use the threshold tuned for count accuracy (what the challenge ranks) or for F1")
     max_points: int = cli.arg(5, "heatmap: at most this many keypoints per image")
     batch_size: int = cli.arg(16, "heatmap: images per forward pass")
     num_workers: int = cli.arg(2, "heatmap: image-loading worker processes")
@@ -153,7 +156,8 @@ class InferenceConfig:
         gate = {"gate_csv": self.gate_csv and str(Path(self.gate_csv).resolve()), "gate_threshold": self.gate_threshold}
         if self.backend == "heatmap":
             return {"backend": self.backend, "checkpoint": checkpoint_signature(self.checkpoint),
-                    "min_confidence": self.min_confidence, "max_points": self.max_points,
+                    "min_confidence": self.min_confidence, "operating_point": self.operating_point,
+                    "max_points": self.max_points,
                     "clip_pct": [self.clip_low_pct, self.clip_high_pct], **gate}
         return {
             **gate,
@@ -228,15 +232,12 @@ def build_localizer(config: InferenceConfig) -> Localizer:
 
 def read_gate(path: str, threshold: float | None, names: list[str]) -> set[str]:
     """The images of `names` that the classifier's CSV calls No Finding (or scores below `threshold`)."""
-    table = read_table(path, ("file_name", "label", "confidence"), "--gate_csv", text_columns=("file_name", "label"))
-    by_name = dict(zip(table["file_name"].str.strip(), zip(table["label"].str.strip(), table["confidence"])))
-    missing = [name for name in names if name not in by_name]
+    verdicts = read_gate_csv(path, threshold)
+    missing = [name for name in names if name not in verdicts]
     if missing:
         raise DataError(f"--gate_csv {path} has no row for {len(missing)} of the images, e.g. {missing[0]!r}: "
                         "score the same --input_dir with classification_task/inference.py.")
-    if threshold is not None:
-        return {name for name in names if float(by_name[name][1]) < threshold}
-    return {name for name in names if by_name[name][0] == "No Finding"}
+    return {name for name in names if verdicts[name]}
 
 
 def gated(record: dict, gate: set[str]) -> dict:
@@ -282,6 +283,8 @@ def predict_pending_heatmap(config: InferenceConfig, pending: list[tuple[Path, s
     """Predict the pending images in batches with the trained localizer, appending one record each."""
     from localization_task.heatmap_backend import load_localizer, min_confidence_of, predict_records
 
+    if not pending:  # all cached: no model to load, no threshold to announce
+        return 0, []
     model = load_localizer(config.checkpoint)
     unreadable = []
 
@@ -292,7 +295,7 @@ def predict_pending_heatmap(config: InferenceConfig, pending: list[tuple[Path, s
     predicted = 0
     records = predict_records(
         model, [path for path, _ in pending], [name for _, name in pending],
-        min_confidence_of(model, config.min_confidence), config.max_points, config.batch_size,
+        min_confidence_of(model, config.min_confidence, config.operating_point), config.max_points, config.batch_size,
         config.num_workers, (config.clip_low_pct, config.clip_high_pct), skip,
     )
     for record in records:
