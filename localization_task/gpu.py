@@ -71,12 +71,18 @@ class ActivationMeter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # An output sharing an input's storage (a view, an in-place result) allocated nothing:
+        # the schema says so (it also holds for a parameter read as a fake), else the storages do.
+        if any(r.alias_info is not None for r in func._schema.returns):
+            return out
+        inputs = {StorageWeakRef(t.untyped_storage()).cdata for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
         for tensor in tree_flatten(out)[0]:
             if isinstance(tensor, torch.Tensor):
                 storage = tensor.untyped_storage()
                 ref = StorageWeakRef(storage)
                 known = self._storages.get(ref.cdata)
-                if known is None or known[0].expired():
+                if ref.cdata not in inputs and (known is None or known[0].expired()):
                     self._storages[ref.cdata] = (ref, storage.nbytes())
         self.peak_bytes = max(self.peak_bytes, self.live_bytes())
         return out
