@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -61,12 +61,14 @@ class ActivationMeter(TorchDispatchMode):
     """Counts the bytes of tensors created inside it that are still alive: now, and at their peak.
 
     Tensors made before entering (parameters, the input batch) are not counted.
-    Views share their storage and count once.
+    Views share their storage and count once. A storage's Python object lives
+    exactly as long as the storage, so a finalizer on it tells when it is freed.
     """
 
     def __init__(self):
         super().__init__()
-        self._storages: dict[int, tuple[StorageWeakRef, int]] = {}
+        self._tracked: set[int] = set()  # ids of the live storages counted
+        self._live_bytes = 0
         self.peak_bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -75,21 +77,23 @@ class ActivationMeter(TorchDispatchMode):
         # the schema says so (it also holds for a parameter read as a fake), else the storages do.
         if any(r.alias_info is not None for r in func._schema.returns):
             return out
-        inputs = {StorageWeakRef(t.untyped_storage()).cdata for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor)}
+        inputs = {id(t.untyped_storage()) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         for tensor in tree_flatten(out)[0]:
             if isinstance(tensor, torch.Tensor):
                 storage = tensor.untyped_storage()
-                ref = StorageWeakRef(storage)
-                known = self._storages.get(ref.cdata)
-                if ref.cdata not in inputs and (known is None or known[0].expired()):
-                    self._storages[ref.cdata] = (ref, storage.nbytes())
-        self.peak_bytes = max(self.peak_bytes, self.live_bytes())
+                if id(storage) not in inputs and id(storage) not in self._tracked:
+                    self._tracked.add(id(storage))
+                    self._live_bytes += storage.nbytes()
+                    weakref.finalize(storage, self._freed, id(storage), storage.nbytes())
+        self.peak_bytes = max(self.peak_bytes, self._live_bytes)
         return out
 
+    def _freed(self, key: int, nbytes: int) -> None:
+        self._tracked.discard(key)
+        self._live_bytes -= nbytes
+
     def live_bytes(self) -> int:
-        self._storages = {k: v for k, v in self._storages.items() if not v[0].expired()}
-        return sum(nbytes for _, nbytes in self._storages.values())
+        return self._live_bytes
 
 
 def fake_tensors():
