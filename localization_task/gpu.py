@@ -10,7 +10,7 @@
 - `ActivationMeter`: bytes of the tensors a forward pass leaves alive for
   backward (and the peak through backward), counted on every operator call.
   With `fake=True` the pass runs on fake tensors (same operators, shapes and
-  dtypes, no arithmetic), so a full-size encoder is measured on a CPU in seconds.
+  dtypes, no arithmetic), so a full-size encoder is measured on a CPU.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def enable_activation_checkpointing(encoder) -> None:
     frozen, so the LoRA weights inside the layers would silently stop learning.
     """
     kwargs = {"use_reentrant": False}
-    if hasattr(encoder, "activation_checkpointing_enable"):  # the name since transformers 5.24
+    if hasattr(encoder, "activation_checkpointing_enable"):  # newer name; the old one warns there
         encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
