@@ -45,6 +45,7 @@ GPU_COLUMNS = ["encoder", "checkpointing", "batch", "peak_gib", "step_s"]
 @dataclass
 class ActivationBenchConfig:
     gpu_batches: list[int] = cli.arg([1, 2, 8], "batch sizes measured on the GPU (8 is train.py's default)")
+    cpu_rows: bool = cli.arg(True, "also count on the CPU (fake tensors; minutes of one core)")
     out: str = cli.arg("outputs/benchmarks/activations.json", "JSON record of the run")
 
     def __post_init__(self) -> None:
@@ -115,15 +116,32 @@ def gpu_rows(name: str, checkpointing: bool, batches: list[int]) -> list[dict]:
     return rows
 
 
+def headline(cpu: list[dict], gpu: list[dict]) -> str:
+    """SigLIP at 896 px, without and with checkpointing: per image on the CPU, peak at batch 8 on the GPU."""
+    parts = []
+    siglip = {row["checkpointing"]: row for row in cpu if row["encoder"].startswith("SigLIP")}
+    if siglip:
+        parts.append(f"CPU {siglip[False]['per_image_peak_mib']:.0f} -> {siglip[True]['per_image_peak_mib']:.0f} "
+                     "MiB per image (fake tensors)")
+    measured = {row["checkpointing"]: row for row in gpu if row["encoder"].startswith("SigLIP")
+                and row.get("batch") == 8 and isinstance(row.get("peak_gib"), float)}
+    if len(measured) == 2:
+        parts.append(f"GPU batch 8 peak {measured[False]['peak_gib']:.1f} -> {measured[True]['peak_gib']:.1f} GiB")
+    elif not torch.cuda.is_available():
+        parts.append(f"GPU {NO_GPU}")
+    return "activations, SigLIP tower at 896 px, checkpointing off -> on: " + "; ".join(parts or ["-"])
+
+
 def main(argv: list[str] | None = None) -> int:
     config = cli.parse(ActivationBenchConfig, __doc__, sys.argv[1:] if argv is None else argv)
     if config is None:
         return 2
     print(machine_line())
-    cpu = [cpu_row(name, ckpt) for name in ENCODERS for ckpt in (False, True)]
-    print("CPU, one training step on fake tensors (bf16 autocast), MiB; batch_fits_24gb = "
-          "(24 GB - weights - per_batch_peak) / per_image_peak:")
-    print(format_table(cpu, CPU_COLUMNS))
+    cpu = [cpu_row(name, ckpt) for name in ENCODERS for ckpt in (False, True)] if config.cpu_rows else []
+    if cpu:
+        print("CPU, one training step on fake tensors (bf16 autocast), MiB; batch_fits_24gb = "
+              "(24 GB - weights - per_batch_peak) / per_image_peak:")
+        print(format_table(cpu, CPU_COLUMNS))
     if torch.cuda.is_available():
         gpu = [row for name in ENCODERS for ckpt in (False, True) for row in gpu_rows(name, ckpt, config.gpu_batches)]
     else:
@@ -131,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                for name in ENCODERS for ckpt in (False, True)]
     print("GPU, one real training step (bf16 autocast), peak memory allocated:")
     print(format_table(gpu, GPU_COLUMNS))
-    siglip = {row["checkpointing"]: row for row in cpu if row["encoder"].startswith("SigLIP")}
-    line = (f"activations: SigLIP tower at 896 px, {siglip[False]['per_image_peak_mib']:.0f} MiB per image without "
-            f"checkpointing, {siglip[True]['per_image_peak_mib']:.0f} MiB with it (CPU, fake tensors)")
+    line = headline(cpu, gpu)
     path = write_record(config.out, config, {"cpu": cpu, "gpu": gpu}, line)
     print(f"record: {path}")
     print(line)

@@ -41,7 +41,8 @@ class Step:
 
 
 STEPS = (
-    Step("activations", "benchmarks.bench_activations", ("--gpu_batches", "1", "2", "8"), 60),
+    # The CPU counts of bench_activations take minutes of one core and are in docs/gpu.md already.
+    Step("activations", "benchmarks.bench_activations", ("--gpu_batches", "1", "2", "8", "--no-cpu_rows"), 60),
     Step("localizer_training", "benchmarks.bench_train", ("--task", "localizer", "--steps", "4"), 60,
          ("--task", "localizer", "--steps", "2")),
     Step("classify", "benchmarks.bench_classify", ("--gpu_images", "32"), 150, ("--n_images", "8")),
