@@ -384,8 +384,8 @@ class ItemSettings:
     sigma_hm: float
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
-    clip_low_pct: float = 0.5
-    clip_high_pct: float = 99.5
+    clip_low_pct: float = DEFAULT_CLIP_LOW_PCT  # the percentile stretch of every image
+    clip_high_pct: float = DEFAULT_CLIP_HIGH_PCT
 
 
 class UnreadableImage(DataError):
@@ -396,7 +396,8 @@ class UnreadableImage(DataError):
         self.reason = reason
 
 
-def read_stretched(path: str) -> np.ndarray:
+def read_stretched(path: str, clip_low_pct: float = DEFAULT_CLIP_LOW_PCT,
+                   clip_high_pct: float = DEFAULT_CLIP_HIGH_PCT) -> np.ndarray:
     """Any radiograph file -> (height, width) uint8 after the per-image percentile stretch."""
     try:
         with Image.open(path) as image:
@@ -404,7 +405,7 @@ def read_stretched(path: str) -> np.ndarray:
             grey = to_grey_array(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UnreadableImage(path, f"{type(err).__name__}: {err}") from None
-    return percentile_clip_to_uint8(grey)
+    return percentile_clip_to_uint8(grey, clip_low_pct, clip_high_pct)
 
 
 def box_tensor(box: Letterbox) -> torch.Tensor:
@@ -442,7 +443,7 @@ class HeatmapDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         s = self.settings
         try:
-            grey = read_stretched(self.paths[index])
+            grey = read_stretched(self.paths[index], s.clip_low_pct, s.clip_high_pct)
         except UnreadableImage as err:
             if not self.skip_unreadable:
                 raise

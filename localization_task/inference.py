@@ -30,6 +30,7 @@ Rerunning the same command skips images already in predictions.jsonl.
 """
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -110,8 +111,10 @@ class InferenceConfig:
         "keep", "boxes without a <|ref|> label; the prompt asks for one finding, so they are kept"
     )
     recursive: bool = cli.arg(False, "also look in sub-folders of --input_dir")
-    clip_low_pct: float = cli.arg(DEFAULT_CLIP_LOW_PCT, "per-image lower clip percentile")
-    clip_high_pct: float = cli.arg(DEFAULT_CLIP_HIGH_PCT, "per-image upper clip percentile")
+    clip_low_pct: float | None = cli.arg(
+        None, f"per-image lower clip percentile (default: heatmap, the model's own; else {DEFAULT_CLIP_LOW_PCT})")
+    clip_high_pct: float | None = cli.arg(
+        None, f"per-image upper clip percentile (default: heatmap, the model's own; else {DEFAULT_CLIP_HIGH_PCT})")
     device: Literal["auto", "cuda", "cpu"] = cli.arg("auto", "where the real model runs")
     max_new_tokens: int = cli.arg(MAX_NEW_TOKENS, "generation length limit")
 
@@ -119,7 +122,11 @@ class InferenceConfig:
         self.input_dir, self.output_dir = Path(self.input_dir), Path(self.output_dir)
         self.labels = tuple(self.labels)
         cli.check_choices(self)
-        if not 0 <= self.clip_low_pct < self.clip_high_pct <= 100:
+        if self.backend != "heatmap":  # a heatmap model brings its own (resolve_clip_pct)
+            self.clip_low_pct = DEFAULT_CLIP_LOW_PCT if self.clip_low_pct is None else self.clip_low_pct
+            self.clip_high_pct = DEFAULT_CLIP_HIGH_PCT if self.clip_high_pct is None else self.clip_high_pct
+        low = 0 if self.clip_low_pct is None else self.clip_low_pct
+        if not 0 <= low < (100 if self.clip_high_pct is None else self.clip_high_pct) <= 100:
             raise ValueError("--clip_low_pct and --clip_high_pct need 0 <= low < high <= 100.")
         if self.max_new_tokens < 1 or self.max_points < 1 or self.batch_size < 1 or self.num_workers < 0:
             raise ValueError("--max_new_tokens, --max_points and --batch_size must be at least 1, "
@@ -208,6 +215,30 @@ def find_input_images(config: InferenceConfig) -> list[Path]:
             f"no .png/.jpg/.jpeg images in {config.input_dir}: check --input_dir{hint}."
         )
     return images
+
+
+def resolve_clip_pct(config: InferenceConfig, warn: bool = True) -> None:
+    """--backend heatmap: the stretch the model was trained with, unless another is asked (one warning line).
+
+    Reads the checkpoint's config.json (a model saved before it recorded its
+    stretch was trained with the defaults); a missing one is reported later.
+    """
+    try:
+        saved = json.loads((Path(config.checkpoint) / "config.json").read_text())
+    except (OSError, ValueError):
+        saved = {}
+    saved = saved if isinstance(saved, dict) else {}
+    differing = []
+    for name, default in (("clip_low_pct", DEFAULT_CLIP_LOW_PCT), ("clip_high_pct", DEFAULT_CLIP_HIGH_PCT)):
+        trained, asked = float(saved.get(name, default)), getattr(config, name)
+        if asked is not None and asked != trained:
+            differing.append(f"--{name} {asked:g} (trained with {trained:g})")
+        setattr(config, name, trained if asked is None else asked)
+    if warn and differing:
+        print(f"warning: {' and '.join(differing)} differs from this model's own stretch; "
+              "its confidences and tuned threshold may not hold.", file=sys.stderr)
+    if not config.clip_low_pct < config.clip_high_pct:
+        raise DataError("--clip_low_pct and --clip_high_pct need low < high with the model's own values; pass both.")
 
 
 def build_localizer(config: InferenceConfig) -> Localizer:
@@ -323,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(config: InferenceConfig, processes: Processes) -> int:
     """Predict this process's share of the pending images; process 0 then writes the outputs."""
     try:
+        if config.backend == "heatmap":
+            resolve_clip_pct(config, warn=processes.rank == 0)  # one warning, not one per process
         images = find_input_images(config)
         if config.output_dir.exists() and not config.output_dir.is_dir():
             raise DataError(f"--output_dir {config.output_dir} is a file: pass a folder for the results.")

@@ -37,8 +37,12 @@ from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from localization_task import cli
 from localization_task.augment import train_augmentation
-from localization_task.dataset import LOCALIZATION_CSV, DataError, check_keypoints_inside, load_localization_data
+from localization_task.dataset import (
+    DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT, LOCALIZATION_CSV, DataError, check_keypoints_inside,
+    load_localization_data,
+)
 from localization_task.eval_io import read_gate_csv
+from localization_task.gpu import enable_activation_checkpointing, process_device
 from localization_task.heatmap import sigma_hm_from_frac
 from localization_task.model import DEFAULT_ENCODER, HeatmapLocalizer, build_tiny_dinov2
 from localization_task.evaluate import predict_split, report_test
@@ -76,6 +80,11 @@ class TrainConfig:
     weak_per_keypointed: float = cli.arg(1.0, "weak positives per keypointed image in each epoch")
     negatives_per_keypointed: float = cli.arg(1.0, "No Finding images per keypointed image in each epoch")
     flip: bool = cli.arg(False, "also flip images left-right in training (radiographs are not symmetric)")
+    clip_low_pct: float = cli.arg(DEFAULT_CLIP_LOW_PCT, "per-image lower clip percentile (saved with the model)")
+    clip_high_pct: float = cli.arg(DEFAULT_CLIP_HIGH_PCT, "per-image upper clip percentile (saved with the model)")
+    gradient_checkpointing: bool | None = cli.arg(
+        None, "recompute the encoder's activations in backward to save memory "
+        "(default: on with a GPU for --encoder_mode lora/full, off on the CPU)")
     output_dir: str = cli.arg("outputs/localization_training", "test metrics, predictions, split, run config")
     checkpoint_dir: str = cli.arg("checkpoints/localization", "trainer checkpoints and best_model/")
     split_file: str | None = cli.arg(
@@ -135,6 +144,13 @@ class TrainConfig:
             raise ValueError("--val_keypointed_frac must lie in [0, 1).")
         if self.gate_threshold is not None and (self.gate_csv is None or not 0 <= self.gate_threshold <= 1):
             raise ValueError("--gate_threshold needs --gate_csv and must lie in [0, 1].")
+        if not 0 <= self.clip_low_pct < self.clip_high_pct <= 100:
+            raise ValueError("--clip_low_pct and --clip_high_pct need 0 <= low < high <= 100.")
+        if self.gradient_checkpointing and self.encoder_mode == "frozen":
+            raise ValueError("--gradient_checkpointing needs --encoder_mode lora or full: a frozen encoder "
+                             "keeps no activations for backward.")
+        if self.gradient_checkpointing is None:  # resolved here, so run_config.json records the choice
+            self.gradient_checkpointing = torch.cuda.is_available() and self.encoder_mode != "frozen"
 
 
 # The demo: synthetic radiographs with small, faint nodules and look-alike streaks,
@@ -194,18 +210,22 @@ def build_model(config: TrainConfig) -> HeatmapLocalizer:
     from localization_task.model import hub_token
 
     set_seed(config.seed)  # the head is drawn here, before the Trainer seeds anything
-    return HeatmapLocalizer.from_encoder(
+    model = HeatmapLocalizer.from_encoder(
         config.encoder, encoder_mode=config.encoder_mode, input_size_px=config.input_size_px,
         stride=config.stride, head_channels=config.head_channels, stem_channels=config.stem_channels,
-        lora_r=config.lora_r,
-        lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, token=hub_token(),
+        lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        clip_pct=(config.clip_low_pct, config.clip_high_pct), token=hub_token(),
     )
+    if config.gradient_checkpointing:
+        enable_activation_checkpointing(model.encoder)
+    return model
 
 
 def item_settings(config: TrainConfig, model: HeatmapLocalizer) -> ItemSettings:
     c = model.config
     sigma_hm = sigma_hm_from_frac(config.sigma_frac, c.input_size_px, c.stride)
-    return ItemSettings(c.input_size_px, c.stride, sigma_hm, tuple(c.image_mean), tuple(c.image_std))
+    return ItemSettings(c.input_size_px, c.stride, sigma_hm, tuple(c.image_mean), tuple(c.image_std),
+                        c.clip_low_pct, c.clip_high_pct)
 
 
 def training_arguments(config: TrainConfig) -> TrainingArguments:
@@ -293,6 +313,7 @@ def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict)
     """The best checkpoint on validation (thresholds) and test (metrics); saved with its thresholds.
 
     Returns the (file, reason) of images that could not be read."""
+    model = model.to(process_device())  # where the Trainer left it: cuda:LOCAL_RANK, never plain "cuda"
     settings = item_settings(config, model)
     splits, unreadable = {}, []
     for name in ("val", "test"):
