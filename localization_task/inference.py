@@ -60,7 +60,6 @@ from localization_task.dataset import (
     load_preprocessed,
     read_table,
 )
-from localization_task.heatmap_backend import checkpoint_signature
 from localization_task.parsing import DEFAULT_LABELS
 from localization_task.processes import Processes, all_records, merge_caches
 from localization_task.run_files import (
@@ -109,7 +108,10 @@ class InferenceConfig:
     recursive: bool = cli.arg(False, "also look in sub-folders of --input_dir")
     clip_low_pct: float = cli.arg(DEFAULT_CLIP_LOW_PCT, "per-image lower clip percentile")
     clip_high_pct: float = cli.arg(DEFAULT_CLIP_HIGH_PCT, "per-image upper clip percentile")
-    device: Literal["auto", "cuda", "cpu"] = cli.arg("auto", "where the real model runs")
+    device: Literal["auto", "cuda", "cpu"] = cli.arg(
+        "auto", "where the model runs; auto: this process's GPU (cuda:LOCAL_RANK) when torch sees one")
+    dtype: Literal["auto", "bfloat16", "float32"] = cli.arg(
+        "auto", "chexagent2: weights and compute dtype; auto: bfloat16 on a GPU, float32 on the CPU")
     max_new_tokens: int = cli.arg(MAX_NEW_TOKENS, "generation length limit")
 
     def __post_init__(self):
@@ -152,6 +154,9 @@ class InferenceConfig:
         """What the cached predictions depend on: a resumed run must match it."""
         gate = {"gate_csv": self.gate_csv and str(Path(self.gate_csv).resolve()), "gate_threshold": self.gate_threshold}
         if self.backend == "heatmap":
+            # Imported here: the heatmap path needs packages the CheXagent-2 environment lacks (peft).
+            from localization_task.heatmap_backend import checkpoint_signature
+
             return {"backend": self.backend, "checkpoint": checkpoint_signature(self.checkpoint),
                     "min_confidence": self.min_confidence, "max_points": self.max_points,
                     "clip_pct": [self.clip_low_pct, self.clip_high_pct], **gate}
@@ -165,6 +170,8 @@ class InferenceConfig:
             "unlabelled_boxes": self.unlabelled_boxes,
             "clip_pct": [self.clip_low_pct, self.clip_high_pct],
             "max_new_tokens": self.max_new_tokens,
+            # Only when asked for, so caches written before --dtype existed still resume.
+            **({"dtype": self.dtype} if self.dtype != "auto" else {}),
         }
 
 
@@ -220,6 +227,7 @@ def build_localizer(config: InferenceConfig) -> Localizer:
         revision=config.revision,
         device=config.device,
         max_new_tokens=config.max_new_tokens,
+        dtype=config.dtype,
     )
 
 
@@ -282,7 +290,7 @@ def predict_pending_heatmap(config: InferenceConfig, pending: list[tuple[Path, s
     """Predict the pending images in batches with the trained localizer, appending one record each."""
     from localization_task.heatmap_backend import load_localizer, min_confidence_of, predict_records
 
-    model = load_localizer(config.checkpoint)
+    model = load_localizer(config.checkpoint, config.device)
     unreadable = []
 
     def skip(name: str, reason: str) -> None:
