@@ -154,10 +154,7 @@ class InferenceConfig:
         """What the cached predictions depend on: a resumed run must match it."""
         gate = {"gate_csv": self.gate_csv and str(Path(self.gate_csv).resolve()), "gate_threshold": self.gate_threshold}
         if self.backend == "heatmap":
-            # Imported here: the heatmap path needs packages the CheXagent-2 environment lacks (peft).
-            from localization_task.heatmap_backend import checkpoint_signature
-
-            return {"backend": self.backend, "checkpoint": checkpoint_signature(self.checkpoint),
+            return {"backend": self.backend, "checkpoint": heatmap_path().checkpoint_signature(self.checkpoint),
                     "min_confidence": self.min_confidence, "max_points": self.max_points,
                     "clip_pct": [self.clip_low_pct, self.clip_high_pct], **gate}
         return {
@@ -173,6 +170,19 @@ class InferenceConfig:
             # Only when asked for, so caches written before --dtype existed still resume.
             **({"dtype": self.dtype} if self.dtype != "auto" else {}),
         }
+
+
+def heatmap_path():
+    """localization_task.heatmap_backend, imported on use: it needs the main environment (peft,
+    transformers 5), which the CheXagent-2 environment is not."""
+    try:
+        from localization_task import heatmap_backend
+    except ImportError as error:
+        raise BackendUnavailable(
+            f"--backend heatmap needs the main environment ({error}): run it with the main environment's "
+            "python, not .venv-chexagent2's."
+        ) from None
+    return heatmap_backend
 
 
 def _is_commit_sha(revision: str) -> bool:
@@ -288,9 +298,8 @@ def predict_pending(
 def predict_pending_heatmap(config: InferenceConfig, pending: list[tuple[Path, str]],
                             gate: set[str], cache: Path) -> tuple[int, list[str]]:
     """Predict the pending images in batches with the trained localizer, appending one record each."""
-    from localization_task.heatmap_backend import load_localizer, min_confidence_of, predict_records
-
-    model = load_localizer(config.checkpoint, config.device)
+    heatmap = heatmap_path()
+    model = heatmap.load_localizer(config.checkpoint, config.device)
     unreadable = []
 
     def skip(name: str, reason: str) -> None:
@@ -298,9 +307,9 @@ def predict_pending_heatmap(config: InferenceConfig, pending: list[tuple[Path, s
         unreadable.append(name)
 
     predicted = 0
-    records = predict_records(
+    records = heatmap.predict_records(
         model, [path for path, _ in pending], [name for _, name in pending],
-        min_confidence_of(model, config.min_confidence), config.max_points, config.batch_size,
+        heatmap.min_confidence_of(model, config.min_confidence), config.max_points, config.batch_size,
         config.num_workers, (config.clip_low_pct, config.clip_high_pct), skip,
     )
     for record in records:

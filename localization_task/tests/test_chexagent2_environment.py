@@ -78,6 +78,13 @@ def test_inference_starts_without_the_main_environment_only_packages(tmp_path):
     assert (tmp_path / "out" / "localization_test_results.csv").is_file()
 
 
+def test_heatmap_backend_without_the_main_environment_is_one_sentence(tmp_path):
+    ran = run_blocked("--backend", "heatmap", "--checkpoint", str(tmp_path), "--input_dir", str(DATA),
+                      "--output_dir", str(tmp_path / "out"))
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr, ran.stderr[-3000:]
+    assert ran.stderr.strip().splitlines()[-1].startswith("error: --backend heatmap needs the main environment")
+
+
 def test_requirements_name_every_package_the_remote_code_imports():
     names = requirement_names(REQUIREMENTS.read_text().splitlines())
     for module in backends.REMOTE_CODE_IMPORTS:
