@@ -27,6 +27,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,10 +35,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from localization_task.augment import KeypointAugmentation
 from localization_task.heatmap import Letterbox, gaussian_heatmap, heatmap_size, input_to_heatmap, letterbox_image
 from localization_task.percentiles import histogram_percentiles
 from localization_task.split import KEYPOINTED, NEGATIVE, image_kinds
+
+if TYPE_CHECKING:  # a type only: inference (also in the CheXagent-2 environment) needs no albumentations
+    from localization_task.augment import KeypointAugmentation
 
 DEFAULT_DATA_ROOT = Path("data/nodulocc")
 CLASSIFICATION_CSV = "classification_labels.csv"

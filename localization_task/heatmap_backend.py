@@ -14,18 +14,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from localization_task.dataset import DataError
 from localization_task.evaluate import iter_peaks
 from localization_task.model import HeatmapLocalizer
+from localization_task.processes import process_device
 from localization_task.dataset import HeatmapDataset, ItemSettings
 
 DEFAULT_MIN_CONFIDENCE = 0.3  # for a checkpoint without a tuned threshold
 
 
-def load_localizer(checkpoint: str | Path) -> HeatmapLocalizer:
-    """A `best_model/` folder written by train.py, on the GPU when there is one."""
+def load_localizer(checkpoint: str | Path, device: str = "auto") -> HeatmapLocalizer:
+    """A `best_model/` folder written by train.py, on --device: by default this process's GPU
+    (cuda:LOCAL_RANK) when there is one."""
+    try:
+        device = process_device(device)
+    except ValueError as error:
+        raise DataError(str(error)) from None
     folder = Path(checkpoint)
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise DataError(f"--checkpoint {folder} holds no trained localizer (config.json and model.safetensors); "
@@ -35,7 +40,7 @@ def load_localizer(checkpoint: str | Path) -> HeatmapLocalizer:
     except (OSError, ValueError) as err:
         raise DataError(f"--checkpoint {folder} could not be loaded ({str(err).splitlines()[0]}); "
                         "pass a best_model folder written by this version of train.py.") from None
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    return model.to(device).eval()
 
 
 def min_confidence_of(model: HeatmapLocalizer, asked: float | None, operating_point: str = "count") -> float:

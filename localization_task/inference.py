@@ -62,7 +62,6 @@ from localization_task.dataset import (
     load_preprocessed,
 )
 from localization_task.eval_io import read_gate_csv
-from localization_task.heatmap_backend import checkpoint_signature
 from localization_task.parsing import DEFAULT_LABELS
 from localization_task.processes import Processes, all_records, merge_caches
 from localization_task.run_files import (
@@ -115,7 +114,10 @@ class InferenceConfig:
         None, f"per-image lower clip percentile (default: heatmap, the model's own; else {DEFAULT_CLIP_LOW_PCT})")
     clip_high_pct: float | None = cli.arg(
         None, f"per-image upper clip percentile (default: heatmap, the model's own; else {DEFAULT_CLIP_HIGH_PCT})")
-    device: Literal["auto", "cuda", "cpu"] = cli.arg("auto", "where the real model runs")
+    device: Literal["auto", "cuda", "cpu"] = cli.arg(
+        "auto", "where the model runs; auto: this process's GPU (cuda:LOCAL_RANK) when torch sees one")
+    dtype: Literal["auto", "bfloat16", "float32"] = cli.arg(
+        "auto", "chexagent2: weights and compute dtype; auto: bfloat16 on a GPU, float32 on the CPU")
     max_new_tokens: int = cli.arg(MAX_NEW_TOKENS, "generation length limit")
 
     def __post_init__(self):
@@ -162,7 +164,7 @@ class InferenceConfig:
         """What the cached predictions depend on: a resumed run must match it."""
         gate = {"gate_csv": self.gate_csv and str(Path(self.gate_csv).resolve()), "gate_threshold": self.gate_threshold}
         if self.backend == "heatmap":
-            return {"backend": self.backend, "checkpoint": checkpoint_signature(self.checkpoint),
+            return {"backend": self.backend, "checkpoint": heatmap_path().checkpoint_signature(self.checkpoint),
                     "min_confidence": self.min_confidence, "operating_point": self.operating_point,
                     "max_points": self.max_points,
                     "clip_pct": [self.clip_low_pct, self.clip_high_pct], **gate}
@@ -176,7 +178,22 @@ class InferenceConfig:
             "unlabelled_boxes": self.unlabelled_boxes,
             "clip_pct": [self.clip_low_pct, self.clip_high_pct],
             "max_new_tokens": self.max_new_tokens,
+            # Only when asked for, so caches written before --dtype existed still resume.
+            **({"dtype": self.dtype} if self.dtype != "auto" else {}),
         }
+
+
+def heatmap_path():
+    """localization_task.heatmap_backend, imported on use: it needs the main environment (peft,
+    transformers 5), which the CheXagent-2 environment is not."""
+    try:
+        from localization_task import heatmap_backend
+    except ImportError as error:
+        raise BackendUnavailable(
+            f"--backend heatmap needs the main environment ({error}): run it with the main environment's "
+            "python, not .venv-chexagent2's."
+        ) from None
+    return heatmap_backend
 
 
 def _is_commit_sha(revision: str) -> bool:
@@ -255,6 +272,7 @@ def build_localizer(config: InferenceConfig) -> Localizer:
         revision=config.revision,
         device=config.device,
         max_new_tokens=config.max_new_tokens,
+        dtype=config.dtype,
     )
 
 
@@ -312,11 +330,10 @@ def predict_pending(
 def predict_pending_heatmap(config: InferenceConfig, pending: list[tuple[Path, str]],
                             gate: set[str], cache: Path) -> tuple[int, list[str]]:
     """Predict the pending images in batches with the trained localizer, appending one record each."""
-    from localization_task.heatmap_backend import load_localizer, min_confidence_of, predict_records
-
     if not pending:  # all cached: no model to load, no threshold to announce
         return 0, []
-    model = load_localizer(config.checkpoint)
+    heatmap = heatmap_path()
+    model = heatmap.load_localizer(config.checkpoint, config.device)
     unreadable = []
 
     def skip(name: str, reason: str) -> None:
@@ -324,9 +341,10 @@ def predict_pending_heatmap(config: InferenceConfig, pending: list[tuple[Path, s
         unreadable.append(name)
 
     predicted = 0
-    records = predict_records(
+    records = heatmap.predict_records(
         model, [path for path, _ in pending], [name for _, name in pending],
-        min_confidence_of(model, config.min_confidence, config.operating_point), config.max_points, config.batch_size,
+        heatmap.min_confidence_of(model, config.min_confidence, config.operating_point), config.max_points,
+        config.batch_size,
         config.num_workers, (config.clip_low_pct, config.clip_high_pct), skip,
     )
     for record in records:
