@@ -9,6 +9,8 @@ The model reads a multiple-choice question about the radiograph; p(nodule) is
 the softmax over the two answer-letter logits. Loss: class-weighted CE on those
 logits. Each epoch (--sampler balanced, the default): all positives + the next
 chunk of negatives; --sampler weighted and random are the alternatives (see --help).
+best_adapter/ also gets operating_point.json: base model, quantization, pre-processing and
+the thresholds tuned on validation, which inference.py then defaults to.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pandas as pd
 import torch
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
-from classification_task import cli
+from classification_task import cli, operating_point
 from classification_task.dataset import DataError, Preprocessing, RadiographDataset, load_labels
 from classification_task.split import SPLITS, load_or_make_split
 from classification_task.evaluate import evaluate_run
@@ -40,7 +42,13 @@ from classification_task.model import (
     load_with_adapter,
     lora_config,
 )
-from classification_task.run_files import check_fresh_run, remove_earlier_run, write_csv_atomic, write_run_config
+from classification_task.run_files import (
+    check_fresh_run,
+    remove_earlier_run,
+    write_csv_atomic,
+    write_operating_point,
+    write_run_config,
+)
 from classification_task.trainer import NoduleTrainer, best_checkpoint, compute_metrics
 from classification_task.unreadable import ReadableBatchCollator, UnreadableImages
 
@@ -298,6 +306,17 @@ def close_progress_bars(trainer) -> None:
                 bar.close()
 
 
+def record_operating_point(config: TrainConfig, report: dict) -> None:
+    """The set-up and the thresholds just tuned on validation, beside the adapter they belong to
+    (after training) or, with --eval_only --adapter, in the output folder: inference.py defaults to them."""
+    if config.eval_only and config.adapter is None:
+        return  # the zero-shot base: no adapter to carry them
+    folder = Path(config.output_dir) if config.eval_only else Path(config.checkpoint_dir) / "best_adapter"
+    record = operating_point.training_record(config.model_id, config.quantization, config.preprocessing,
+                                             report["thresholds"], report["n_val"])
+    write_operating_point(folder, record)
+
+
 def is_main_process() -> bool:
     """Rank 0 of a torchrun / accelerate launch, or a plain run."""
     return os.environ.get("RANK", "0") == "0"
@@ -330,12 +349,13 @@ def main(argv: list[str] | None = None) -> int:
             if not trainer.is_world_process_zero():
                 return 0
             model, log_history = trainer.model, trainer.state.log_history
-        evaluate_run(model, processor, frames, config.output_dir, config.preprocessing,
+        report = evaluate_run(model, processor, frames, config.output_dir, config.preprocessing,
                      batch_size=config.eval_batch_size, n_boot=config.bootstrap, seed=config.seed,
                      zero_shot=config.zero_shot and (config.adapter is not None or not config.eval_only),
                      log_history=log_history, cache_dir=config.cache_dir, unreadable=unreadable, beta=config.beta,
                      best=None if config.eval_only else best_checkpoint(trainer.state, config.metric_for_best),
                      model_name="zero_shot" if config.eval_only and config.adapter is None else "fine_tuned")
+        record_operating_point(config, report)
         unreadable.save()
     except (DataError, ValueError) as err:
         # Raised in a DataLoader worker, the message carries the worker's traceback: keep its last line.
