@@ -71,7 +71,8 @@ class InferenceConfig:
                                     "tuned on validation, from the adapter's operating_point.json, else this default")
     batch_size: int = cli.arg(8, "images per forward pass")
     recursive: bool = cli.arg(False, "also score images in sub-folders of --input_dir")
-    merge_adapter: bool = cli.arg(False, "merge the adapter into the base weights: faster, same scores")
+    merge_adapter: bool = cli.arg(False, "merge the adapter into unquantized base weights: faster, the scores "
+                                         "of --quantization none")
     quantization: Literal["none", "nf4"] = cli.arg("none", "none = bf16 on GPU, fp32 on CPU; nf4 = 4-bit base; "
                                                    "not given: as recorded in the adapter's operating point")
     clip_low_pct: float = cli.arg(0.5, "lower percentile of the per-image contrast stretch (not given: as recorded)")

@@ -108,7 +108,7 @@ def resolve(config, given: set[str]) -> tuple[object, dict, list[str]]:
 
     `given`: the config fields set on the command line; they win over the record. An adapter
     folder without `operating_point.json` (and the zero-shot base) keeps the previous defaults; for
-    an adapter folder a one-line note says so.
+    an adapter folder labelled at the default threshold, a one-line note says so.
     """
     record = read_operating_point(config.adapter)
     if record is not None:
@@ -117,7 +117,7 @@ def resolve(config, given: set[str]) -> tuple[object, dict, list[str]]:
     provenance = {"threshold": {"value": config.threshold, "source": source, "name": None, "file": None},
                   "operating_point": None}
     lines = []
-    if config.adapter and Path(config.adapter).is_dir():
+    if config.adapter and Path(config.adapter).is_dir() and "threshold" not in given:
         lines.append(f"note: {config.adapter} has no {OPERATING_POINT_JSON} (saved by an older train.py): using "
                      f"--quantization {config.quantization} and --threshold {config.threshold}; pass the "
                      "threshold tuned on validation (in its run's metrics.json) with --threshold.")

@@ -33,7 +33,8 @@ OPERATING_POINT_KEYS = ("model_kind", "base_model", "quantization", "preprocessi
                         "default_threshold")
 # What a run leaves: results in the output folder, trainer checkpoints and the final adapter.
 RESULT_FILES = (RUN_CONFIG_JSON, OPERATING_POINT_JSON, "metrics.json", "test_predictions.csv", "val_predictions.csv",
-                "test_labels.csv", "unreadable_files.csv", "roc.png", "pr.png", "reliability.png", "training_curves.png")
+                "test_labels.csv", "unreadable_files.csv", "roc.png", "pr.png", "reliability.png",
+                "training_curves.png")
 CHECKPOINT_FOLDERS = ("checkpoint-*", "best_adapter")
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "scikit-learn", "pandas", "pillow")
 

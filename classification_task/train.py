@@ -349,12 +349,13 @@ def main(argv: list[str] | None = None) -> int:
             if not trainer.is_world_process_zero():
                 return 0
             model, log_history = trainer.model, trainer.state.log_history
-        report = evaluate_run(model, processor, frames, config.output_dir, config.preprocessing,
-                     batch_size=config.eval_batch_size, n_boot=config.bootstrap, seed=config.seed,
-                     zero_shot=config.zero_shot and (config.adapter is not None or not config.eval_only),
-                     log_history=log_history, cache_dir=config.cache_dir, unreadable=unreadable, beta=config.beta,
-                     best=None if config.eval_only else best_checkpoint(trainer.state, config.metric_for_best),
-                     model_name="zero_shot" if config.eval_only and config.adapter is None else "fine_tuned")
+        report = evaluate_run(
+            model, processor, frames, config.output_dir, config.preprocessing,
+            batch_size=config.eval_batch_size, n_boot=config.bootstrap, seed=config.seed,
+            zero_shot=config.zero_shot and (config.adapter is not None or not config.eval_only),
+            log_history=log_history, cache_dir=config.cache_dir, unreadable=unreadable, beta=config.beta,
+            best=None if config.eval_only else best_checkpoint(trainer.state, config.metric_for_best),
+            model_name="zero_shot" if config.eval_only and config.adapter is None else "fine_tuned")
         record_operating_point(config, report)
         unreadable.save()
     except (DataError, ValueError) as err:

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, Gemma3ForCausalLM, Gemma3TextConfig
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    BitsAndBytesConfig,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+)
 
 from classification_task.model import (
     PromptCollator,
@@ -93,7 +99,8 @@ def test_a_4bit_lm_head_is_dequantized_for_the_two_rows(tmp_path):
     model.config.tie_word_embeddings = model.config.text_config.tie_word_embeddings = False
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone() * 3)
     model.save_pretrained(tmp_path)
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_compute_dtype=torch.float32,
                                       llm_int8_skip_modules=["vision_tower", "multi_modal_projector"])
     quantized = AutoModelForImageTextToText.from_pretrained(tmp_path, quantization_config=quantization).eval()
     assert getattr(quantized.lm_head.weight, "quant_state", None) is not None, "the head must be 4-bit here"
