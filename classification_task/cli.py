@@ -73,6 +73,17 @@ def parse(cls: type, description: str, argv: list[str], demo_defaults: dict | No
         return None
 
 
+def given_fields(cls: type, argv: list[str]) -> set[str]:
+    """The fields of `cls` whose flags `argv` sets explicitly, whatever the value (defaults left out)."""
+    parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        kwargs = {k: v for k, v in _flag_kwargs(field, hints[field.name]).items() if k not in ("default", "required")}
+        parser.add_argument(f"--{field.metadata.get('flag') or field.name}", **kwargs)
+    namespace, _ = parser.parse_known_args(argv)
+    return set(vars(namespace))
+
+
 def available_loggers() -> list[str]:
     """TensorBoard-compatible logs only when tensorboard is installed."""
     return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []

@@ -1,21 +1,21 @@
 """Score a folder of chest radiographs: p(nodule) per image, in the challenge format.
 
     python classification_task/inference.py --input_dir data/test_images --output_dir outputs/inference \\
-        --adapter checkpoints/classification/best_adapter --threshold 0.5
+        --adapter checkpoints/classification/best_adapter
     python -m classification_task.inference --input_dir classification_task/tests/data \\
         --output_dir outputs/inference_tiny --model_id checkpoints/tiny-medgemma   # offline, CPU
     python classification_task/inference.py --input_dir data/test_images --output_dir outputs/inference_encoder \\
         --model_id checkpoints/classification/best_model      # an encoder classifier train.py saved
 
-Flags left unset (--threshold, --clip_low_pct, --clip_high_pct, --image_size_px) take
-the values in the model folder's operating_point.json (the pre-processing of training
-and the max-F1 threshold tuned on validation), where train.py wrote one; otherwise
-0.5, 0.5, 99.5 and the processor's own size.
+The adapter folder's (or an encoder classifier's best_model folder's) operating_point.json (written by train.py) supplies every setting not
+given as a flag: base model, quantization, pre-processing, and the max-F1 threshold tuned on
+validation (docs/operating-point.md); a flag that asks for another set-up draws a one-line warning.
 
 Writes, in --output_dir:
   classification_test_results.csv    file_name,label,confidence (confidence = p(nodule);
                                      label Nodule when confidence >= --threshold), written atomically
-  run_config.json                    resolved config, package versions, git commit
+  run_config.json                    resolved config, the threshold and where it came from,
+                                     package versions, git commit
   unreadable_files.csv               file_name,error for files that could not be decoded (if any)
   .classification_partial.<key>.csv  the resume cache: file_name,confidence, one file per
                                      model/adapter/pre-processing, appended after every batch
@@ -49,12 +49,12 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
-from classification_task import cli, classifiers
+from classification_task import cli, classifiers, operating_point
 from classification_task.dataset import INT_TO_LABEL, DataError, Preprocessing, load_image, safe_join
 from classification_task.encoder_model import load_classifier
 from classification_task.model import MEDGEMMA_ID, answer_token_ids, load_processor, load_with_adapter
 from classification_task.processes import Processes
-from classification_task.run_files import read_operating_point, write_csv_atomic, write_run_config
+from classification_task.run_files import write_csv_atomic, write_run_config
 
 RESULTS_CSV = "classification_test_results.csv"
 UNREADABLE_CSV = "unreadable_files.csv"
@@ -66,20 +66,21 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 class InferenceConfig:
     input_dir: str | None = cli.arg(None, "folder of .png/.jpg/.jpeg radiographs to score (required)")
     output_dir: str = cli.arg("outputs/classification_inference", "where the results CSV, config and resume cache go")
-    model_id: str = cli.arg(MEDGEMMA_ID, "hub id or local folder of the base model, or the best_model folder "
-                                         "of an encoder classifier")
+    model_id: str = cli.arg(MEDGEMMA_ID, "hub id or local folder of the base model, or the best_model folder of "
+                                         "an encoder classifier; not given: the adapter's operating point's "
+                                         "base_model, else this default")
     adapter: str | None = cli.arg(None, "LoRA adapter folder from train.py (or a hub id); none = zero-shot base")
-    threshold: float | None = cli.arg(None, "label Nodule when p(nodule) >= threshold (default: the model "
-                                            "folder's max-F1 threshold tuned on validation, else 0.5)")
+    threshold: float = cli.arg(0.5, "label Nodule when p(nodule) >= threshold; not given: the max_f1 threshold "
+                                    "tuned on validation, from the adapter's operating_point.json, else this default")
     batch_size: int = cli.arg(8, "images per forward pass")
     recursive: bool = cli.arg(False, "also score images in sub-folders of --input_dir")
-    merge_adapter: bool = cli.arg(False, "merge the adapter into the base weights: faster, same scores")
-    quantization: Literal["none", "nf4"] = cli.arg("none", "none = bf16 on GPU, fp32 on CPU; nf4 = 4-bit base")
-    clip_low_pct: float | None = cli.arg(None, "lower percentile of the per-image contrast stretch (default: "
-                                               "as in training, from operating_point.json, else 0.5)")
-    clip_high_pct: float | None = cli.arg(None, "upper percentile of the per-image contrast stretch (default: "
-                                                "as in training, else 99.5)")
-    image_size_px: int | None = cli.arg(None, "resize before the processor (default: as in training, else none)")
+    merge_adapter: bool = cli.arg(False, "merge the adapter into unquantized base weights: faster, the scores "
+                                         "of --quantization none")
+    quantization: Literal["none", "nf4"] = cli.arg("none", "none = bf16 on GPU, fp32 on CPU; nf4 = 4-bit base; "
+                                                   "not given: as recorded in the adapter's operating point")
+    clip_low_pct: float = cli.arg(0.5, "lower percentile of the per-image contrast stretch (not given: as recorded)")
+    clip_high_pct: float = cli.arg(99.5, "upper percentile of the per-image contrast stretch (not given: as recorded)")
+    image_size_px: int | None = cli.arg(None, "resize before the processor (not given: as recorded; none = no resize)")
     num_workers: int = cli.arg(2, "image-loading worker processes")
 
     def __post_init__(self) -> None:
@@ -100,20 +101,6 @@ class InferenceConfig:
         low, high = Preprocessing.clip_low_pct, Preprocessing.clip_high_pct  # until apply_operating_point
         return Preprocessing(low if self.clip_low_pct is None else self.clip_low_pct,
                              high if self.clip_high_pct is None else self.clip_high_pct, self.image_size_px)
-
-
-def apply_operating_point(config: InferenceConfig) -> None:
-    """Fill the flags left unset from operating_point.json in the adapter or model folder, else the defaults."""
-    folder = config.adapter or config.model_id
-    point = (read_operating_point(folder) if Path(folder).is_dir() else None) or {}
-    prep = point.get("preprocessing") or {}
-    if config.threshold is None:
-        config.threshold = (point.get("thresholds") or {}).get(point.get("default_threshold"), 0.5)
-    config.clip_low_pct = prep.get("clip_low_pct", 0.5) if config.clip_low_pct is None else config.clip_low_pct
-    config.clip_high_pct = prep.get("clip_high_pct", 99.5) if config.clip_high_pct is None else config.clip_high_pct
-    if config.image_size_px is None:
-        config.image_size_px = prep.get("image_size_px")
-    config.preprocessing  # the file's values hold too
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -312,7 +299,8 @@ def report_unreadable(output_dir: Path, unreadable: list[tuple[str, str]]) -> No
     print(f"skipped {len(unreadable)} unreadable file(s), listed in {path}; e.g. {name}: {error}")
 
 
-def score_share(config: InferenceConfig, names: list[str], processes: Processes) -> list[tuple[str, str]]:
+def score_share(config: InferenceConfig, names: list[str], processes: Processes,
+                provenance: dict | None = None) -> list[tuple[str, str]]:
     """This process's share of the images not yet scored, into its own cache; on process 0,
     once every process has finished, the unreadable files of all."""
     scored = cached_scores(config)
@@ -324,13 +312,22 @@ def score_share(config: InferenceConfig, names: list[str], processes: Processes)
     mine = processes.share(pending)
     model, processor = load_model(config) if mine else (None, None)  # a failed load writes nothing
     if processes.rank == 0:
-        write_run_config(Path(config.output_dir), config)
+        write_run_config(Path(config.output_dir), config, provenance)
     rank = processes.rank if processes.count > 1 else None
     desc = "scoring" if rank is None else f"scoring, process {rank}"
     cache = PartialScores(partial_path(config, rank))
     unreadable = score_images(config, model, processor, mine, cache, desc) if mine else []
     order = {name: index for index, name in enumerate(names)}
     return sorted(processes.gather_to_first(unreadable), key=lambda pair: order[pair[0]])
+
+
+def with_operating_point(config: InferenceConfig, given: set[str], processes: Processes):
+    """The config with the adapter's operating point applied to the flags not `given`, and where the
+    threshold came from; process 0 prints the note or warning."""
+    config, provenance, lines = operating_point.resolve(config, given)
+    for line in lines if processes.rank == 0 else []:
+        print(line, file=sys.stderr)
+    return config, provenance
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,11 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     processes = Processes.join()
     try:
         names = find_images(config)
-        check_local_folder(config.model_id, "--model_id", "config.json", "a folder written by save_pretrained")
         check_local_folder(config.adapter, "--adapter", "adapter_config.json",
                            "the folder train.py saved (e.g. checkpoints/classification/best_adapter)")
-        apply_operating_point(config)
-        unreadable = score_share(config, names, processes)
+        config, provenance = with_operating_point(config, cli.given_fields(InferenceConfig, argv), processes)
+        check_local_folder(config.model_id, "--model_id", "config.json", "a folder written by save_pretrained")
+        unreadable = score_share(config, names, processes, provenance)
         if processes.rank != 0:
             return 0
         results = results_frame(names, cached_scores(config), config.threshold)
@@ -361,8 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         processes.leave()
     n_nodule = int((results["label"] == INT_TO_LABEL[1]).sum())
+    source = provenance["threshold"]
+    where = {"operating_point": f" ({source['name']}, tuned on validation)", "--threshold": " (--threshold)"}
     print(f"{len(results)} image(s) scored, {n_nodule} labelled {INT_TO_LABEL[1]} at threshold "
-          f"{config.threshold}: {output_dir / RESULTS_CSV}")
+          f"{config.threshold}{where.get(source['source'], '')}: {output_dir / RESULTS_CSV}")
     return 0
 
 

@@ -3,7 +3,8 @@
 MedGemma is asked a fixed multiple-choice question about the radiograph and
 would answer with one letter. Instead of generating, we read the logits of the
 two answer letters at the answer position (the last prompt token, right after
-`<start_of_turn>model\n`): p(nodule) = softmax over those two logits.
+`<start_of_turn>model\n`): p(nodule) = softmax over those two logits, computed in
+float32 from the final hidden state and the two answer rows of `lm_head`.
 """
 
 from __future__ import annotations
@@ -50,11 +51,46 @@ def compute_dtype() -> torch.dtype:
     return torch.float32
 
 
+def process_device(environ=os.environ, cuda_devices: int | None = None) -> torch.device:
+    """This process's device: cuda:LOCAL_RANK under torchrun / accelerate launch, cuda:0 alone, else the CPU.
+
+    `cuda_devices` is the number of visible GPUs (default: torch's count). A
+    launcher that shows each process only its own GPU leaves one visible device,
+    whatever LOCAL_RANK says: that one is this process's.
+    """
+    cuda_devices = torch.cuda.device_count() if cuda_devices is None else cuda_devices
+    if cuda_devices == 0:
+        return torch.device("cpu")
+    text = environ.get("LOCAL_RANK") or "0"
+    if not text.isdigit():
+        raise ValueError(f"LOCAL_RANK={text!r} is not a process index; unset it, or start the processes with "
+                         "torchrun / accelerate launch.")
+    local_rank = int(text)
+    if cuda_devices == 1:
+        return torch.device("cuda", 0)
+    if local_rank >= cuda_devices:
+        raise ValueError(f"LOCAL_RANK={local_rank} but only {cuda_devices} GPUs are visible; start at most "
+                         f"{cuda_devices} processes per machine.")
+    return torch.device("cuda", local_rank)
+
+
+def use_process_device() -> torch.device:
+    """`process_device()`, made the current CUDA device before anything touches CUDA.
+
+    Whatever a library puts on plain "cuda" (the CUDA context, bitsandbytes'
+    quantisation at load, pinned-memory threads) then lands on this process's
+    GPU instead of piling up on GPU 0.
+    """
+    device = process_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
 def device_map() -> dict | None:
-    """One whole model per process: data-parallel runs put each copy on its own GPU."""
-    if not torch.cuda.is_available():
-        return None
-    return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    """One whole model per process, on `use_process_device()`: data-parallel copies each on their own GPU."""
+    device = use_process_device()
+    return None if device.type == "cpu" else {"": device.index}
 
 
 @contextmanager
@@ -76,6 +112,7 @@ def load_processor(model_id: str):
 
 def load_base_model(model_id: str, quantization: Quantization = "nf4", attn_implementation: str = "sdpa"):
     """The base model, 4-bit NF4 or in the compute dtype, with PyTorch's fused attention (sdpa) by default."""
+    placement = device_map()  # first: even the bf16 check below starts a CUDA context on the current GPU
     dtype = compute_dtype()
     quantization_config = None
     if quantization == "nf4":
@@ -91,7 +128,7 @@ def load_base_model(model_id: str, quantization: Quantization = "nf4", attn_impl
             model_id,
             dtype=dtype,
             quantization_config=quantization_config,
-            device_map=device_map(),
+            device_map=placement,
             attn_implementation=attn_implementation,
             token=hub_token(),
         )
@@ -203,16 +240,74 @@ def model_dtype(model) -> torch.dtype:
 
 
 def answer_logits(model, inputs: dict, answer_ids: list[int]) -> torch.Tensor:
-    """Logits of the two answer letters at the answer position: shape (batch, 2).
+    """Logits of the two answer letters at the answer position, in float32: shape (batch, 2).
 
-    `logits_to_keep` with one position per row makes the LM head project a
-    single hidden state per image, never batch x sequence x vocabulary.
+    `logits_to_keep` with one position per row keeps a single hidden state per
+    image, and `answer_head` projects it onto the two answer rows only, never
+    batch x sequence x vocabulary. The forward still runs through the model's
+    own `forward` (and any DDP / peft wrapper), so training, evaluation and
+    inference read the same float32 logits.
     """
     inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    inputs["pixel_values"] = inputs["pixel_values"].to(model_dtype(model))
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model_dtype(model))
     positions = answer_positions(inputs["attention_mask"])
-    outputs = model(**inputs, logits_to_keep=positions[:, None], use_cache=False)
-    return outputs.logits[:, 0, answer_ids]
+    with answer_head(model, answer_ids):
+        outputs = model(**inputs, logits_to_keep=positions[:, None], use_cache=False)
+    return outputs.logits[:, 0]
+
+
+class AnswerRows(torch.nn.Module):
+    """Stands in for `lm_head`: the final hidden state times the two answer rows, in float32.
+
+    In bf16, logits near 20 are rounded to steps of 0.125, so p(nodule) would
+    take only a few hundred distinct values over a test set. Autocast is off
+    here, since it would run the product in bf16 again. Whatever the model's
+    forward does after `lm_head` (Gemma 3's text-only model: tanh soft-capping
+    when `final_logit_softcapping` is set) then acts on these float32 logits
+    exactly as on its own.
+    """
+
+    def __init__(self, rows: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.rows, self.bias = rows, bias  # plain tensors: nothing to train, save or count
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(hidden_states.device.type, enabled=False):
+            logits = hidden_states.float() @ self.rows.to(hidden_states.device).T
+        return logits if self.bias is None else logits + self.bias.to(logits.device)
+
+
+def head_rows(lm_head: torch.nn.Module, answer_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The answer rows of the LM head (and of its bias), as float32.
+
+    bitsandbytes normally leaves the head unquantized (it is tied to the input
+    embedding); a 4-bit head is dequantized whole, as its own forward does.
+    """
+    if hasattr(lm_head, "base_layer"):
+        raise ValueError("the LM head carries an adapter; the classifier reads the two answer rows of a plain head, "
+                         "so train without lm_head among the LoRA target modules.")
+    weight = lm_head.weight
+    if getattr(weight, "quant_state", None) is not None:
+        from bitsandbytes.functional import dequantize_4bit
+
+        weight = dequantize_4bit(weight.data, weight.quant_state)
+    bias = getattr(lm_head, "bias", None)
+    return weight[answer_ids].float(), None if bias is None else bias[answer_ids].float()
+
+
+@contextmanager
+def answer_head(model, answer_ids: list[int]):
+    """Within the block, the model's `lm_head` yields only the two answer logits, in float32."""
+    owner = next((module for module in model.modules() if "lm_head" in module._modules), None)
+    if owner is None:
+        raise ValueError(f"{type(model).__name__} has no lm_head; the classifier needs a Gemma 3 checkpoint.")
+    original = owner.lm_head
+    owner.lm_head = AnswerRows(*head_rows(original, answer_ids))
+    try:
+        yield
+    finally:
+        owner.lm_head = original
 
 
 def p_nodule_from_logits(logits: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Every output is written beside its target and moved into place in one step,
 so readers never see half a file and a crash leaves the previous version intact.
-`run_config.json` records the resolved config, package versions and git commit.
+`run_config.json` records the resolved config, package versions and git commit;
+`operating_point.json` travels with a saved adapter (the set-up and thresholds it was tuned with).
 A fresh run refuses to start over an earlier run's checkpoints or results
 unless told to continue (`--resume`) or to replace them (`--overwrite`).
 """
@@ -27,9 +28,13 @@ import pandas as pd
 
 RUN_CONFIG_JSON = "run_config.json"
 OPERATING_POINT_JSON = "operating_point.json"
+# What every operating point holds (docs/operating-point.md); more keys may follow them.
+OPERATING_POINT_KEYS = ("model_kind", "base_model", "quantization", "preprocessing", "thresholds",
+                        "default_threshold")
 # What a run leaves: results in the output folder, trainer checkpoints and the final adapter.
-RESULT_FILES = (RUN_CONFIG_JSON, "metrics.json", "test_predictions.csv", "val_predictions.csv", "test_labels.csv",
-                "unreadable_files.csv", "roc.png", "pr.png", "reliability.png", "training_curves.png")
+RESULT_FILES = (RUN_CONFIG_JSON, OPERATING_POINT_JSON, "metrics.json", "test_predictions.csv", "val_predictions.csv",
+                "test_labels.csv", "unreadable_files.csv", "roc.png", "pr.png", "reliability.png",
+                "training_curves.png")
 CHECKPOINT_FOLDERS = ("checkpoint-*", "best_adapter", "best_model")  # best_model: the encoder classifier
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "scikit-learn", "pandas", "pillow")
 
@@ -124,9 +129,11 @@ def git_commit() -> str | None:
         return None
 
 
-def write_run_config(out_dir: str | Path, config) -> Path:
-    """`run_config.json`: the dataclass as resolved, plus versions and commit (no secrets in it)."""
-    record = {"config": dataclasses.asdict(config), "versions": package_versions(), "git_commit": git_commit()}
+def write_run_config(out_dir: str | Path, config, extra: dict | None = None) -> Path:
+    """`run_config.json`: the dataclass as resolved, plus versions and commit (no secrets in it),
+    and `extra` entries (e.g. where a threshold came from)."""
+    record = {"config": dataclasses.asdict(config), **(extra or {}), "versions": package_versions(),
+              "git_commit": git_commit()}
     return write_json_atomic(Path(out_dir) / RUN_CONFIG_JSON, record)
 
 
@@ -134,24 +141,30 @@ def write_run_config(out_dir: str | Path, config) -> Path:
 
 
 def write_operating_point(folder: str | Path, record: dict) -> Path:
-    """`operating_point.json` beside a trained model: what inference needs besides the weights.
-
-    Schema: {"model_kind", "base_model", "quantization", "preprocessing": {...},
-    "thresholds": {name: value}, "default_threshold": "max_f1"}.
-    """
+    """`operating_point.json` in a saved model's folder, atomically: the set-up its scores come from
+    (base model, quantization, pre-processing) and the thresholds tuned on them."""
+    missing = [key for key in OPERATING_POINT_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"an operating point needs {', '.join(missing)} as well.")
     return write_json_atomic(Path(folder) / OPERATING_POINT_JSON, record)
 
 
-def read_operating_point(folder: str | Path) -> dict | None:
-    """The record `write_operating_point` wrote in `folder`, or None when there is none."""
-    path = Path(folder) / OPERATING_POINT_JSON
-    if not path.is_file():
+def read_operating_point(folder: str | Path | None) -> dict | None:
+    """The record `write_operating_point` left in `folder`; None when there is none (or no local folder).
+
+    A file that is not such a record raises ValueError naming it and the fix.
+    """
+    path = Path(folder) / OPERATING_POINT_JSON if folder else None
+    if path is None or not path.is_file():
         return None
+    fix = "delete it to use the defaults, or replace it with the one train.py --eval_only writes to its output folder"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        raise ValueError(f"{path} is not valid JSON; delete it and rerun the evaluation "
-                         "(train.py --eval_only) to write it again.") from None
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path} could not be read as JSON ({err.__class__.__name__}); {fix}.") from None
+    if not isinstance(record, dict) or not isinstance(record.get("thresholds"), dict):
+        raise ValueError(f"{path} is not an operating point (no thresholds object in it); {fix}.")
+    return record
 
 
 # ----------------------------------------------------------------------------- earlier runs

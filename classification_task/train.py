@@ -15,6 +15,9 @@ A --model_id that is a vision encoder (Dinov2, SigLIP; a Gemma 3 checkpoint with
 --model_kind encoder) trains the encoder classifier instead (encoder_model.py):
 pooled features -> a small head -> the same two logits, the same loss, Trainer and
 evaluation; the result is saved as <checkpoint_dir>/best_model.
+
+best_adapter/ also gets operating_point.json: base model, quantization, pre-processing and
+the thresholds tuned on validation, which inference.py then defaults to.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import pandas as pd
 import torch
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
-from classification_task import cli, classifiers
+from classification_task import cli, classifiers, operating_point
 from classification_task.dataset import DataError, Preprocessing, RadiographDataset, load_labels
 from classification_task.split import SPLIT_CSV, SPLITS, keep_run_split, load_or_make_split, split_table
 from classification_task.evaluate import evaluate_run
@@ -46,7 +49,13 @@ from classification_task.model import (
     lora_config,
 )
 from classification_task.processes import Processes
-from classification_task.run_files import check_fresh_run, remove_earlier_run, write_csv_atomic, write_run_config
+from classification_task.run_files import (
+    check_fresh_run,
+    remove_earlier_run,
+    write_csv_atomic,
+    write_operating_point,
+    write_run_config,
+)
 from classification_task.trainer import NoduleTrainer, best_checkpoint, compute_metrics
 from classification_task.unreadable import ReadableBatchCollator, UnreadableImages
 
@@ -381,6 +390,23 @@ def prepare_run(config: TrainConfig, processes: Processes):
     return resume_from, frame, processor, model
 
 
+def record_operating_point(config: TrainConfig, model, report: dict) -> None:
+    """The set-up and the thresholds just tuned on validation, beside the adapter they belong to
+    (after training) or, with --eval_only --adapter, in the output folder: inference.py defaults to them.
+    An encoder classifier's go into its best_model folder."""
+    if config.model_kind == "encoder":
+        if not config.eval_only:
+            classifiers.save_operating_point(model, config, report["thresholds"])
+        return
+    if config.eval_only and config.adapter is None:
+        return  # the zero-shot base: no adapter to carry them
+    folder = Path(config.output_dir) if config.eval_only else Path(config.checkpoint_dir) / "best_adapter"
+    record = operating_point.training_record(config.model_id, config.quantization, config.preprocessing,
+                                             report["thresholds"], report["n_val"])
+    write_operating_point(folder, record)
+
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     config = cli.parse(TrainConfig, __doc__, argv, demo_defaults=demo_defaults(argv))
@@ -410,8 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                               best=None if config.eval_only else best_checkpoint(trainer.state, config.metric_for_best),
                               model_name="zero_shot" if config.eval_only and config.adapter is None
                               and config.model_kind == "medgemma" else "fine_tuned")
-        if not config.eval_only:
-            classifiers.save_operating_point(model, config, report["thresholds"])
+        record_operating_point(config, model, report)
         unreadable.save()
     except (DataError, ValueError) as err:
         # Raised in a DataLoader worker, the message carries the worker's traceback: keep its last line.

@@ -49,3 +49,10 @@ def test_help_lists_each_flag_with_its_default(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--json JSON_PATH where the JSON goes (default: None)" in help_text
     assert "a labels CSV (required)" in help_text and "0-100 % (default: 0.5)" in help_text
+
+
+def test_given_fields_are_the_flags_on_the_command_line_even_at_their_default():
+    argv = ["--labels", "l.csv", "--json", "m.json", "--rate", "0.5", "--no-overwrite", "--resume"]
+    assert cli.given_fields(Config, argv) == {"labels", "json_path", "rate", "overwrite", "resume"}
+    assert cli.given_fields(Config, ["--mode", "b"]) == {"mode"}
+    assert cli.given_fields(Config, []) == set()

@@ -1,5 +1,6 @@
 """Folder inference: batching, the answer position, adapters, resume, real radiographs, bad input."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from classification_task import inference
 from classification_task import model as classifier
 from classification_task.model import QUESTION, answer_logits, answer_token_ids, lora_config, p_nodule_from_logits
+from classification_task.run_files import write_operating_point
 
 DATA_DIR = Path(__file__).parent / "data"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -203,3 +205,88 @@ def test_bad_input_is_one_line_exit_2(case, tiny_model_dir, tmp_path, capsys):
     assert inference.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
+
+
+# ----------------------------------------------------------------------------- operating point
+
+
+def _with_operating_point(adapter_dir, tmp_path, model_dir, **changes) -> Path:
+    """A copy of the adapter folder with an operating point recorded for `model_dir` (nf4 by default)."""
+    folder = tmp_path / "adapter_with_point"
+    shutil.copytree(adapter_dir, folder)
+    record = {"model_kind": "medgemma_lora", "base_model": str(model_dir), "quantization": "nf4",
+              "preprocessing": {"clip_low_pct": 1.0, "clip_high_pct": 99.0, "image_size_px": None},
+              "thresholds": {"max_f1": 0.5, "spec_0.99": 0.99}, "default_threshold": "max_f1"} | changes
+    write_operating_point(folder, record)
+    return folder
+
+
+def _run_config(output_dir) -> dict:
+    return json.loads((Path(output_dir) / "run_config.json").read_text())
+
+
+def test_an_adapter_without_operating_point_keeps_the_old_defaults_with_a_note(tiny_model_dir, adapter_dir,
+                                                                                tmp_path, capsys):
+    results = run(DATA_DIR, tmp_path / "out", tiny_model_dir, "--adapter", adapter_dir)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "operating_point.json" in line]
+    assert len(notes) == 1 and notes[0].startswith("note:") and "--threshold 0.5" in notes[0]
+    recorded = _run_config(tmp_path / "out")
+    assert recorded["config"]["quantization"] == "none"
+    assert recorded["threshold"] == {"value": 0.5, "source": "default", "name": None, "file": None}
+    assert (results["label"] == np.where(results["confidence"] >= 0.5, "Nodule", "No Finding")).all()
+
+
+def test_the_operating_point_sets_quantization_preprocessing_and_the_tuned_threshold(tiny_model_dir, adapter_dir,
+                                                                                   tmp_path, capsys):
+    scores = run(DATA_DIR, tmp_path / "plain", tiny_model_dir, "--adapter", adapter_dir)["confidence"]
+    tuned = float(np.sort(scores)[1])  # a threshold that labels all but the lowest-scored image Nodule
+    adapter = _with_operating_point(adapter_dir, tmp_path, tiny_model_dir, thresholds={"max_f1": tuned})
+    capsys.readouterr()
+    argv = ["--input_dir", str(DATA_DIR), "--output_dir", str(tmp_path / "out"), "--adapter", str(adapter),
+            "--num_workers", "0"]  # no --model_id: the recorded base
+    assert inference.main(argv) == 0
+    assert "warning" not in capsys.readouterr().err
+    recorded = _run_config(tmp_path / "out")
+    assert {key: recorded["config"][key] for key in ("model_id", "quantization", "clip_low_pct", "clip_high_pct",
+                                                     "threshold")} == {
+        "model_id": str(tiny_model_dir), "quantization": "nf4", "clip_low_pct": 1.0, "clip_high_pct": 99.0,
+        "threshold": tuned}
+    assert recorded["threshold"] == {"value": tuned, "source": "operating_point", "name": "max_f1",
+                                     "file": str(adapter / "operating_point.json")}
+    # The label column (which the localizer's gate reads) follows the tuned threshold.
+    results = pd.read_csv(tmp_path / "out" / inference.RESULTS_CSV)
+    assert (results["label"] == np.where(results["confidence"] >= tuned, "Nodule", "No Finding")).all()
+    assert 0 < (results["label"] == "No Finding").sum() < len(results)
+
+    overridden = run(DATA_DIR, tmp_path / "override", tiny_model_dir, "--adapter", adapter, "--threshold", 0.0)
+    assert set(overridden["label"]) == {"Nodule"}
+    assert _run_config(tmp_path / "override")["threshold"]["source"] == "--threshold"
+
+
+@pytest.mark.parametrize("flags, asked", [
+    (["--quantization", "none"], "--quantization none"),
+    (["--merge_adapter"], "--quantization none (--merge_adapter"),
+    (["--clip_low_pct", "0.5"], "--clip_low_pct 0.5"),
+])
+def test_asking_for_another_set_up_warns_in_one_line(tiny_model_dir, adapter_dir, tmp_path, capsys, flags, asked):
+    adapter = _with_operating_point(adapter_dir, tmp_path, tiny_model_dir)
+    run(DATA_DIR, tmp_path / "out", tiny_model_dir, "--adapter", adapter, *flags)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and asked in warnings[0] and "operating_point.json" in warnings[0]
+    assert _run_config(tmp_path / "out")["threshold"]["source"] == "operating_point"
+
+
+def test_another_base_model_warns(tiny_model_dir, adapter_dir, tmp_path, capsys):
+    adapter = _with_operating_point(adapter_dir, tmp_path, "google/medgemma-1.5-4b-it", quantization="none")
+    run(DATA_DIR, tmp_path / "out", tiny_model_dir, "--adapter", adapter)
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert f"--model_id {tiny_model_dir}" in warning and "google/medgemma-1.5-4b-it" in warning
+
+
+def test_an_operating_point_of_another_model_kind_is_one_line_exit_2(tiny_model_dir, adapter_dir, tmp_path, capsys):
+    adapter = _with_operating_point(adapter_dir, tmp_path, tiny_model_dir, model_kind="encoder")
+    argv = ["--input_dir", str(DATA_DIR), "--output_dir", str(tmp_path / "out"), "--adapter", str(adapter)]
+    assert inference.main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error:") and "'encoder'" in error and "Traceback" not in error
+    assert not (tmp_path / "out").exists()

@@ -4,6 +4,7 @@ test_train_processes.py)."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -119,6 +120,8 @@ def test_eval_only_scores_an_adapter_against_the_zero_shot_base(data_root, tiny_
                       "--output_dir", str(eval_dir), "--split_file", str(tmp_path / "out" / "split.csv"))
     assert train.main(argv_eval + ["--adapter", str(adapter)]) == 0
     metrics = json.loads((eval_dir / "metrics.json").read_text())
+    # The thresholds just tuned go to the output folder; the adapter folder, an input here, is left alone.
+    assert json.loads((eval_dir / "operating_point.json").read_text())["thresholds"] == metrics["thresholds"]
     assert set(metrics["test"]) == {"fine_tuned", "zero_shot"} and "zero_shot_thresholds" in metrics
     assert metrics["best_checkpoint"] is None
     assert all(len(line) <= 100 for line in _evaluation_lines(capsys.readouterr().out))
@@ -170,14 +173,23 @@ def test_inference_then_metrics_cli_reproduce_the_training_test_metrics(data_roo
                  "--no-zero_shot", "--learning_rate", "5e-3")
     assert train.main(argv) == 0
     out = tmp_path / "out"
+    adapter = tmp_path / "ckpt" / "best_adapter"
+    point = json.loads((adapter / "operating_point.json").read_text())
+    from_train = json.loads((out / "metrics.json").read_text())
+    assert point["thresholds"] == from_train["thresholds"] and point["default_threshold"] == "max_f1"
+    assert point["quantization"] == "none" and point["base_model"] == str(tiny_model_dir)
+    assert point["preprocessing"] == {"clip_low_pct": 0.5, "clip_high_pct": 99.5, "image_size_px": None}
     assert inference.main(["--input_dir", str(data_root), "--recursive", "--output_dir", str(tmp_path / "inf"),
-                           "--model_id", str(tiny_model_dir), "--adapter", str(tmp_path / "ckpt" / "best_adapter"),
-                           "--num_workers", "0"]) == 0
+                           "--adapter", str(adapter), "--num_workers", "0"]) == 0
+    # Labelled at the threshold tuned on validation, which run_config.json names.
+    tuned = point["thresholds"]["max_f1"]
+    assert json.loads((tmp_path / "inf" / "run_config.json").read_text())["threshold"]["value"] == tuned
+    scored = pd.read_csv(tmp_path / "inf" / "classification_test_results.csv")
+    assert (scored["label"] == np.where(scored["confidence"] >= tuned, "Nodule", "No Finding")).all()
     assert metrics.main(["--labels", str(out / "test_labels.csv"), "--bootstrap", "0",
                          "--predictions", str(tmp_path / "inf" / "classification_test_results.csv"),
                          "--json", str(tmp_path / "cli.json")]) == 0
     from_cli = json.loads((tmp_path / "cli.json").read_text())
-    from_train = json.loads((out / "metrics.json").read_text())
     at_half = from_train["test"]["fine_tuned"]["threshold_0.5"]
     assert from_cli["counts"]["scored"] == at_half["tp"] + at_half["tn"] + at_half["fp"] + at_half["fn"]
     for key, value in at_half.items():
