@@ -1,6 +1,7 @@
 """The encoder classifier: Dinov2 / SigLIP / Gemma 3 towers, modes, the saved folder, kind detection."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +19,6 @@ from classification_task.encoder_model import (
     save_classifier,
     score_batches,
 )
-from classification_task.tiny_model import save_tiny_dinov2
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +134,7 @@ def test_a_training_batch_of_unreadable_images_only_costs_nothing(tiny_dinov2_di
     assert batch["pixel_values"].shape == (1, 3, 56, 56) and batch["unreadable"] == [("bad.png", bad["error"])]
     trainer = NoduleTrainer.__new__(NoduleTrainer)  # only the loss is exercised: no Trainer set-up needed
     trainer.unreadable, trainer.pos_weight, trainer.focal_gamma = None, 1.0, 0.0
+    trainer.args = SimpleNamespace(world_size=1)  # one process: nothing to gather
     trainer.logits_fn = logits_function(model, None)
     loss = trainer.compute_loss(model, batch)
     assert loss.item() > 0
