@@ -11,7 +11,9 @@ keypoints learn, through the maximum of their heatmap, that a nodule is
 somewhere (multiple-instance loss, `--weak_weight`). Each epoch: every
 keypointed image plus rotating slices of weak positives and negatives. The
 best checkpoint by validation F1 is kept; the peak confidence thresholds are
-tuned on validation and applied unchanged to the test split.
+tuned on validation and applied unchanged to the test split, whose FROC curve
+(froc.png) and overlays of a few images (overlays/, `--n_overlays`) are
+written beside its metrics.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ class TrainConfig:
     eval_negatives: int | None = cli.arg(500, "No Finding validation images scored at each evaluation (all on test)")
     tight_frac: float = cli.arg(0.02, "tight distance threshold, fraction of the image diagonal")
     tolerant_frac: float = cli.arg(0.05, "tolerant distance threshold, fraction of the image diagonal")
+    n_overlays: int = cli.arg(4, "test images drawn with their ground truth and predictions in "
+                              "output_dir/overlays/, beside froc.png (0: none)")
     num_workers: int = cli.arg(4, "data-loading worker processes")
     max_unreadable_frac: float = cli.arg(
         0.01, "unreadable training images are skipped and listed; more than this fraction stops the run")
@@ -102,6 +106,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "eval_batch_size", "max_steps", "eval_steps", "max_points"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1.")
+        if self.n_overlays < 0:
+            raise ValueError("--n_overlays must be at least 0.")
         if self.weak_weight < 0 or self.weak_per_keypointed < 0 or self.negatives_per_keypointed < 0:
             raise ValueError("--weak_weight, --weak_per_keypointed and --negatives_per_keypointed must be >= 0.")
         if not 0 < self.sigma_frac < 0.2:
@@ -275,6 +281,7 @@ def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict)
     splits, unreadable = {}, []
     for name, max_negatives in (("val", config.eval_negatives), ("test", None)):
         rows = evaluation_rows(frames[name], max_negatives, seed=config.seed)
+        paths = dict(zip(rows["file_name"], rows["path"]))  # the test split's, once the loop ends
         dataset = HeatmapDataset(rows, settings, skip_unreadable=True)
         splits[name], skipped = predict_split(model, rows, dataset, config.eval_batch_size, config.max_points,
                                               config.num_workers, desc=name)
@@ -282,7 +289,8 @@ def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict)
     best_dir = Path(config.checkpoint_dir) / "best_model"
     report_test(model, splits["val"], splits["test"],
                 {"tight": config.tight_frac, "tolerant": config.tolerant_frac},
-                Path(config.output_dir), extra={"checkpoint": str(best_dir)})
+                Path(config.output_dir), extra={"checkpoint": str(best_dir)}, paths=paths,
+                n_overlays=config.n_overlays)
     save_model_atomic(model, best_dir)
     print(f"best model ({config.metric_for_best}) with its tuned thresholds saved to {best_dir}")
     return unreadable
