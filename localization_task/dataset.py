@@ -15,8 +15,8 @@ Source: the NoduLoCC2026 challenge data, laid out under a data root (default
 `load_localization_data` joins the two label files into one table of images
 with their keypoints; `HeatmapDataset` turns its rows into training items.
 
-Pre-processing (what the CheXagent-2 reference did): any PNG/JPEG mode -> grey
--> per-image percentile clip (0.5 / 99.5 %) -> rescale to 0-255 uint8 -> RGB.
+Pre-processing (what the CheXagent-2 reference did): any PNG/JPEG mode, or a
+DICOM's display values (`dicom.py`), -> grey -> per-image percentile clip (0.5 / 99.5 %) -> rescale to 0-255 uint8 -> RGB.
 The percentiles come from an integer histogram (`percentiles.py`), so a 16-bit
 2k x 2k image costs one `np.bincount` instead of a sort, and they equal
 `np.percentile(..., method="linear")` exactly.

@@ -196,7 +196,7 @@ def read_image_list(path: str | Path) -> list[str]:
 
 
 class ImageFinder:
-    """Finds an image under several roots: ``root/file_name`` first, then a PNG/JPEG of that basename
+    """Finds an image under several roots: ``root/file_name`` first, then a PNG/JPEG/DICOM of that basename
     anywhere below."""
 
     def __init__(self, roots: list[str] | tuple[str, ...]):
