@@ -1,1 +1,1 @@
-"""Benchmarks of the toolkit against the reference method; see BENCHMARKS.md."""
+"""Benchmarks of the toolkit against the reference method; see docs/benchmarks.md."""

@@ -19,7 +19,7 @@ REFERENCE_TRAIN_SAMPLES_PER_S = 4400 * 16 / (35 * 3600)
 
 
 def machine() -> dict:
-    """nproc, CPU model, RAM and GPU of this machine, as BENCHMARKS.md reports them."""
+    """nproc, CPU model, RAM and GPU of this machine, as docs/benchmarks.md reports them."""
     cpu_model = platform.processor() or None
     ram_gib = None
     if Path("/proc/cpuinfo").is_file():
@@ -65,7 +65,7 @@ def cell(value, digits: int = 3) -> str:
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    """A markdown table (it prints readably and pastes into BENCHMARKS.md as is)."""
+    """A markdown table (it prints readably and pastes into docs/benchmarks.md as is)."""
     cells = [[cell(row.get(column)) for column in columns] for row in rows]
     widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",

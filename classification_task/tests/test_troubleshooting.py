@@ -1,7 +1,7 @@
-"""Every message the README's Troubleshooting section lists for classification, one case each.
+"""Every message docs/troubleshooting.md lists for classification, one case each.
 
 The command exits with status 2 and a last line `error: ...` holding the listed phrase, without a
-traceback, and leaves no temporary file and no output beyond the complete files the README names.
+traceback, and leaves no temporary file and no output beyond the complete files docs/troubleshooting.md names.
 """
 
 import shutil
@@ -23,7 +23,7 @@ CASES = {}
 def case(name: str, phrase: str, allowed: tuple[str, ...] = (), readme: str | None = None):
     """Register a setup `(tmp_path, data_root, model_dir) -> (main, argv)` for a message.
 
-    `phrase` must be in the error line and, in backticks (or `readme` if given), in the README;
+    `phrase` must be in the error line and, in backticks (or `readme` if given), in docs/troubleshooting.md;
     `allowed` lists the files (relative to tmp_path) the failed command may leave.
     """
     def register(setup):
@@ -221,15 +221,14 @@ def _files(folder: Path) -> set[str]:
 
 
 def troubleshooting_section() -> str:
-    text = (REPO / "README.md").read_text()
-    return text[text.index("## Troubleshooting"):].split("\n## ")[0]
+    return (REPO / "docs" / "troubleshooting.md").read_text()
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_each_listed_message_exits_2_and_leaves_nothing_half_written(name, tmp_path, data_root, tiny_model_dir,
                                                                      capsys):
     setup, phrase, allowed, readme = CASES[name]
-    assert f"`{readme}`" in troubleshooting_section(), "the README lists the message"
+    assert f"`{readme}`" in troubleshooting_section(), "docs/troubleshooting.md lists the message"
     main, argv = setup(tmp_path, data_root, tiny_model_dir)
     before = _files(tmp_path)
     capsys.readouterr()

@@ -1,7 +1,7 @@
-"""Every message the README's Troubleshooting section lists for localization, one case each.
+"""Every message docs/troubleshooting.md lists for localization, one case each.
 
 The command exits with status 2 and a last line `error: ...` holding the listed phrase, without a
-traceback, and leaves no temporary file and no output beyond the complete files the README names.
+traceback, and leaves no temporary file and no output beyond the complete files docs/troubleshooting.md names.
 """
 
 from pathlib import Path
@@ -107,14 +107,13 @@ def _files(folder: Path) -> set[str]:
 
 
 def troubleshooting_section() -> str:
-    text = (REPO / "README.md").read_text()
-    return text[text.index("## Troubleshooting"):].split("\n## ")[0]
+    return (REPO / "docs" / "troubleshooting.md").read_text()
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_each_listed_message_exits_2_and_leaves_nothing_half_written(name, tmp_path, monkeypatch, capsys):
     setup, phrase, allowed = CASES[name]
-    assert f"`{phrase}`" in troubleshooting_section(), "the README lists the message"
+    assert f"`{phrase}`" in troubleshooting_section(), "docs/troubleshooting.md lists the message"
     main, argv = setup(tmp_path, monkeypatch)
     before = _files(tmp_path)
     capsys.readouterr()
