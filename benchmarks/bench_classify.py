@@ -9,6 +9,9 @@
     answer logits at the answer position (`logits_to_keep`), the adapter merged
     into a bf16 base (fp32 on the CPU), PyTorch's fused attention (sdpa).
 Both use the project's loading code and the same prompt; both attend with sdpa.
+Then the encoder classifier (benchmarks/encoder_classifier.py): its saved folder
+scored by batch size, a tiny Dinov2 on the CPU, the RAD-DINO architecture at
+518 px (bf16) on a GPU.
 CPU rows use the tiny test model; GPU rows the full-size MedGemma 1.5 4B
 architecture (4.30 B parameters) with random weights, saved and loaded from disk
 (no download). Images are synthetic and already pre-processed: this measures the
@@ -173,9 +176,20 @@ def main(argv: list[str] | None = None) -> int:
                                "GPU", "full-size 4.3B")
         else:
             rows += gpu_placeholders(config.batches)
+        line = headline(rows)  # MedGemma's; the encoder classifier's rows follow (encoder_classifier.py)
+        from benchmarks.encoder_classifier import encoder_score_rows
+
+        encoder_rows = encoder_score_rows(config.n_images, config.gpu_images, config.batches, Path(tmp))
+    rows += encoder_rows
+    best = {}
+    for row in encoder_rows:
+        if isinstance(row["img_per_s"], float):
+            best[row["device"]] = max(best.get(row["device"], 0.0), row["img_per_s"])
+    line += "; encoder classifier: " + ", ".join(
+        [f"{device} {per_s:.0f} images/s" for device, per_s in best.items()] +
+        ([] if "GPU" in best else [f"GPU {NO_GPU}"]))
     print(LEGEND)
     print(format_table(rows, COLUMNS))
-    line = headline(rows)
     path = write_record(config.out, config, {"scoring": rows}, line)
     print(f"record: {path}")
     print(line)

@@ -15,6 +15,8 @@ The first optimizer step is a warm-up; samples/s come from the median duration
 of the steps after it (robust to other work on a shared machine).
 CPU rows: the tiny test model, a sanity check of the code path. GPU rows: the
 full-size MedGemma 1.5 4B architecture with random weights (no download).
+The encoder classifier's rows follow (benchmarks/encoder_classifier.py): a tiny
+Dinov2 on the CPU, the RAD-DINO architecture at 518 px on a GPU, LoRA and full.
 Targets on the GPU: ours >= 3x the reference's samples/s at <= 22 GB peak.
 """
 
@@ -196,6 +198,13 @@ def headline(rows: list[dict]) -> str:
     return "training: " + "; ".join(parts)
 
 
+def encoder_headline(rows: list[dict]) -> str:
+    parts = [f"{r['device']} {r['setup'].removeprefix('ours, ')} "
+             + (f"{r['samples_per_s']:.1f} samples/s" if isinstance(r["samples_per_s"], float) else r["samples_per_s"])
+             for r in rows]
+    return "encoder classifier: " + ", ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     config = cli.parse(TrainBenchConfig, __doc__, argv)
@@ -215,11 +224,17 @@ def main(argv: list[str] | None = None) -> int:
                 rows += run_setups(base, config.gpu_setups, config.steps, 896, "GPU", "full-size 4.3B", Path(tmp))
             else:
                 rows += gpu_placeholders(config.gpu_setups)
+            line = headline(rows)  # MedGemma's; the encoder classifier's rows follow (encoder_classifier.py)
+            from benchmarks.encoder_classifier import encoder_train_rows
+
+            encoder_rows = encoder_train_rows(config.steps, Path(tmp), StepClock)
+            rows += encoder_rows
+            line += "; " + encoder_headline(encoder_rows)
     if config.task == "classifier":
         print(f"effective batch {EFFECTIVE_BATCH}, QLoRA (NF4 base, LoRA r=16), ", end="")
     print(f"{config.steps} steps of which 1 warm-up; samples/s from the median step")
     print(format_table(rows, COLUMNS))
-    line = headline(rows)
+    line = headline(rows) if config.task == "localizer" else line
     out = config.out or f"outputs/benchmarks/train_{config.task}.json"
     path = write_record(out, config, {"training": rows}, line)
     print(f"record: {path}")

@@ -71,7 +71,7 @@ def measure(config: TrainConfig, frame: pd.DataFrame, clock) -> dict:
     trainer.train()
     effective_batch = config.batch_size * config.grad_accum
     return {"setup": f"ours, encoder {config.encoder_mode}", "micro_batch": config.batch_size,
-            "accumulation": config.grad_accum, "checkpointing": False,
+            "accumulation": config.grad_accum, "checkpointing": config.gradient_checkpointing,
             "samples_per_s": effective_batch / float(np.median(np.diff(clock.ends))),
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
 

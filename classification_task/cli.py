@@ -38,6 +38,8 @@ def _flag_kwargs(field: dataclasses.Field, hint: Any) -> dict:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif typing.get_origin(base) is Literal:
         kwargs.update(choices=typing.get_args(base), type=str)
+    elif typing.get_origin(base) is list:  # `--files a.csv b.csv`
+        kwargs.update(nargs="+", type=typing.get_args(base)[0])
     else:
         kwargs["type"] = base
     if field.metadata.get("const") is not None:

@@ -24,7 +24,7 @@ from classification_task.metrics import (
     select_thresholds,
     sensitivity_at_specificity,
 )
-from classification_task.model import score_batches
+from classification_task.classifiers import score_batches
 from classification_task.plots import save_all_plots
 from classification_task.report import evaluation_text
 from classification_task.run_files import write_csv_atomic, write_json_atomic

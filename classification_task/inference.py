@@ -4,6 +4,13 @@
         --adapter checkpoints/classification/best_adapter --threshold 0.5
     python -m classification_task.inference --input_dir classification_task/tests/data \\
         --output_dir outputs/inference_tiny --model_id checkpoints/tiny-medgemma   # offline, CPU
+    python classification_task/inference.py --input_dir data/test_images --output_dir outputs/inference_encoder \\
+        --model_id checkpoints/classification/best_model      # an encoder classifier train.py saved
+
+Flags left unset (--threshold, --clip_low_pct, --clip_high_pct, --image_size_px) take
+the values in the model folder's operating_point.json (the pre-processing of training
+and the max-F1 threshold tuned on validation), where train.py wrote one; otherwise
+0.5, 0.5, 99.5 and the processor's own size.
 
 Writes, in --output_dir:
   classification_test_results.csv    file_name,label,confidence (confidence = p(nodule);
@@ -35,19 +42,19 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from classification_task import cli
+from classification_task import cli, classifiers
 from classification_task.dataset import INT_TO_LABEL, DataError, Preprocessing, load_image, safe_join
-from classification_task.model import MEDGEMMA_ID, answer_token_ids, load_processor, load_with_adapter, score_batches
-from classification_task.run_files import write_csv_atomic, write_run_config
+from classification_task.encoder_model import load_classifier
+from classification_task.model import MEDGEMMA_ID, answer_token_ids, load_processor, load_with_adapter
+from classification_task.processes import Processes
+from classification_task.run_files import read_operating_point, write_csv_atomic, write_run_config
 
 RESULTS_CSV = "classification_test_results.csv"
 UNREADABLE_CSV = "unreadable_files.csv"
@@ -59,22 +66,26 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 class InferenceConfig:
     input_dir: str | None = cli.arg(None, "folder of .png/.jpg/.jpeg/.dcm radiographs to score (required)")
     output_dir: str = cli.arg("outputs/classification_inference", "where the results CSV, config and resume cache go")
-    model_id: str = cli.arg(MEDGEMMA_ID, "hub id or local folder of the base model")
+    model_id: str = cli.arg(MEDGEMMA_ID, "hub id or local folder of the base model, or the best_model folder "
+                                         "of an encoder classifier")
     adapter: str | None = cli.arg(None, "LoRA adapter folder from train.py (or a hub id); none = zero-shot base")
-    threshold: float = cli.arg(0.5, "label Nodule when p(nodule) >= threshold (e.g. one tuned on validation)")
+    threshold: float | None = cli.arg(None, "label Nodule when p(nodule) >= threshold (default: the model "
+                                            "folder's max-F1 threshold tuned on validation, else 0.5)")
     batch_size: int = cli.arg(8, "images per forward pass")
     recursive: bool = cli.arg(False, "also score images in sub-folders of --input_dir")
     merge_adapter: bool = cli.arg(False, "merge the adapter into the base weights: faster, same scores")
     quantization: Literal["none", "nf4"] = cli.arg("none", "none = bf16 on GPU, fp32 on CPU; nf4 = 4-bit base")
-    clip_low_pct: float = cli.arg(0.5, "lower percentile of the per-image contrast stretch (as in training)")
-    clip_high_pct: float = cli.arg(99.5, "upper percentile of the per-image contrast stretch (as in training)")
-    image_size_px: int | None = cli.arg(None, "resize before the processor (as in training; default: none)")
+    clip_low_pct: float | None = cli.arg(None, "lower percentile of the per-image contrast stretch (default: "
+                                               "as in training, from operating_point.json, else 0.5)")
+    clip_high_pct: float | None = cli.arg(None, "upper percentile of the per-image contrast stretch (default: "
+                                                "as in training, else 99.5)")
+    image_size_px: int | None = cli.arg(None, "resize before the processor (default: as in training, else none)")
     num_workers: int = cli.arg(2, "image-loading worker processes")
 
     def __post_init__(self) -> None:
         if not self.input_dir:
             raise ValueError("--input_dir is required: pass the folder of radiographs to score.")
-        if not 0 <= self.threshold <= 1:
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError("--threshold must lie in [0, 1].")
         if self.batch_size < 1:
             raise ValueError("--batch_size must be at least 1.")
@@ -86,7 +97,23 @@ class InferenceConfig:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(self.clip_low_pct, self.clip_high_pct, self.image_size_px)
+        low, high = Preprocessing.clip_low_pct, Preprocessing.clip_high_pct  # until apply_operating_point
+        return Preprocessing(low if self.clip_low_pct is None else self.clip_low_pct,
+                             high if self.clip_high_pct is None else self.clip_high_pct, self.image_size_px)
+
+
+def apply_operating_point(config: InferenceConfig) -> None:
+    """Fill the flags left unset from operating_point.json in the adapter or model folder, else the defaults."""
+    folder = config.adapter or config.model_id
+    point = (read_operating_point(folder) if Path(folder).is_dir() else None) or {}
+    prep = point.get("preprocessing") or {}
+    if config.threshold is None:
+        config.threshold = (point.get("thresholds") or {}).get(point.get("default_threshold"), 0.5)
+    config.clip_low_pct = prep.get("clip_low_pct", 0.5) if config.clip_low_pct is None else config.clip_low_pct
+    config.clip_high_pct = prep.get("clip_high_pct", 99.5) if config.clip_high_pct is None else config.clip_high_pct
+    if config.image_size_px is None:
+        config.image_size_px = prep.get("image_size_px")
+    config.preprocessing  # the file's values hold too
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -235,7 +262,13 @@ class FolderImages(Dataset):
 
 
 def load_model(config: InferenceConfig):
-    """Model (adapter applied, merged if asked) and processor; load failures raise DataError."""
+    """Model (adapter applied, merged if asked) and processor; load failures raise DataError.
+    An encoder classifier's folder holds all its weights: model and no processor."""
+    if classifiers.resolve_kind(config.model_id) == "encoder":
+        if config.adapter:
+            raise DataError(f"--adapter is for MedGemma; {config.model_id} is an encoder classifier whose folder "
+                            "holds all its weights: drop --adapter.")
+        return load_classifier(config.model_id), None
     processor = load_processor(config.model_id)
     answer_token_ids(processor.tokenizer)  # fails early on a non-Gemma tokenizer
     model = load_with_adapter(config.model_id, config.adapter, config.quantization, config.merge_adapter)
@@ -247,53 +280,12 @@ def score_images(config: InferenceConfig, model, processor, names: list[str], ca
     """Score `names` batch by batch into `cache`; returns (file_name, error) of unreadable ones."""
     images = FolderImages(config.input_dir, names, config.preprocessing)
     unreadable = []
-    batches = score_batches(model, processor, images, config.batch_size, config.num_workers, desc)
+    batches = classifiers.score_batches(model, processor, images, config.batch_size, config.num_workers, desc)
     for file_names, p_nodule, skipped in batches:
         if file_names:
             cache.append(file_names, p_nodule)
         unreadable += skipped
     return unreadable
-
-
-# ----------------------------------------------------------------------------- several processes
-
-
-@dataclass(frozen=True)
-class Processes:
-    """This process's place among those torchrun / accelerate launch started (one alone by default)."""
-
-    rank: int = 0
-    count: int = 1
-
-    @classmethod
-    def join(cls) -> Processes:
-        """Join the launcher's process group. gloo: the group only synchronises, so it needs no GPU,
-        and a long timeout, since process 0 may wait hours for a slower one to finish its share."""
-        count = int(os.environ.get("WORLD_SIZE", "1"))
-        if count == 1:
-            return cls()
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", timeout=timedelta(hours=24))
-        return cls(dist.get_rank(), count)
-
-    def share(self, names: list[str]) -> list[str]:
-        return names[self.rank :: self.count]
-
-    def barrier(self) -> None:
-        if self.count > 1:
-            dist.barrier()
-
-    def gather_to_first(self, items: list) -> list:
-        """Every process's `items`, concatenated, on process 0 (once all have sent); [] elsewhere."""
-        if self.count == 1:
-            return items
-        gathered = [None] * self.count if self.rank == 0 else None
-        dist.gather_object(items, gathered, dst=0)
-        return [item for part in gathered for item in part] if self.rank == 0 else []
-
-    def leave(self) -> None:
-        if self.count > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -353,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         check_local_folder(config.model_id, "--model_id", "config.json", "a folder written by save_pretrained")
         check_local_folder(config.adapter, "--adapter", "adapter_config.json",
                            "the folder train.py saved (e.g. checkpoints/classification/best_adapter)")
+        apply_operating_point(config)
         unreadable = score_share(config, names, processes)
         if processes.rank != 0:
             return 0

@@ -227,16 +227,25 @@ class ScoringCollator:
     """PromptCollator over the readable images of a batch; unreadable ones are passed on as skipped.
 
     Items are dicts with an `image` (PIL image, or None when it could not be read,
-    then with an `error`) and optionally a `file_name`.
+    then with an `error`) and optionally a `file_name`. A batch with fewer than
+    `batch_size` readable images is filled up with copies of its last one (whose
+    scores are dropped): the kernels' results change in their last digits with
+    the number of rows, so every forward pass has the same number, and an image's
+    score does not depend on which batch it falls in (a resumed or shared run
+    batches differently from an uninterrupted one).
     """
 
-    def __init__(self, processor):
+    def __init__(self, processor, batch_size: int | None = None):
         self.prompts = PromptCollator(processor)  # left padding
+        self.batch_size = batch_size
 
     def __call__(self, items: list[dict]) -> dict:
         readable = [item for item in items if item["image"] is not None]
+        images = [item["image"] for item in readable]
+        if images and self.batch_size:
+            images += images[-1:] * (self.batch_size - len(images))
         return {
-            "inputs": self.prompts([{"image": item["image"]} for item in readable]) if readable else None,
+            "inputs": self.prompts([{"image": image} for image in images]) if images else None,
             "file_names": [item.get("file_name") for item in readable],
             "skipped": [(item["file_name"], item["error"]) for item in items if item["image"] is None],
         }
@@ -246,17 +255,21 @@ class ScoringCollator:
 def score_batches(
     model, processor, dataset: Dataset, batch_size: int = 4, num_workers: int = 0, desc: str = "scoring"
 ) -> Iterator[tuple[list, np.ndarray, list[tuple[str, str]]]]:
-    """Per batch of `dataset`, in order: (file_names, p_nodule, skipped (file_name, error) pairs)."""
+    """Per batch of `dataset`, in order: (file_names, p_nodule, skipped (file_name, error) pairs).
+
+    Every forward pass holds `batch_size` images (see ScoringCollator), so a score
+    depends on the image, the model and `batch_size`, not on the other images.
+    """
     model.eval()
     answer_ids = answer_token_ids(processor.tokenizer)
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=ScoringCollator(processor),
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=ScoringCollator(processor, batch_size),
                         num_workers=num_workers)
     device = next(model.parameters()).device
     with tqdm(total=len(dataset), desc=desc, unit="img") as progress:
         for batch in loader:
-            p_nodule = np.zeros(0)
+            n_scored, p_nodule = len(batch["file_names"]), np.zeros(0)
             if batch["inputs"] is not None:
                 inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
-                p_nodule = p_nodule_from_logits(answer_logits(model, inputs, answer_ids).cpu())
-            progress.update(len(batch["file_names"]) + len(batch["skipped"]))
+                p_nodule = p_nodule_from_logits(answer_logits(model, inputs, answer_ids).cpu())[:n_scored]
+            progress.update(n_scored + len(batch["skipped"]))
             yield batch["file_names"], p_nodule, batch["skipped"]

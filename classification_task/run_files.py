@@ -26,10 +26,11 @@ import numpy as np
 import pandas as pd
 
 RUN_CONFIG_JSON = "run_config.json"
+OPERATING_POINT_JSON = "operating_point.json"
 # What a run leaves: results in the output folder, trainer checkpoints and the final adapter.
 RESULT_FILES = (RUN_CONFIG_JSON, "metrics.json", "test_predictions.csv", "val_predictions.csv", "test_labels.csv",
                 "unreadable_files.csv", "roc.png", "pr.png", "reliability.png", "training_curves.png")
-CHECKPOINT_FOLDERS = ("checkpoint-*", "best_adapter")
+CHECKPOINT_FOLDERS = ("checkpoint-*", "best_adapter", "best_model")  # best_model: the encoder classifier
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "scikit-learn", "pandas", "pillow")
 
 
@@ -127,6 +128,30 @@ def write_run_config(out_dir: str | Path, config) -> Path:
     """`run_config.json`: the dataclass as resolved, plus versions and commit (no secrets in it)."""
     record = {"config": dataclasses.asdict(config), "versions": package_versions(), "git_commit": git_commit()}
     return write_json_atomic(Path(out_dir) / RUN_CONFIG_JSON, record)
+
+
+# ----------------------------------------------------------------------------- operating point
+
+
+def write_operating_point(folder: str | Path, record: dict) -> Path:
+    """`operating_point.json` beside a trained model: what inference needs besides the weights.
+
+    Schema: {"model_kind", "base_model", "quantization", "preprocessing": {...},
+    "thresholds": {name: value}, "default_threshold": "max_f1"}.
+    """
+    return write_json_atomic(Path(folder) / OPERATING_POINT_JSON, record)
+
+
+def read_operating_point(folder: str | Path) -> dict | None:
+    """The record `write_operating_point` wrote in `folder`, or None when there is none."""
+    path = Path(folder) / OPERATING_POINT_JSON
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise ValueError(f"{path} is not valid JSON; delete it and rerun the evaluation "
+                         "(train.py --eval_only) to write it again.") from None
 
 
 # ----------------------------------------------------------------------------- earlier runs

@@ -187,6 +187,24 @@ def save_tiny_medgemma(out_dir: str | Path, config: TinyModelConfig | None = Non
     return out_dir
 
 
+def save_tiny_dinov2(out_dir: str | Path, image_size_px: int = 56, patch_size_px: int = 8, hidden: int = 32,
+                     seed: int = 0) -> Path:
+    """A tiny random-init Dinov2 (2 layers, 2 heads) and its image processor config, saved with save_pretrained,
+    so that the encoder classifier loads it exactly as it loads microsoft/rad-dino. The mean and std differ
+    from ImageNet's so that reading them can be checked."""
+    from transformers import Dinov2Config, Dinov2Model
+    from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+
+    out_dir = Path(out_dir)
+    config = Dinov2Config(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                          image_size=image_size_px, patch_size=patch_size_px)
+    torch.manual_seed(seed)
+    Dinov2Model(config).save_pretrained(out_dir)
+    BitImageProcessorPil(size={"height": image_size_px, "width": image_size_px}, do_center_crop=False,
+                         image_mean=[0.53, 0.53, 0.53], image_std=[0.26, 0.26, 0.26]).save_pretrained(out_dir)
+    return out_dir
+
+
 @dataclass
 class SaveConfig:
     """The command line: where to save, and the model settings worth changing there."""

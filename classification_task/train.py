@@ -4,11 +4,17 @@
     python classification_task/train.py --demo              # synthetic data + tiny model, CPU, minutes
     accelerate launch --num_processes 2 classification_task/train.py   # data-parallel, one GPU each
     python classification_task/train.py --eval_only --adapter checkpoints/classification/best_adapter
+    python classification_task/train.py --model_id microsoft/rad-dino --encoder_mode full --learning_rate 2e-5
+    python classification_task/train.py --demo --model_kind encoder    # tiny Dinov2 classifier, CPU, minutes
 
 The model reads a multiple-choice question about the radiograph; p(nodule) is
 the softmax over the two answer-letter logits. Loss: class-weighted CE on those
 logits. Each epoch (--sampler balanced, the default): all positives + the next
 chunk of negatives; --sampler weighted and random are the alternatives (see --help).
+A --model_id that is a vision encoder (Dinov2, SigLIP; a Gemma 3 checkpoint with
+--model_kind encoder) trains the encoder classifier instead (encoder_model.py):
+pooled features -> a small head -> the same two logits, the same loss, Trainer and
+evaluation; the result is saved as <checkpoint_dir>/best_model.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from __future__ import annotations
 import classification_task  # noqa: F401  first: its __init__ quiets a bitsandbytes import warning
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -27,9 +32,9 @@ import pandas as pd
 import torch
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
-from classification_task import cli
+from classification_task import cli, classifiers
 from classification_task.dataset import DataError, Preprocessing, RadiographDataset, load_labels
-from classification_task.split import SPLITS, load_or_make_split
+from classification_task.split import SPLIT_CSV, SPLITS, keep_run_split, load_or_make_split, split_table
 from classification_task.evaluate import evaluate_run
 from classification_task.model import (
     MEDGEMMA_ID,
@@ -40,6 +45,7 @@ from classification_task.model import (
     load_with_adapter,
     lora_config,
 )
+from classification_task.processes import Processes
 from classification_task.run_files import check_fresh_run, remove_earlier_run, write_csv_atomic, write_run_config
 from classification_task.trainer import NoduleTrainer, best_checkpoint, compute_metrics
 from classification_task.unreadable import ReadableBatchCollator, UnreadableImages
@@ -51,10 +57,20 @@ METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "f_beta", "balanced_accuracy", "m
 @dataclass
 class TrainConfig:
     data_root: str = cli.arg("data/nodulocc", "folder with classification_labels.csv and the image folders")
-    model_id: str = cli.arg(MEDGEMMA_ID, "hub id or local folder of a Gemma 3 / MedGemma checkpoint")
+    model_id: str = cli.arg(MEDGEMMA_ID, "hub id or local folder: a Gemma 3 / MedGemma checkpoint, or a vision "
+                                         "encoder (Dinov2 such as microsoft/rad-dino, SigLIP) for the encoder "
+                                         "classifier; with --eval_only also a best_model folder")
+    model_kind: classifiers.ModelKind = cli.arg(
+        "auto", "auto: from the checkpoint's config (dinov2/siglip -> encoder, gemma3 -> medgemma); encoder on "
+        "a Gemma 3 checkpoint trains a head on its SigLIP tower")
+    encoder_mode: Literal["frozen", "lora", "full"] = cli.arg(
+        "lora", "encoder classifier: frozen encoder (head only), LoRA on its attention projections (--lora_r), or "
+        "full fine-tuning (use a lower --learning_rate, e.g. 2e-5)")
     output_dir: str = cli.arg("outputs/classification", "metrics, predictions, split, config and plots")
-    checkpoint_dir: str = cli.arg("checkpoints/classification", "trainer checkpoints and best_adapter/")
-    split_file: str | None = cli.arg(None, "reuse a split.csv (file_name,split) instead of making one")
+    checkpoint_dir: str = cli.arg("checkpoints/classification", "trainer checkpoints and best_adapter/ "
+                                                                "(best_model/ for the encoder classifier)")
+    split_file: str | None = cli.arg(None, "reuse a split.csv (file_name,split) instead of making one; "
+                                           "--resume always keeps the run's own split.csv")
     seed: int = cli.arg(42, "seed for the split, the sampler and training")
     quantization: Literal["nf4", "none"] = cli.arg("nf4", "nf4 = QLoRA (4-bit base); none = plain LoRA")
     lora_r: int = cli.arg(16, "LoRA rank")
@@ -86,10 +102,13 @@ class TrainConfig:
     f_beta: float = cli.arg(1.0, "beta of an F-beta score added to the tables, metrics.json and the "
                                  "--metric_for_best choices (2 favours recall, 0.5 precision); 1 = F1 alone")
     early_stopping_patience: int | None = cli.arg(None, "stop after N evaluations without improvement")
-    gradient_checkpointing: bool = cli.arg(True, "trade compute for memory (non-reentrant)")
+    gradient_checkpointing: bool = cli.arg(True, "trade compute for memory (non-reentrant; the encoder "
+                                                 "classifier only on a GPU)")
     clip_low_pct: float = cli.arg(0.5, "lower percentile of the per-image contrast stretch")
     clip_high_pct: float = cli.arg(99.5, "upper percentile of the per-image contrast stretch")
-    image_size_px: int | None = cli.arg(None, "resize before the processor (default: the processor's own size)")
+    image_size_px: int | None = cli.arg(None, "resize before the processor (default: the processor's own "
+                                              "size); the encoder classifier's input size (default: the "
+                                              "encoder's own, 518 for RAD-DINO)")
     cache_dir: str | None = cli.arg(None, "cache pre-processed images here (speeds up later epochs)")
     num_workers: int = cli.arg(2, "data-loading worker processes")
     max_unreadable_frac: float = cli.arg(0.01, "skip unreadable images, but stop when more than this fraction are")
@@ -139,11 +158,24 @@ DEMO_DEFAULTS = dict(
     batch_size=8, grad_accum=1, eval_batch_size=16, learning_rate=1e-3, max_steps=600, eval_steps=150,
     max_grad_norm=1.0, pos_weight=1.0, logging_steps=20, num_workers=0, bootstrap=200, lora_alpha=32,
 )
+# `--demo --model_kind encoder`: the same data, a tiny random-init Dinov2 trained in full.
+ENCODER_DEMO_DEFAULTS = DEMO_DEFAULTS | dict(
+    model_id="checkpoints/tiny-dinov2-classifier", output_dir="outputs/demo_encoder",
+    checkpoint_dir="checkpoints/demo_encoder", encoder_mode="full", learning_rate=1e-3,
+)
+ENCODER_DEMO_INPUT_PX = 112
+
+
+def demo_defaults(argv: list[str]) -> dict:
+    """The encoder demo's defaults when the command line asks for --model_kind encoder, else the MedGemma demo's."""
+    flags = " ".join(argv).replace("=", " ").split()
+    wants_encoder = any(a == "--model_kind" and b == "encoder" for a, b in zip(flags, flags[1:]))
+    return ENCODER_DEMO_DEFAULTS if wants_encoder else DEMO_DEFAULTS
 
 
 def prepare_demo(config: TrainConfig) -> None:
     from classification_task.synthetic import generate_dataset
-    from classification_task.tiny_model import save_tiny_medgemma
+    from classification_task.tiny_model import save_tiny_dinov2, save_tiny_medgemma
 
     if not (Path(config.data_root) / "classification_labels.csv").is_file():
         try:
@@ -152,12 +184,26 @@ def prepare_demo(config: TrainConfig) -> None:
             raise DataError(f"{config.data_root} exists but holds no demo data; remove it or pass another "
                             "--data_root.") from None
     if not (Path(config.model_id) / "config.json").is_file():
-        save_tiny_medgemma(config.model_id)
+        if config.model_kind == "encoder":
+            save_tiny_dinov2(config.model_id, ENCODER_DEMO_INPUT_PX, patch_size_px=8, hidden=64)
+        else:
+            save_tiny_medgemma(config.model_id)
 
 
-def load_data(config: TrainConfig) -> pd.DataFrame:
-    """The labelled images with a `split` column (train/val/test); nothing is written yet."""
-    frame = load_or_make_split(load_labels(config.data_root), config.split_file, config.seed)
+def load_data(config: TrainConfig, resume_from: str | None) -> pd.DataFrame:
+    """The labelled images with a `split` column (train/val/test); nothing is written yet.
+
+    --resume keeps the split in the run's split.csv (see split.keep_run_split);
+    otherwise --split_file or a fresh seeded split.
+    """
+    labels, run_split = load_labels(config.data_root), Path(config.output_dir) / SPLIT_CSV
+    if config.resume and run_split.is_file():
+        frame = keep_run_split(labels, run_split, config.split_file)
+    elif resume_from is not None and config.split_file is None:
+        raise DataError(f"{run_split} not found: a resumed run reuses the split it started with; pass the "
+                        "--output_dir of the run being resumed, or its split.csv as --split_file.")
+    else:
+        frame = load_or_make_split(labels, config.split_file, config.seed)
     counts = ", ".join(f"{name} {len(part)} ({int(part['label'].sum())} nodule)"
                        for name, part in split_frames(frame).items())
     print(f"split by patient: {counts}")
@@ -169,7 +215,13 @@ def split_frames(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def load_model(config: TrainConfig):
-    """The model to train (base + fresh LoRA) or, with --eval_only, to score (base + --adapter)."""
+    """The model to train (base + fresh LoRA) or, with --eval_only, to score (base + --adapter);
+    for the encoder classifier, encoder + fresh head, or a saved best_model folder."""
+    if config.model_kind == "encoder":
+        set_seed(config.seed)  # the head and the LoRA A matrices are drawn here
+        model = classifiers.load_encoder_classifier(config)
+        config.image_size_px = model.config.input_size_px  # resolved: the images are resized to it
+        return model
     if config.eval_only:
         return load_with_adapter(config.model_id, config.adapter, config.quantization)
     set_seed(config.seed)  # the LoRA A matrices are drawn here, before the Trainer seeds anything
@@ -180,7 +232,7 @@ def load_model(config: TrainConfig):
 def start_run(config: TrainConfig, frame: pd.DataFrame, earlier: list[Path]) -> None:
     """The inputs hold: replace an earlier run (--overwrite), then write the split and the config."""
     remove_earlier_run(earlier)
-    write_csv_atomic(frame[["file_name", "split"]], Path(config.output_dir) / "split.csv")
+    write_csv_atomic(split_table(frame), Path(config.output_dir) / SPLIT_CSV)
     write_run_config(config.output_dir, config)
 
 
@@ -198,7 +250,10 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         max_steps=config.max_steps,
         optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
         bf16=bf16,
-        activation_checkpointing=config.gradient_checkpointing,
+        # Without CUDA, say so: accelerate then joins the processes of a launch into one data-parallel
+        # run (gloo); otherwise each process would train a replica of its own on all the data.
+        use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=config.gradient_checkpointing,  # the model kind may narrow it: build_trainer
         activation_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy="steps",
         eval_steps=config.eval_steps,
@@ -218,21 +273,26 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
     )
 
 
-def build_trainer(config: TrainConfig, model, processor, frames: dict,
+def build_trainer(config: TrainConfig, args: TrainingArguments, model, processor, frames: dict,
                   unreadable: UnreadableImages) -> NoduleTrainer:
     prep = config.preprocessing
+    # Decided here, once the model kind is known: the encoder classifier fits a GPU's memory easily at
+    # 518 px, and on a CPU memory is no concern.
+    args.activation_checkpointing = config.gradient_checkpointing and (
+        config.model_kind != "encoder" or torch.cuda.is_available())
     callbacks = []
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     return NoduleTrainer(
         model=model,
-        args=training_arguments(config),
+        args=args,
         train_dataset=RadiographDataset(frames["train"], prep, config.cache_dir),
         eval_dataset=RadiographDataset(frames["val"], prep, config.cache_dir),
-        data_collator=ReadableBatchCollator(processor),
+        data_collator=ReadableBatchCollator(processor, classifiers.batch_collator(model, processor)),
         compute_metrics=partial(compute_metrics, beta=config.beta),
         callbacks=callbacks,
-        answer_ids=answer_token_ids(processor.tokenizer),
+        answer_ids=answer_token_ids(processor.tokenizer) if processor is not None else None,
+        logits_fn=classifiers.logits_function(model, processor),
         pos_weight=config.pos_weight,
         focal_gamma=config.focal_gamma,
         sampler=config.sampler,
@@ -270,23 +330,23 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     return latest
 
 
-def train(config: TrainConfig, model, processor, frames: dict, resume_from: str | None,
+def train(config: TrainConfig, args: TrainingArguments, model, processor, frames: dict, resume_from: str | None,
           unreadable: UnreadableImages):
-    trainer = build_trainer(config, model, processor, frames, unreadable)
+    trainer = build_trainer(config, args, model, processor, frames, unreadable)
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except (DataError, ValueError):
         close_progress_bars(trainer)
         raise
-    best_adapter = Path(config.checkpoint_dir) / "best_adapter"
-    trainer.save_model(str(best_adapter))  # the best checkpoint: load_best_model_at_end
+    # The best checkpoint (load_best_model_at_end): MedGemma's adapter, or the whole encoder classifier.
+    best_adapter, what = classifiers.save_best(trainer, config.checkpoint_dir)
     best = best_checkpoint(trainer.state, config.metric_for_best)
     if best["step"] is None:  # e.g. an AUC that stayed undefined on a one-class validation split
-        print(f"no best checkpoint (validation {best['metric']} never defined): the last adapter is "
+        print(f"no best checkpoint (validation {best['metric']} never defined): the last {what} is "
               f"saved to {best_adapter}")
     else:
         print(f"best checkpoint: step {best['step']}, validation {best['metric']} {best['value']:.4f}; "
-              f"its adapter is saved to {best_adapter}")
+              f"its {what} is saved to {best_adapter}")
     return trainer
 
 
@@ -298,44 +358,60 @@ def close_progress_bars(trainer) -> None:
                 bar.close()
 
 
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun / accelerate launch, or a plain run."""
-    return os.environ.get("RANK", "0") == "0"
+def prepare_run(config: TrainConfig, processes: Processes):
+    """Check the inputs in every process, then let process 0 alone write the run's files.
+
+    Every process looks for an earlier run before any writes (the barrier in
+    `first_does`): a process that wrote first would make the others find its
+    files and refuse their own run. Returns the checkpoint to resume from, the
+    split frame, the processor and the model.
+    """
+    earlier = check_fresh_run(config.output_dir, None if config.eval_only else config.checkpoint_dir,
+                              config.resume, config.overwrite)
+    resume_from = None if config.eval_only else resume_checkpoint(config)
+    if config.demo:
+        processes.first_does(lambda: prepare_demo(config))
+    frame = load_data(config, resume_from)
+    config.model_kind = classifiers.resolve_kind(config.model_id, config.model_kind)
+    processor = load_processor(config.model_id) if config.model_kind == "medgemma" else None
+    if processor is not None:
+        answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
+    model = load_model(config)
+    processes.first_does(lambda: start_run(config, frame, earlier))
+    return resume_from, frame, processor, model
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    config = cli.parse(TrainConfig, __doc__, argv, demo_defaults=DEMO_DEFAULTS)
+    config = cli.parse(TrainConfig, __doc__, argv, demo_defaults=demo_defaults(argv))
     if config is None:
         return 2
     try:
-        # Only rank 0 looks: the other processes may start while it writes the new run's files.
-        earlier = check_fresh_run(config.output_dir, None if config.eval_only else config.checkpoint_dir,
-                                  config.resume, config.overwrite) if is_main_process() else []
-        resume_from = None if config.eval_only else resume_checkpoint(config)
-        if config.demo:
-            prepare_demo(config)
-        frame = load_data(config)
-        processor = load_processor(config.model_id)
-        answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
-        model = load_model(config)
-        start_run(config, frame, earlier)
+        args = training_arguments(config)  # joins the launcher's process group, if any
+        processes = Processes.current()
+        resume_from, frame, processor, model = prepare_run(config, processes)
+        if config.eval_only and not processes.is_first:
+            return 0  # the evaluation runs in one process
         frames, log_history = split_frames(frame), None
         n_read = len(frame) if not config.eval_only else len(frames["val"]) + len(frames["test"])
-        unreadable = UnreadableImages(config.output_dir, n_read, config.max_unreadable_frac, write=is_main_process())
+        unreadable = UnreadableImages(config.output_dir, n_read, config.max_unreadable_frac,
+                                      write=processes.is_first)
         if config.resume:
             unreadable.carry_over(dict(zip(frame["file_name"], frame["path"])))
         if not config.eval_only:
-            trainer = train(config, model, processor, frames, resume_from, unreadable)
+            trainer = train(config, args, model, processor, frames, resume_from, unreadable)
             if not trainer.is_world_process_zero():
                 return 0
             model, log_history = trainer.model, trainer.state.log_history
-        evaluate_run(model, processor, frames, config.output_dir, config.preprocessing,
-                     batch_size=config.eval_batch_size, n_boot=config.bootstrap, seed=config.seed,
-                     zero_shot=config.zero_shot and (config.adapter is not None or not config.eval_only),
-                     log_history=log_history, cache_dir=config.cache_dir, unreadable=unreadable, beta=config.beta,
-                     best=None if config.eval_only else best_checkpoint(trainer.state, config.metric_for_best),
-                     model_name="zero_shot" if config.eval_only and config.adapter is None else "fine_tuned")
+        report = evaluate_run(model, processor, frames, config.output_dir, config.preprocessing,
+                              batch_size=config.eval_batch_size, n_boot=config.bootstrap, seed=config.seed,
+                              zero_shot=config.zero_shot and (config.adapter is not None or not config.eval_only),
+                              log_history=log_history, cache_dir=config.cache_dir, unreadable=unreadable, beta=config.beta,
+                              best=None if config.eval_only else best_checkpoint(trainer.state, config.metric_for_best),
+                              model_name="zero_shot" if config.eval_only and config.adapter is None
+                              and config.model_kind == "medgemma" else "fine_tuned")
+        if not config.eval_only:
+            classifiers.save_operating_point(model, config, report["thresholds"])
         unreadable.save()
     except (DataError, ValueError) as err:
         # Raised in a DataLoader worker, the message carries the worker's traceback: keep its last line.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from transformers import Trainer
 
 from classification_task.metrics import binary_metrics
 from classification_task.model import answer_logits, p_nodule_from_logits
+from classification_task.processes import Processes
 
 
 def answer_loss(
@@ -105,17 +107,20 @@ class ClassWeightedSampler(WeightedRandomSampler):
 
 
 class NoduleTrainer(Trainer):
-    """Trainer whose loss is weighted CE over the two answer logits.
+    """Trainer whose loss is weighted CE over the two (No Finding, Nodule) logits.
 
     Everything else (accumulation, mixed precision, checkpoints, resume,
     multi-GPU) is the stock Trainer.
     """
 
-    def __init__(self, *args, answer_ids: list[int], pos_weight: float, focal_gamma: float,
-                 sampler: str = "balanced", sampler_seed: int = 0, unreadable=None, **kwargs):
+    def __init__(self, *args, answer_ids: list[int] | None, pos_weight: float, focal_gamma: float,
+                 sampler: str = "balanced", sampler_seed: int = 0, unreadable=None, logits_fn=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.unreadable = unreadable  # UnreadableImages: records what the collator left out
         self.answer_ids = answer_ids
+        # (model, inputs) -> (No Finding, Nodule) logits: MedGemma's answer letters unless told otherwise
+        # (the encoder classifier's head, see classifiers.logits_function).
+        self.logits_fn = logits_fn or partial(answer_logits, answer_ids=answer_ids)
         self.pos_weight = pos_weight
         self.focal_gamma = focal_gamma
         self.sampler_kind = sampler
@@ -133,19 +138,26 @@ class NoduleTrainer(Trainer):
         return super()._get_train_sampler(train_dataset)
 
     def readable_inputs(self, inputs: dict) -> dict | None:
-        """The batch without its `unreadable` list (recorded here); None when no image was readable."""
+        """The batch without its `unreadable` list (recorded here); None when no image was readable.
+
+        With several processes each reads its own part of the batch: the lists of
+        all are gathered (every process takes this step together), so each process
+        counts every unreadable image once against the limit, and all stop together.
+        """
         inputs = dict(inputs)
         skipped = inputs.pop("unreadable", [])
+        if self.args.world_size > 1:
+            skipped = Processes.current().gather_to_all(skipped)
         if skipped and self.unreadable is not None:
             self.unreadable.record(skipped)
-        return inputs if "input_ids" in inputs else None
+        return inputs if "pixel_values" in inputs else None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = self.readable_inputs(inputs)
         if inputs is None:  # a zero that still reaches every trainable weight, so backward runs as usual
             loss = sum(param.sum() for param in model.parameters() if param.requires_grad) * 0.0
             return (loss, None) if return_outputs else loss
-        logits = answer_logits(model, inputs, self.answer_ids)
+        logits = self.logits_fn(model, inputs)
         loss = answer_loss(logits, inputs["labels"], self.pos_weight, self.focal_gamma)
         return (loss, logits) if return_outputs else loss
 
@@ -154,7 +166,7 @@ class NoduleTrainer(Trainer):
         if inputs is None:
             return None, None, None
         with torch.no_grad():
-            logits = answer_logits(model, inputs, self.answer_ids)
+            logits = self.logits_fn(model, inputs)
             loss = answer_loss(logits, inputs["labels"], self.pos_weight, self.focal_gamma)
         if prediction_loss_only:
             return loss.detach(), None, None

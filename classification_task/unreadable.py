@@ -5,7 +5,9 @@ a file it cannot decode; `ReadableBatchCollator` leaves such items out of the
 batch and passes their names on under `unreadable`; the main process records
 them in `UnreadableImages` as batches arrive. A count kept in the DataLoader
 worker processes would be lost with them, and a header check up front misses
-files cut short further in.
+files cut short further in. With several training processes the trainer
+gathers every process's list at each step, so each counts every unreadable
+image once against the one limit, and process 0 writes the list.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ class ReadableBatchCollator:
     A batch whose images are all unreadable holds only `labels` (empty) and `unreadable`.
     """
 
-    def __init__(self, processor):
-        self.prompts = PromptCollator(processor)
+    def __init__(self, processor, collate=None):
+        # `collate`: another batcher of readable items (the encoder classifier's EncoderCollator).
+        self.prompts = collate or PromptCollator(processor)
 
     def __call__(self, items: list[dict]) -> dict:
         readable = [item for item in items if item["image"] is not None]
@@ -69,8 +72,9 @@ class UnreadableImages:
         new = {name: error for name, error in skipped if name not in self.errors}
         if not new:
             return
-        for name, error in new.items():
-            print(f"skipped unreadable image {name}: {error}", file=sys.stderr)
+        if self.write:  # with several processes, the one that writes the list names them all
+            for name, error in new.items():
+                print(f"skipped unreadable image {name}: {error}", file=sys.stderr)
         self.errors.update(new)
         self.save()
         if len(self.errors) > self.max_frac * self.n_images:

@@ -213,15 +213,62 @@ def check_chexagent2_environment(revision: str | None) -> None:
 
 
 def resolve_device(device: str) -> str:
+    """--device for this process: "cpu" or its own GPU, cuda:LOCAL_RANK."""
+    from localization_task.processes import process_device
+
+    try:
+        return process_device(device)
+    except ValueError as error:
+        raise BackendUnavailable(str(error)) from None
+
+
+def resolve_dtype(dtype: str, device: str):
+    """--dtype: "auto" is bf16 on a GPU (as the model's own scripts run it), float32 on the CPU."""
     import torch
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    auto = "bfloat16" if device.startswith("cuda") else "float32"
+    return getattr(torch, auto if dtype == "auto" else dtype)
+
+
+# Third-party packages CheXagent-2's remote code imports beyond torch and transformers
+# (as reported for its modeling files); requirements-chexagent2.txt installs each.
+REMOTE_CODE_IMPORTS = ("torchvision", "pyarrow", "einops", "albumentations", "cv2")
+PIP_NAMES = {"cv2": "opencv-python-headless", "PIL": "pillow", "google": "protobuf"}  # import name -> pip name
+_MISSING = re.compile(r"requires the following packages that were not found in your environment: ([^.]+)\.")
+
+
+def missing_packages_sentence(error: ImportError, model_id: str) -> str:
+    """transformers' import check of remote code (or an import failing in it) as one sentence."""
+    found = _MISSING.search(str(error))
+    module = error.name if isinstance(error, ModuleNotFoundError) else None
+    names = found.group(1).split(", ") if found else [module] if module else []
+    if not names:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return (f"{model_id}'s remote code failed to import ({reason}): rebuild this environment from "
+                "localization_task/requirements-chexagent2.txt.")
+    packages = " ".join(dict.fromkeys(PIP_NAMES.get(n.split(".")[0], n.split(".")[0]) for n in names))
+    return (f"{model_id}'s remote code imports {packages}, missing here: run `pip install {packages}` with this "
+            "environment's pip (localization_task/requirements-chexagent2.txt names every package it needs).")
+
+
+def load_chexagent2(model_id: str, revision: str, device: str, dtype):
+    """Tokenizer and model, loaded then cast: the remote code builds some parameters with
+    `.float()` (its resampler's pos_embed), which `torch_dtype` alone leaves in float32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, trust_remote_code=True,
+                                                     torch_dtype=dtype)
+    except OSError as error:  # hub errors: unknown repo or commit, offline, no access
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise BackendUnavailable(
-            "--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto."
-        )
-    return device
+            f"could not load {model_id} at revision {revision} ({reason}): check --model_id, "
+            "--revision, network access and HF_TOKEN."
+        ) from None
+    except ImportError as error:  # transformers checks the remote code's imports before running it
+        raise BackendUnavailable(missing_packages_sentence(error, model_id)) from None
+    return tokenizer, model.to(device=device, dtype=dtype).eval()
 
 
 class CheXagent2Backend(GroundingBackend):
@@ -230,7 +277,8 @@ class CheXagent2Backend(GroundingBackend):
     Runs only where transformers == 4.40.0 (see requirements-chexagent2.txt)
     and only with a pinned --revision, because `trust_remote_code=True`
     executes the model repository's Python code. HF_TOKEN, if needed, is read
-    from the environment or a .env file and never printed.
+    from the environment or a .env file and never printed. Several processes
+    (torchrun) each take their own GPU, cuda:LOCAL_RANK.
     """
 
     def __init__(
@@ -242,31 +290,16 @@ class CheXagent2Backend(GroundingBackend):
         revision: str | None = CHEXAGENT2_REVISION,
         device: str = "auto",
         max_new_tokens: int = MAX_NEW_TOKENS,
+        dtype: str = "auto",
     ):
         check_chexagent2_environment(revision)
         super().__init__(prompt, labels, keep_unlabelled)
-        import torch
         from dotenv import load_dotenv
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         load_dotenv()  # puts HF_TOKEN from .env into the environment for huggingface_hub
         self.device = resolve_device(device)
         self.max_new_tokens = max_new_tokens
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                model_id, revision=revision, trust_remote_code=True
-            )
-            model = AutoModelForCausalLM.from_pretrained(
-                model_id, revision=revision, trust_remote_code=True, torch_dtype=dtype
-            )
-        except OSError as error:  # hub errors: unknown repo or commit, offline, no access
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise BackendUnavailable(
-                f"could not load {model_id} at revision {revision} ({reason}): check --model_id, "
-                "--revision, network access and HF_TOKEN."
-            ) from None
-        self.model = model.to(self.device).eval()
+        self.tokenizer, self.model = load_chexagent2(model_id, revision, self.device, resolve_dtype(dtype, self.device))
 
     def generate(self, item: ImageInput) -> Answer:
         import torch

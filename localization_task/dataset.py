@@ -27,6 +27,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,11 +35,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from localization_task.augment import KeypointAugmentation
 from localization_task.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_grey, read_dicom_header
 from localization_task.heatmap import Letterbox, gaussian_heatmap, heatmap_size, input_to_heatmap, letterbox_image
 from localization_task.percentiles import histogram_percentiles
 from localization_task.split import KEYPOINTED, NEGATIVE, image_kinds
+
+if TYPE_CHECKING:  # a type only: inference (also in the CheXagent-2 environment) needs no albumentations
+    from localization_task.augment import KeypointAugmentation
 
 DEFAULT_DATA_ROOT = Path("data/nodulocc")
 CLASSIFICATION_CSV = "classification_labels.csv"
@@ -227,7 +230,9 @@ def load_localization_data(data_root: str | Path = DEFAULT_DATA_ROOT) -> pd.Data
         [points.get(name, np.zeros((0, 2))) for name in frame["file_name"]], index=frame.index, dtype=object
     )
     frame.loc[frame["points_px"].map(len) > 0, "label"] = 1
-    sources = [classification_csv] * len(labels) + [localization_csv] * len(extra)
+    # Where each image is named: a keypointed image by its keypoint row, the others by their label row.
+    sources = [localization_csv if name in points and len(points[name]) else classification_csv
+               for name in frame["file_name"]]
     frame["path"] = _find_images(data_root, list(frame["file_name"]), sources)
     frame["patient_id"] = [patient_id(name, lidc) for name, lidc in zip(frame["file_name"], frame["lidc_id"])]
     return frame[["file_name", "path", "label", "lidc_id", "patient_id", "points_px"]]
@@ -249,11 +254,47 @@ def _find_images(data_root: Path, names: list[str], sources: list[Path]) -> list
         first = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         folders = " or ".join(str(data_root / d) for d in IMAGE_DIRS)
+        line = csv_line(sources[first], names[first])
         raise DataError(
-            f"image {names[first]!r} listed in {sources[first]}{more} is not in {folders}: "
-            "copy the images there, or pass the data root that holds them."
+            f"image {names[first]!r} on line {line} of {sources[first]}{more} is not in {folders}: "
+            "copy the images there, drop its rows, or pass the data root that holds them."
         )
     return [str(path) for path in paths]
+
+
+def csv_line(path: Path, file_name: str, xy: tuple[float, float] | None = None) -> int | None:
+    """The line (header = 1) of the first row of `path` naming `file_name` (at `xy`, if given)."""
+    table = read_table(path, ("file_name",), "labels")
+    rows = table["file_name"] == file_name
+    if xy is not None:
+        for column, value in zip(("x", "y"), xy):
+            rows &= np.isclose(pd.to_numeric(table[column], errors="coerce"), value)
+    hits = np.flatnonzero(rows.to_numpy())
+    return int(hits[0]) + 2 if len(hits) else None
+
+
+def check_keypoints_inside(frame: pd.DataFrame, localization_csv: Path) -> None:
+    """Refuse a keypoint outside its image, naming its CSV line and the image size (before any training).
+
+    Reads only the header of each image with keypoints (about a hundred on the
+    real data); an unreadable header is left to the training's unreadable-image
+    handling.
+    """
+    for name, path, points in zip(frame["file_name"], frame["path"], frame["points_px"]):
+        if len(points) == 0:
+            continue
+        try:
+            width, height = image_size(Path(path))
+        except OSError:
+            continue
+        x, y = points[:, 0], points[:, 1]
+        outside = np.flatnonzero((x < 0) | (x >= width) | (y < 0) | (y >= height))
+        if len(outside):
+            bad = tuple(float(v) for v in points[outside[0]])
+            raise DataError(
+                f"line {csv_line(localization_csv, name, bad)} of {localization_csv} puts a keypoint of {name} at "
+                f"({bad[0]:g}, {bad[1]:g}), outside the image ({width} x {height} px): fix the coordinates "
+                "or drop the row.")
 
 
 def patient_id(file_name: str, lidc_id: str = "") -> str:
@@ -360,8 +401,8 @@ class ItemSettings:
     sigma_hm: float
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
-    clip_low_pct: float = 0.5
-    clip_high_pct: float = 99.5
+    clip_low_pct: float = DEFAULT_CLIP_LOW_PCT  # the percentile stretch of every image
+    clip_high_pct: float = DEFAULT_CLIP_HIGH_PCT
 
 
 class UnreadableImage(DataError):
@@ -372,13 +413,14 @@ class UnreadableImage(DataError):
         self.reason = reason
 
 
-def read_stretched(path: str) -> np.ndarray:
+def read_stretched(path: str, clip_low_pct: float = DEFAULT_CLIP_LOW_PCT,
+                   clip_high_pct: float = DEFAULT_CLIP_HIGH_PCT) -> np.ndarray:
     """Any radiograph file -> (height, width) uint8 after the per-image percentile stretch."""
     try:
         grey = read_grey(path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UnreadableImage(path, f"{type(err).__name__}: {err}") from None
-    return percentile_clip_to_uint8(grey)
+    return percentile_clip_to_uint8(grey, clip_low_pct, clip_high_pct)
 
 
 def box_tensor(box: Letterbox) -> torch.Tensor:
@@ -416,7 +458,7 @@ class HeatmapDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         s = self.settings
         try:
-            grey = read_stretched(self.paths[index])
+            grey = read_stretched(self.paths[index], s.clip_low_pct, s.clip_high_pct)
         except UnreadableImage as err:
             if not self.skip_unreadable:
                 raise
@@ -458,10 +500,16 @@ def evaluation_rows(frame: pd.DataFrame, max_negatives: int | None, seed: int = 
 
     Nodule images without keypoints are left out: their true number of
     nodules is unknown, so no localization metric can be computed on them.
+    Column `weight`: 1, except that each sampled negative stands for
+    (negatives in the split) / (negatives sampled), so metrics on a sample
+    keep the split's own share of negatives.
     """
     kinds = image_kinds(frame["label"], [len(p) for p in frame["points_px"]])
     negatives = np.flatnonzero(kinds == NEGATIVE)
+    n_negatives = len(negatives)
     if max_negatives is not None and len(negatives) > max_negatives:
         negatives = np.sort(np.random.default_rng(seed).choice(negatives, max_negatives, replace=False))
     keep = np.sort(np.concatenate([np.flatnonzero(kinds == KEYPOINTED), negatives]))
-    return frame.iloc[keep].reset_index(drop=True)
+    rows = frame.iloc[keep].reset_index(drop=True)
+    negative_weight = n_negatives / len(negatives) if len(negatives) else 1.0
+    return rows.assign(weight=np.where(kinds[keep] == NEGATIVE, negative_weight, 1.0))

@@ -310,3 +310,16 @@ def spacing_per_name(names: list[str], with_points: list[str], spacing_csv: dict
     if not own and spacing_csv is None:
         return None
     return np.array([own.get(n, np.nan) for n in names])
+
+
+def read_gate_csv(path: str | Path, threshold: float | None = None) -> dict[str, bool]:
+    """A classifier's CSV (file_name,label,confidence) as {file_name: gated}: True where the
+    classifier calls the image No Finding, or, with `threshold`, scores it below that."""
+    table = read_table(path, ("file_name", "label", "confidence"), "--gate_csv", text_columns=("file_name", "label"))
+    names = table["file_name"].str.strip()
+    if threshold is not None:
+        gated = pd.to_numeric(table["confidence"], errors="coerce").to_numpy() < threshold
+    else:
+        gated = (table["label"].str.strip() == "No Finding").to_numpy()
+    return dict(zip(names, (bool(g) for g in gated)))
+

@@ -28,6 +28,7 @@ from localization_task.dataset import box_from_tensor, collate
 
 CANDIDATE_FLOOR = 0.05  # peaks below this never count, whatever the threshold
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.01), 2)
+OPERATING_POINTS = {"count": "count accuracy", "f1": "F1"}  # which tuned threshold the predictions use
 
 
 def peaks_tensor(logits: torch.Tensor, boxes: torch.Tensor, stride: int, max_points: int) -> torch.Tensor:
@@ -85,6 +86,7 @@ class SplitPeaks:
     peak_xy: list[np.ndarray]  # (m, 2) original pixels, strongest first
     peak_conf: list[np.ndarray]  # (m,)
     size_px: np.ndarray  # (n, 2) width, height
+    weight: np.ndarray | None = None  # (n,) images each row stands for (a sampled negative: several)
 
     def above(self, min_confidence: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Peaks (xy, confidence) at or above `min_confidence`, per image."""
@@ -119,23 +121,33 @@ def split_peaks(frame: pd.DataFrame, peaks: np.ndarray, boxes: np.ndarray, indic
         peak_xy=[p[:, :2].astype(np.float64) for p in peak_rows],
         peak_conf=[p[:, 2].astype(np.float64) for p in peak_rows],
         size_px=np.asarray(boxes)[rows][:, :2].astype(np.int64),
+        weight=frame["weight"].to_numpy(dtype=np.float64) if "weight" in frame else None,
     )
 
 
+def _weighted_mean(values: np.ndarray, weight: np.ndarray) -> float:
+    return float(np.average(values, weights=weight)) if weight.sum() > 0 else float("nan")
+
+
 def f1_and_counts(split: SplitPeaks, min_confidence: float, dist_frac: float) -> dict:
-    """Micro F1 at one distance threshold and count accuracy three ways, at one confidence."""
+    """Micro F1 at one distance threshold and count accuracy three ways, at one confidence.
+
+    Each image counts `split.weight` times (a sampled negative stands for the
+    negatives left out), so a sample gives the figures of the whole split."""
     xy, _ = split.above(min_confidence)
     diag_px = np.hypot(split.size_px[:, 0], split.size_px[:, 1])
-    tp = sum(len(match_points(p, g, dist_frac * d)["pred_idx"]) for p, g, d in zip(xy, split.gt_xy, diag_px))
+    weight = np.ones(len(xy)) if split.weight is None else split.weight
+    tp = np.array([len(match_points(p, g, dist_frac * d)["pred_idx"]) for p, g, d in zip(xy, split.gt_xy, diag_px)])
     n_pred = np.array([len(p) for p in xy])
     n_gt = np.array([len(g) for g in split.gt_xy])
-    denominator = 2 * tp + (n_pred.sum() - tp) + (n_gt.sum() - tp)
-    correct = n_pred == n_gt
+    tp_w, fp_w, fn_w = (float(np.dot(weight, v)) for v in (tp, n_pred - tp, n_gt - tp))
+    denominator = 2 * tp_w + fp_w + fn_w
+    correct = (n_pred == n_gt).astype(float)
     return {
-        "f1": 2 * tp / denominator if denominator else float("nan"),
-        "count_accuracy": float(correct.mean()) if len(correct) else float("nan"),
-        "count_accuracy_with_nodules": float(correct[n_gt > 0].mean()) if (n_gt > 0).any() else float("nan"),
-        "count_accuracy_without_nodules": float(correct[n_gt == 0].mean()) if (n_gt == 0).any() else float("nan"),
+        "f1": 2 * tp_w / denominator if denominator else float("nan"),
+        "count_accuracy": _weighted_mean(correct, weight) if len(correct) else float("nan"),
+        "count_accuracy_with_nodules": _weighted_mean(correct[n_gt > 0], weight[n_gt > 0]),
+        "count_accuracy_without_nodules": _weighted_mean(correct[n_gt == 0], weight[n_gt == 0]),
     }
 
 
@@ -163,36 +175,78 @@ def prediction_records(split: SplitPeaks, min_confidence: float) -> dict[str, di
     }
 
 
+def negatives_scored(split: SplitPeaks) -> int:
+    """How many images without a nodule a split was scored on."""
+    return sum(len(g) == 0 for g in split.gt_xy)
+
+
+def report_gated(test: SplitPeaks, min_confidence: float, gate: dict[str, bool], cfg: EvalConfig) -> dict:
+    """Localization after the classifier's gate, on the test images that neither model trained on.
+
+    `gate` holds the classifier's test images ({file_name: gated}, from its
+    test predictions): a test image of this run without a row there may have
+    trained the classifier, so it is left out. Gated images lose their peaks.
+    """
+    keep = [i for i, name in enumerate(test.file_names) if name in gate]
+    if not keep:
+        raise ValueError("--gate_csv has a row for none of the test images: pass the classifier's "
+                         "test_predictions.csv from a run on the same split.csv (--split_file).")
+    xy, conf = test.above(min_confidence)
+    closed = [gate[test.file_names[i]] for i in keep]
+    images = EvalImages([test.file_names[i] for i in keep], [test.gt_xy[i] for i in keep],
+                        [xy[i][:0] if c else xy[i] for i, c in zip(keep, closed)],
+                        [conf[i][:0] if c else conf[i] for i, c in zip(keep, closed)],
+                        test.size_px[keep, 0].astype(float), test.size_px[keep, 1].astype(float))
+    results, _ = evaluate(images, cfg)
+    print(f"\nGated by the classifier: {len(keep)} test images that neither model trained on "
+          f"({sum(closed)} gated as No Finding; {len(test.file_names) - len(keep)} test images without a "
+          "--gate_csv row left out):")
+    print(format_table(results, list(cfg.thresholds)))
+    return {"n_gated": sum(closed), "n_left_out": len(test.file_names) - len(keep), **results}
+
+
 def report_test(model, val: SplitPeaks, test: SplitPeaks, thresholds_frac: dict[str, float],
-                out_dir: Path, extra: dict, paths: dict[str, str] | None = None, n_overlays: int = 0) -> dict:
+                out_dir: Path, extra: dict, operating_point: str = "count", gate: dict | None = None,
+                paths: dict[str, str] | None = None, n_overlays: int = 0) -> dict:
     """Tune the thresholds on validation, score test with them, print and write everything.
 
     Writes eval_summary.json and per_image_metrics.csv (the evaluator's
     schema), plus the test predictions as localization_test_results.csv and
-    predictions.jsonl at the F1-tuned threshold, froc.png and, given the test
-    images' `paths`, overlays of `n_overlays` of them (see plots.py). Stores
-    both thresholds in `model.config`, so inference uses them by default.
+    predictions.jsonl, all at the `operating_point` threshold ("count": tuned
+    for count accuracy, what the challenge ranks; "f1"). Stores both
+    thresholds in `model.config`, so inference can use either. With `gate`
+    (see `report_gated`) the summary also holds the gated localization.
+    It also draws froc.png and, given the test images' `paths`, overlays of
+    `n_overlays` of them (see plots.py).
     """
     tolerant = max(thresholds_frac.values())
     tuned = tune_min_confidence(val, tolerant)
     model.config.min_confidence_f1 = tuned["min_confidence_f1"]
     model.config.min_confidence_count = tuned["min_confidence_count"]
+    used = tuned[f"min_confidence_{operating_point}"]
     cfg = EvalConfig(thresholds=dict(thresholds_frac))
-    images = test.eval_images(tuned["min_confidence_f1"])
+    images = test.eval_images(used)
     results, matches = evaluate(images, cfg)
-    at_count = f1_and_counts(test, tuned["min_confidence_count"], tolerant)
-    print(f"\nTest split, peaks kept at confidence >= {tuned['min_confidence_f1']:g} "
-          "(the threshold with the best F1 on validation):")
+    n_negatives = {"val": negatives_scored(val), "test": negatives_scored(test)}
+    print(f"\nScored: validation {len(val.file_names)} images ({n_negatives['val']} without nodules), "
+          f"test {len(test.file_names)} ({n_negatives['test']} without nodules).")
+    print(f"Test split at operating point {operating_point!r}: peaks kept at confidence >= {used:g} "
+          f"(tuned on validation for {OPERATING_POINTS[operating_point]}):")
     print(format_table(results, list(thresholds_frac)))
-    print(f"At confidence >= {tuned['min_confidence_count']:g} (best validation count accuracy): count accuracy\n"
-          f"{at_count['count_accuracy']:.3f} (with nodules {at_count['count_accuracy_with_nodules']:.3f}, "
-          f"without {at_count['count_accuracy_without_nodules']:.3f})")
-    summary = {"min_confidence_f1": tuned["min_confidence_f1"],
+    at = {name: f1_and_counts(test, tuned[f"min_confidence_{name}"], tolerant) for name in OPERATING_POINTS}
+    for name, scores in at.items():
+        print(f"At confidence >= {tuned[f'min_confidence_{name}']:g} (best validation {OPERATING_POINTS[name]}): "
+              f"tolerant F1 {scores['f1']:.3f}, count accuracy {scores['count_accuracy']:.3f}")
+    summary = {"operating_point": operating_point, "min_confidence": used,
+               "min_confidence_f1": tuned["min_confidence_f1"],
                "min_confidence_count": tuned["min_confidence_count"],
+               "n_negatives_scored": n_negatives, "n_images_scored": {"val": len(val.file_names)},
                "validation": {k: tuned[k] for k in ("at_min_confidence_f1", "at_min_confidence_count")},
-               "test_at_min_confidence_count": at_count, **extra}
+               **{f"test_at_min_confidence_{name}": scores for name, scores in at.items()}, **extra}
+    if gate is not None:
+        summary["gated"] = report_gated(test, used, gate, cfg)
     write_evaluation(out_dir, images, cfg, results, matches, extra=summary)
-    records = prediction_records(test, tuned["min_confidence_f1"])
+    records = prediction_records(test, used)
     write_results_csv(out_dir / RESULTS_CSV, records, test.file_names)
     write_records_jsonl(out_dir / PREDICTIONS_JSONL, records, test.file_names)
     write_test_pictures(out_dir, results, images, matches, thresholds_frac, paths or {}, n_overlays if paths else 0)

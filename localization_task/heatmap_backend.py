@@ -14,18 +14,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from localization_task.dataset import DataError
 from localization_task.evaluate import iter_peaks
 from localization_task.model import HeatmapLocalizer
+from localization_task.processes import process_device
 from localization_task.dataset import HeatmapDataset, ItemSettings
 
 DEFAULT_MIN_CONFIDENCE = 0.3  # for a checkpoint without a tuned threshold
 
 
-def load_localizer(checkpoint: str | Path) -> HeatmapLocalizer:
-    """A `best_model/` folder written by train.py, on the GPU when there is one."""
+def load_localizer(checkpoint: str | Path, device: str = "auto") -> HeatmapLocalizer:
+    """A `best_model/` folder written by train.py, on --device: by default this process's GPU
+    (cuda:LOCAL_RANK) when there is one."""
+    try:
+        device = process_device(device)
+    except ValueError as error:
+        raise DataError(str(error)) from None
     folder = Path(checkpoint)
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise DataError(f"--checkpoint {folder} holds no trained localizer (config.json and model.safetensors); "
@@ -35,15 +40,23 @@ def load_localizer(checkpoint: str | Path) -> HeatmapLocalizer:
     except (OSError, ValueError) as err:
         raise DataError(f"--checkpoint {folder} could not be loaded ({str(err).splitlines()[0]}); "
                         "pass a best_model folder written by this version of train.py.") from None
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    return model.to(device).eval()
 
 
-def min_confidence_of(model: HeatmapLocalizer, asked: float | None) -> float:
-    """The threshold asked for, else the one tuned on validation, else a default."""
+def min_confidence_of(model: HeatmapLocalizer, asked: float | None, operating_point: str = "count") -> float:
+    """The threshold asked for, else the one tuned on validation for `operating_point`
+    ("count": count accuracy, what the challenge ranks; "f1"), else a default. Says which."""
     if asked is not None:
+        print(f"keeping peaks at confidence >= {asked:g} (--min_confidence)")
         return asked
-    tuned = model.config.min_confidence_f1
-    return float(tuned) if tuned is not None else DEFAULT_MIN_CONFIDENCE
+    tuned = getattr(model.config, f"min_confidence_{operating_point}")
+    if tuned is None:
+        print(f"the checkpoint has no tuned threshold: keeping peaks at confidence >= {DEFAULT_MIN_CONFIDENCE:g}")
+        return DEFAULT_MIN_CONFIDENCE
+    goal = "count accuracy" if operating_point == "count" else "F1"
+    print(f"operating point {operating_point!r}: keeping peaks at confidence >= {float(tuned):g} "
+          f"(tuned on validation for {goal})")
+    return float(tuned)
 
 
 def checkpoint_signature(checkpoint: str | Path) -> list:

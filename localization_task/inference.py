@@ -7,7 +7,8 @@
 
 `--backend heatmap` runs a model trained by localization_task/train.py, in
 batches, in this environment; each keypoint's confidence is its heatmap peak,
-kept from the threshold tuned on validation (or `--min_confidence`) up.
+kept from the threshold tuned on validation for count accuracy (the
+challenge's ranking; `--operating_point f1` for the F1 one, or `--min_confidence`) up.
 `--gate_csv` (either backend) takes the classifier's
 classification_test_results.csv: images it calls No Finding (or scores below
 `--gate_threshold`) get no keypoints.
@@ -29,6 +30,7 @@ Rerunning the same command skips images already in predictions.jsonl.
 """
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -58,9 +60,8 @@ from localization_task.dataset import (
     DataError,
     discover_images,
     load_preprocessed,
-    read_table,
 )
-from localization_task.heatmap_backend import checkpoint_signature
+from localization_task.eval_io import read_gate_csv
 from localization_task.parsing import DEFAULT_LABELS
 from localization_task.processes import Processes, all_records, merge_caches
 from localization_task.run_files import (
@@ -87,6 +88,8 @@ class InferenceConfig:
     checkpoint: str | None = cli.arg(None, "heatmap: the best_model folder written by localization_task/train.py")
     min_confidence: float | None = cli.arg(
         None, "heatmap: keep peaks from this confidence up (default: the threshold tuned on validation)")
+    operating_point: Literal["count", "f1"] = cli.arg(
+        "count", "heatmap: use the threshold tuned for count accuracy (what the challenge ranks) or for F1")
     max_points: int = cli.arg(5, "heatmap: at most this many keypoints per image")
     batch_size: int = cli.arg(16, "heatmap: images per forward pass")
     num_workers: int = cli.arg(2, "heatmap: image-loading worker processes")
@@ -107,16 +110,25 @@ class InferenceConfig:
         "keep", "boxes without a <|ref|> label; the prompt asks for one finding, so they are kept"
     )
     recursive: bool = cli.arg(False, "also look in sub-folders of --input_dir")
-    clip_low_pct: float = cli.arg(DEFAULT_CLIP_LOW_PCT, "per-image lower clip percentile")
-    clip_high_pct: float = cli.arg(DEFAULT_CLIP_HIGH_PCT, "per-image upper clip percentile")
-    device: Literal["auto", "cuda", "cpu"] = cli.arg("auto", "where the real model runs")
+    clip_low_pct: float | None = cli.arg(
+        None, f"per-image lower clip percentile (default: heatmap, the model's own; else {DEFAULT_CLIP_LOW_PCT})")
+    clip_high_pct: float | None = cli.arg(
+        None, f"per-image upper clip percentile (default: heatmap, the model's own; else {DEFAULT_CLIP_HIGH_PCT})")
+    device: Literal["auto", "cuda", "cpu"] = cli.arg(
+        "auto", "where the model runs; auto: this process's GPU (cuda:LOCAL_RANK) when torch sees one")
+    dtype: Literal["auto", "bfloat16", "float32"] = cli.arg(
+        "auto", "chexagent2: weights and compute dtype; auto: bfloat16 on a GPU, float32 on the CPU")
     max_new_tokens: int = cli.arg(MAX_NEW_TOKENS, "generation length limit")
 
     def __post_init__(self):
         self.input_dir, self.output_dir = Path(self.input_dir), Path(self.output_dir)
         self.labels = tuple(self.labels)
         cli.check_choices(self)
-        if not 0 <= self.clip_low_pct < self.clip_high_pct <= 100:
+        if self.backend != "heatmap":  # a heatmap model brings its own (resolve_clip_pct)
+            self.clip_low_pct = DEFAULT_CLIP_LOW_PCT if self.clip_low_pct is None else self.clip_low_pct
+            self.clip_high_pct = DEFAULT_CLIP_HIGH_PCT if self.clip_high_pct is None else self.clip_high_pct
+        low = 0 if self.clip_low_pct is None else self.clip_low_pct
+        if not 0 <= low < (100 if self.clip_high_pct is None else self.clip_high_pct) <= 100:
             raise ValueError("--clip_low_pct and --clip_high_pct need 0 <= low < high <= 100.")
         if self.max_new_tokens < 1 or self.max_points < 1 or self.batch_size < 1 or self.num_workers < 0:
             raise ValueError("--max_new_tokens, --max_points and --batch_size must be at least 1, "
@@ -152,8 +164,9 @@ class InferenceConfig:
         """What the cached predictions depend on: a resumed run must match it."""
         gate = {"gate_csv": self.gate_csv and str(Path(self.gate_csv).resolve()), "gate_threshold": self.gate_threshold}
         if self.backend == "heatmap":
-            return {"backend": self.backend, "checkpoint": checkpoint_signature(self.checkpoint),
-                    "min_confidence": self.min_confidence, "max_points": self.max_points,
+            return {"backend": self.backend, "checkpoint": heatmap_path().checkpoint_signature(self.checkpoint),
+                    "min_confidence": self.min_confidence, "operating_point": self.operating_point,
+                    "max_points": self.max_points,
                     "clip_pct": [self.clip_low_pct, self.clip_high_pct], **gate}
         return {
             **gate,
@@ -165,7 +178,22 @@ class InferenceConfig:
             "unlabelled_boxes": self.unlabelled_boxes,
             "clip_pct": [self.clip_low_pct, self.clip_high_pct],
             "max_new_tokens": self.max_new_tokens,
+            # Only when asked for, so caches written before --dtype existed still resume.
+            **({"dtype": self.dtype} if self.dtype != "auto" else {}),
         }
+
+
+def heatmap_path():
+    """localization_task.heatmap_backend, imported on use: it needs the main environment (peft,
+    transformers 5), which the CheXagent-2 environment is not."""
+    try:
+        from localization_task import heatmap_backend
+    except ImportError as error:
+        raise BackendUnavailable(
+            f"--backend heatmap needs the main environment ({error}): run it with the main environment's "
+            "python, not .venv-chexagent2's."
+        ) from None
+    return heatmap_backend
 
 
 def _is_commit_sha(revision: str) -> bool:
@@ -206,6 +234,30 @@ def find_input_images(config: InferenceConfig) -> list[Path]:
     return images
 
 
+def resolve_clip_pct(config: InferenceConfig, warn: bool = True) -> None:
+    """--backend heatmap: the stretch the model was trained with, unless another is asked (one warning line).
+
+    Reads the checkpoint's config.json (a model saved before it recorded its
+    stretch was trained with the defaults); a missing one is reported later.
+    """
+    try:
+        saved = json.loads((Path(config.checkpoint) / "config.json").read_text())
+    except (OSError, ValueError):
+        saved = {}
+    saved = saved if isinstance(saved, dict) else {}
+    differing = []
+    for name, default in (("clip_low_pct", DEFAULT_CLIP_LOW_PCT), ("clip_high_pct", DEFAULT_CLIP_HIGH_PCT)):
+        trained, asked = float(saved.get(name, default)), getattr(config, name)
+        if asked is not None and asked != trained:
+            differing.append(f"--{name} {asked:g} (trained with {trained:g})")
+        setattr(config, name, trained if asked is None else asked)
+    if warn and differing:
+        print(f"warning: {' and '.join(differing)} differs from this model's own stretch; "
+              "its confidences and tuned threshold may not hold.", file=sys.stderr)
+    if not config.clip_low_pct < config.clip_high_pct:
+        raise DataError("--clip_low_pct and --clip_high_pct need low < high with the model's own values; pass both.")
+
+
 def build_localizer(config: InferenceConfig) -> Localizer:
     common = dict(
         prompt=config.prompt_text,
@@ -220,6 +272,7 @@ def build_localizer(config: InferenceConfig) -> Localizer:
         revision=config.revision,
         device=config.device,
         max_new_tokens=config.max_new_tokens,
+        dtype=config.dtype,
     )
 
 
@@ -228,15 +281,12 @@ def build_localizer(config: InferenceConfig) -> Localizer:
 
 def read_gate(path: str, threshold: float | None, names: list[str]) -> set[str]:
     """The images of `names` that the classifier's CSV calls No Finding (or scores below `threshold`)."""
-    table = read_table(path, ("file_name", "label", "confidence"), "--gate_csv", text_columns=("file_name", "label"))
-    by_name = dict(zip(table["file_name"].str.strip(), zip(table["label"].str.strip(), table["confidence"])))
-    missing = [name for name in names if name not in by_name]
+    verdicts = read_gate_csv(path, threshold)
+    missing = [name for name in names if name not in verdicts]
     if missing:
         raise DataError(f"--gate_csv {path} has no row for {len(missing)} of the images, e.g. {missing[0]!r}: "
                         "score the same --input_dir with classification_task/inference.py.")
-    if threshold is not None:
-        return {name for name in names if float(by_name[name][1]) < threshold}
-    return {name for name in names if by_name[name][0] == "No Finding"}
+    return {name for name in names if verdicts[name]}
 
 
 def gated(record: dict, gate: set[str]) -> dict:
@@ -280,9 +330,10 @@ def predict_pending(
 def predict_pending_heatmap(config: InferenceConfig, pending: list[tuple[Path, str]],
                             gate: set[str], cache: Path) -> tuple[int, list[str]]:
     """Predict the pending images in batches with the trained localizer, appending one record each."""
-    from localization_task.heatmap_backend import load_localizer, min_confidence_of, predict_records
-
-    model = load_localizer(config.checkpoint)
+    if not pending:  # all cached: no model to load, no threshold to announce
+        return 0, []
+    heatmap = heatmap_path()
+    model = heatmap.load_localizer(config.checkpoint, config.device)
     unreadable = []
 
     def skip(name: str, reason: str) -> None:
@@ -290,9 +341,10 @@ def predict_pending_heatmap(config: InferenceConfig, pending: list[tuple[Path, s
         unreadable.append(name)
 
     predicted = 0
-    records = predict_records(
+    records = heatmap.predict_records(
         model, [path for path, _ in pending], [name for _, name in pending],
-        min_confidence_of(model, config.min_confidence), config.max_points, config.batch_size,
+        heatmap.min_confidence_of(model, config.min_confidence, config.operating_point), config.max_points,
+        config.batch_size,
         config.num_workers, (config.clip_low_pct, config.clip_high_pct), skip,
     )
     for record in records:
@@ -320,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(config: InferenceConfig, processes: Processes) -> int:
     """Predict this process's share of the pending images; process 0 then writes the outputs."""
     try:
+        if config.backend == "heatmap":
+            resolve_clip_pct(config, warn=processes.rank == 0)  # one warning, not one per process
         images = find_input_images(config)
         if config.output_dir.exists() and not config.output_dir.is_dir():
             raise DataError(f"--output_dir {config.output_dir} is a file: pass a folder for the results.")

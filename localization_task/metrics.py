@@ -407,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
               "pass an --output_dir you can write to.", file=sys.stderr)
         return 2
     print(f"wrote {summary_path} and {per_image_path}")
+    if Path(cfg.predictions).suffix.lower() == ".csv" and not (cfg.image_list or cfg.scan_image_roots):
+        # A CSV has no row for an image without a predicted nodule: such images would go uncounted.
+        print("warning: predictions from a CSV without --image_list or --scan_image_roots: images with no row "
+              "in either file are not counted as true negatives.", file=sys.stderr)
     if cfg.overlay_dir:
         from localization_task.overlay import write_overlays
 

@@ -41,6 +41,8 @@ from transformers import (
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 
+from localization_task.dataset import DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT
+
 DEFAULT_ENCODER = "microsoft/rad-dino"
 ENCODER_MODES = ("frozen", "lora", "full")
 STRIDES = (4, 8)
@@ -70,6 +72,10 @@ class HeatmapLocalizerConfig(PretrainedConfig):
     lora_dropout: float = 0.05
     image_mean: list[float] | None = None  # None: ImageNet's
     image_std: list[float] | None = None
+    # The per-image percentile stretch the model was trained with; inference uses it by default.
+    # A config saved before these fields existed loads with the stretch it was trained with.
+    clip_low_pct: float = DEFAULT_CLIP_LOW_PCT
+    clip_high_pct: float = DEFAULT_CLIP_HIGH_PCT
     min_confidence_f1: float | None = None  # peak threshold that maximised F1 on validation
     min_confidence_count: float | None = None  # peak threshold that maximised count accuracy
 
@@ -100,6 +106,8 @@ class HeatmapLocalizerConfig(PretrainedConfig):
             raise ValueError("head_channels and lora_r must be positive, stem_channels at least 0.")
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
             raise ValueError("image_mean and image_std need three values each, std positive.")
+        if not 0 <= self.clip_low_pct < self.clip_high_pct <= 100:
+            raise ValueError("clip_low_pct and clip_high_pct need 0 <= low < high <= 100.")
 
     @property
     def patch_size_px(self) -> int:
@@ -253,6 +261,7 @@ class HeatmapLocalizer(PreTrainedModel):
         lora_r: int = 16,
         lora_alpha: int = 16,
         lora_dropout: float = 0.05,
+        clip_pct: tuple[float, float] = (DEFAULT_CLIP_LOW_PCT, DEFAULT_CLIP_HIGH_PCT),
         token: str | None = None,
     ) -> HeatmapLocalizer:
         """A new localizer on pretrained encoder weights; input size defaults to the encoder's own."""
@@ -270,6 +279,8 @@ class HeatmapLocalizer(PreTrainedModel):
             lora_dropout=lora_dropout,
             image_mean=image_mean,
             image_std=image_std,
+            clip_low_pct=clip_pct[0],
+            clip_high_pct=clip_pct[1],
         )
         return cls(config, encoder=encoder)
 

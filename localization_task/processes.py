@@ -4,7 +4,8 @@ Each process predicts every N-th pending image into its own resume cache
 (`predictions.rank<R>.jsonl`); process 0 waits for all, merges every cache
 into `predictions.jsonl` and writes the CSV. One process alone (the default)
 uses `predictions.jsonl` directly. gloo only synchronises here, so no GPU is
-needed for the group itself.
+needed for the group itself. Each process runs its model on its own GPU,
+`cuda:LOCAL_RANK` (`process_device`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from localization_task.run_files import PREDICTIONS_JSONL, load_records, write_records_jsonl
@@ -54,6 +56,25 @@ class Processes:
     def leave(self) -> None:
         if self.count > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def process_device(asked: str) -> str:
+    """Where this process runs its model: "cpu", or its own GPU `cuda:LOCAL_RANK`.
+
+    `asked` is --device: "auto" (a GPU when torch sees one), "cuda" or "cpu".
+    Without LOCAL_RANK (one process) that GPU is cuda:0; launched several per
+    machine, process r takes cuda:r instead of all of them crowding GPU 0.
+    Raises ValueError with a plain sentence when that GPU does not exist.
+    """
+    if asked == "cpu" or (asked == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto.")
+    local_rank, n_gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local_rank >= n_gpus:
+        raise ValueError(f"this is process LOCAL_RANK={local_rank} but torch sees {n_gpus} GPU(s): start at most "
+                         "one process per GPU (torchrun --nproc_per_node), or use --device cpu.")
+    return f"cuda:{local_rank}"
 
 
 def all_records(output_dir: Path) -> dict[str, dict]:

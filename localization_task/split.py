@@ -12,6 +12,7 @@ weak positives and of the negatives (`trainer.MixedEpochSampler`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -47,3 +48,47 @@ def split_by_patient(patient_ids: Sequence[str], kinds: Sequence[int],
     split = np.where(position < test_end, "test", np.where(position < val_end, "val", "train"))
     by_patient = pd.Series(split, index=patients.index)
     return by_patient.loc[frame["patient"]].to_numpy()
+
+
+def read_split_file(path: str | Path, file_names: Sequence[str]) -> np.ndarray:
+    """The saved split of each of `file_names`, from a split.csv (file_name,split[,...]).
+
+    Rows of images no longer labelled are dropped; a labelled image the file
+    does not list is refused, since placing it could only be a new, second
+    decision. Any other columns (the classifier writes its own) are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"split file {path} not found; pass a split.csv written by an earlier run.")
+    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"file_name", "split"} <= set(saved.columns) or not set(saved["split"]) <= set(SPLITS):
+        raise ValueError(f"{path} needs the columns file_name,split with splits in {SPLITS}.")
+    split = pd.Series(list(file_names), dtype=object).map(dict(zip(saved["file_name"], saved["split"])))
+    if split.isna().any():
+        first = file_names[int(np.flatnonzero(split.isna().to_numpy())[0])]
+        raise ValueError(f"{path} has no split for {int(split.isna().sum())} labelled image(s), e.g. {first!r}: "
+                        "remove their rows from the label CSVs, or start a new run without that split file.")
+    return split.to_numpy()
+
+
+def widen_validation(split: np.ndarray, patient_ids: Sequence[str], kinds: Sequence[int],
+                     val_keypointed_frac: float, seed: int = 0) -> np.ndarray:
+    """Move whole training patients into val until val holds `val_keypointed_frac` of the keypointed images.
+
+    A split made for the classifier (80/5/15) leaves few keypointed images to
+    tune the peak thresholds on. Only training patients with a keypointed
+    image move, in a seeded order; test never changes, so no image of the
+    other task's test split can enter training here.
+    """
+    split, patients, kinds = np.array(split, dtype=object), np.asarray(patient_ids), np.asarray(kinds)
+    keypointed = kinds == KEYPOINTED
+    wanted = int(np.ceil(val_keypointed_frac * keypointed.sum()))
+    missing = wanted - int((keypointed & (split == "val")).sum())
+    candidates = np.unique(patients[keypointed & (split == "train")])
+    for patient in np.random.default_rng(seed).permutation(candidates):
+        if missing <= 0:
+            break
+        members = (patients == patient) & (split == "train")
+        split[members] = "val"
+        missing -= int((members & keypointed).sum())
+    return split

@@ -11,9 +11,13 @@ keypoints learn, through the maximum of their heatmap, that a nodule is
 somewhere (multiple-instance loss, `--weak_weight`). Each epoch: every
 keypointed image plus rotating slices of weak positives and negatives. The
 best checkpoint by validation F1 is kept; the peak confidence thresholds are
-tuned on validation and applied unchanged to the test split, whose FROC curve
-(froc.png) and overlays of a few images (overlays/, `--n_overlays`) are
-written beside its metrics.
+tuned on every validation image and applied unchanged to the test split, whose
+predictions are written at the count-accuracy threshold (`--operating_point`).
+A run's split is decided once (`--resume` reuses its split.csv); `--split_file`
+trains on another run's split, e.g. the classifier's, and `--gate_csv` then
+reports the localization gated by that classifier on the shared test images.
+Its FROC curve (froc.png) and overlays of a few test images (overlays/,
+`--n_overlays`) are written beside its metrics.
 """
 
 from __future__ import annotations
@@ -31,11 +35,16 @@ from typing import Literal
 import pandas as pd
 import torch
 from accelerate.utils import gather_object
-from transformers import EarlyStoppingCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from localization_task import cli
 from localization_task.augment import train_augmentation
-from localization_task.dataset import DataError, load_localization_data
+from localization_task.dataset import (
+    DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT, LOCALIZATION_CSV, DataError, check_keypoints_inside,
+    load_localization_data,
+)
+from localization_task.eval_io import read_gate_csv
+from localization_task.gpu import enable_activation_checkpointing, process_device
 from localization_task.heatmap import sigma_hm_from_frac
 from localization_task.model import DEFAULT_ENCODER, HeatmapLocalizer, build_tiny_dinov2
 from localization_task.evaluate import predict_split, report_test
@@ -46,11 +55,14 @@ from localization_task.run_files import (
     write_run_config,
     write_text_atomic,
 )
-from localization_task.split import KIND_NAMES, SPLITS, image_kinds, split_by_patient
+from localization_task.split import (
+    KIND_NAMES, SPLITS, image_kinds, read_split_file, split_by_patient, widen_validation,
+)
 from localization_task.trainer import HeatmapTrainer, metrics_function
 from localization_task.dataset import HeatmapDataset, ItemSettings, collate, evaluation_rows
 
 METRICS_FOR_BEST = ("f1_tolerant", "f1_tight", "count_accuracy", "loss")
+SPLIT_CSV = "split.csv"
 
 
 @dataclass
@@ -70,9 +82,23 @@ class TrainConfig:
     weak_per_keypointed: float = cli.arg(1.0, "weak positives per keypointed image in each epoch")
     negatives_per_keypointed: float = cli.arg(1.0, "No Finding images per keypointed image in each epoch")
     flip: bool = cli.arg(False, "also flip images left-right in training (radiographs are not symmetric)")
+    clip_low_pct: float = cli.arg(DEFAULT_CLIP_LOW_PCT, "per-image lower clip percentile (saved with the model)")
+    clip_high_pct: float = cli.arg(DEFAULT_CLIP_HIGH_PCT, "per-image upper clip percentile (saved with the model)")
+    gradient_checkpointing: bool | None = cli.arg(
+        None, "recompute the encoder's activations in backward to save memory "
+        "(default: on with a GPU for --encoder_mode lora/full, off on the CPU)")
     output_dir: str = cli.arg("outputs/localization_training", "test metrics, predictions, split, run config")
     checkpoint_dir: str = cli.arg("checkpoints/localization", "trainer checkpoints and best_model/")
-    split_file: str | None = cli.arg(None, "reuse a split.csv (file_name,split) instead of making one")
+    split_file: str | None = cli.arg(
+        None, "train on a saved split.csv (file_name,split), e.g. the classifier's, instead of making one")
+    val_keypointed_frac: float = cli.arg(
+        0.15, "with --split_file: training patients move to val until it holds this share of keypointed images")
+    gate_csv: str | None = cli.arg(
+        None, "the classifier's test_predictions.csv: also report the localization gated by it")
+    gate_threshold: float | None = cli.arg(
+        None, "with --gate_csv: gate by confidence < this instead of by the label column")
+    operating_point: Literal["count", "f1"] = cli.arg(
+        "count", "threshold of the written test predictions: tuned for count accuracy (ranked) or F1")
     seed: int = cli.arg(42, "seed for the split, the sampler, augmentations and training")
     batch_size: int = cli.arg(8, "images per device per step")
     grad_accum: int = cli.arg(2, "gradient accumulation steps")
@@ -87,7 +113,9 @@ class TrainConfig:
     metric_for_best: str = cli.arg("f1_tolerant", f"validation metric that picks the best checkpoint: {METRICS_FOR_BEST}")
     early_stopping_patience: int | None = cli.arg(None, "stop after N evaluations without improvement")
     max_points: int = cli.arg(5, "at most this many keypoints per image")
-    eval_negatives: int | None = cli.arg(500, "No Finding validation images scored at each evaluation (all on test)")
+    eval_negatives: int | None = cli.arg(
+        500, "No Finding validation images sampled at each evaluation in training, weighted to the split's "
+        "share (the final tuning and test score all)")
     tight_frac: float = cli.arg(0.02, "tight distance threshold, fraction of the image diagonal")
     tolerant_frac: float = cli.arg(0.05, "tolerant distance threshold, fraction of the image diagonal")
     n_overlays: int = cli.arg(4, "test images drawn with their ground truth and predictions in "
@@ -118,6 +146,17 @@ class TrainConfig:
             raise ValueError("--max_unreadable_frac must lie in [0, 1].")
         if not 0 < self.tight_frac <= self.tolerant_frac <= 1:
             raise ValueError("--tight_frac and --tolerant_frac need 0 < tight <= tolerant <= 1.")
+        if not 0 <= self.val_keypointed_frac < 1:
+            raise ValueError("--val_keypointed_frac must lie in [0, 1).")
+        if self.gate_threshold is not None and (self.gate_csv is None or not 0 <= self.gate_threshold <= 1):
+            raise ValueError("--gate_threshold needs --gate_csv and must lie in [0, 1].")
+        if not 0 <= self.clip_low_pct < self.clip_high_pct <= 100:
+            raise ValueError("--clip_low_pct and --clip_high_pct need 0 <= low < high <= 100.")
+        if self.gradient_checkpointing and self.encoder_mode == "frozen":
+            raise ValueError("--gradient_checkpointing needs --encoder_mode lora or full: a frozen encoder "
+                             "keeps no activations for backward.")
+        if self.gradient_checkpointing is None:  # resolved here, so run_config.json records the choice
+            self.gradient_checkpointing = torch.cuda.is_available() and self.encoder_mode != "frozen"
 
 
 # The demo: synthetic radiographs with small, faint nodules and look-alike streaks,
@@ -151,6 +190,7 @@ def prepare_demo(config: TrainConfig) -> None:
 def load_splits(config: TrainConfig) -> dict[str, pd.DataFrame]:
     """All labelled images with a patient-grouped split (or the saved one), by split."""
     frame = load_localization_data(config.data_root)
+    check_keypoints_inside(frame, Path(config.data_root) / LOCALIZATION_CSV)
     kinds = image_kinds(frame["label"], [len(p) for p in frame["points_px"]])
     frame = frame.assign(kind=kinds, split=_split(frame, kinds, config))
     frames = {name: frame[frame["split"] == name].reset_index(drop=True) for name in SPLITS}
@@ -161,35 +201,37 @@ def load_splits(config: TrainConfig) -> dict[str, pd.DataFrame]:
 
 
 def _split(frame: pd.DataFrame, kinds, config: TrainConfig):
+    """The run's split is decided once: --resume reads the split.csv the run wrote at its start."""
+    saved = Path(config.output_dir) / SPLIT_CSV
+    if config.resume and saved.is_file():
+        print(f"resuming with the run's own split {saved}")
+        return read_split_file(saved, frame["file_name"].tolist())
     if config.split_file is None:
         return split_by_patient(frame["patient_id"], kinds, seed=config.seed)
-    path = Path(config.split_file)
-    if not path.is_file():
-        raise DataError(f"split file {path} not found; pass a split.csv written by an earlier run.")
-    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if not {"file_name", "split"} <= set(saved.columns) or not set(saved["split"]) <= set(SPLITS):
-        raise DataError(f"{path} needs the columns file_name,split with splits in {SPLITS}.")
-    split = frame["file_name"].map(dict(zip(saved["file_name"], saved["split"])))
-    if split.isna().any():
-        raise DataError(f"{path} has no split for {int(split.isna().sum())} labelled image(s); regenerate it.")
-    return split.to_numpy()
+    split = read_split_file(config.split_file, frame["file_name"].tolist())
+    return widen_validation(split, frame["patient_id"], kinds, config.val_keypointed_frac, seed=config.seed)
 
 
 def build_model(config: TrainConfig) -> HeatmapLocalizer:
     from localization_task.model import hub_token
 
-    return HeatmapLocalizer.from_encoder(
+    set_seed(config.seed)  # the head is drawn here, before the Trainer seeds anything
+    model = HeatmapLocalizer.from_encoder(
         config.encoder, encoder_mode=config.encoder_mode, input_size_px=config.input_size_px,
         stride=config.stride, head_channels=config.head_channels, stem_channels=config.stem_channels,
-        lora_r=config.lora_r,
-        lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, token=hub_token(),
+        lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        clip_pct=(config.clip_low_pct, config.clip_high_pct), token=hub_token(),
     )
+    if config.gradient_checkpointing:
+        enable_activation_checkpointing(model.encoder)
+    return model
 
 
 def item_settings(config: TrainConfig, model: HeatmapLocalizer) -> ItemSettings:
     c = model.config
     sigma_hm = sigma_hm_from_frac(config.sigma_frac, c.input_size_px, c.stride)
-    return ItemSettings(c.input_size_px, c.stride, sigma_hm, tuple(c.image_mean), tuple(c.image_std))
+    return ItemSettings(c.input_size_px, c.stride, sigma_hm, tuple(c.image_mean), tuple(c.image_std),
+                        c.clip_low_pct, c.clip_high_pct)
 
 
 def training_arguments(config: TrainConfig) -> TrainingArguments:
@@ -277,23 +319,35 @@ def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict)
     """The best checkpoint on validation (thresholds) and test (metrics); saved with its thresholds.
 
     Returns the (file, reason) of images that could not be read."""
+    model = model.to(process_device())  # where the Trainer left it: cuda:LOCAL_RANK, never plain "cuda"
     settings = item_settings(config, model)
     splits, unreadable = {}, []
-    for name, max_negatives in (("val", config.eval_negatives), ("test", None)):
-        rows = evaluation_rows(frames[name], max_negatives, seed=config.seed)
+    for name in ("val", "test"):
+        # Every negative of both splits: thresholds are tuned on the mix they are applied to.
+        rows = evaluation_rows(frames[name], None, seed=config.seed)
         paths = dict(zip(rows["file_name"], rows["path"]))  # the test split's, once the loop ends
         dataset = HeatmapDataset(rows, settings, skip_unreadable=True)
         splits[name], skipped = predict_split(model, rows, dataset, config.eval_batch_size, config.max_points,
                                               config.num_workers, desc=name)
         unreadable += skipped
     best_dir = Path(config.checkpoint_dir) / "best_model"
+    gate = read_gate_csv(config.gate_csv, config.gate_threshold) if config.gate_csv else None
     report_test(model, splits["val"], splits["test"],
                 {"tight": config.tight_frac, "tolerant": config.tolerant_frac},
-                Path(config.output_dir), extra={"checkpoint": str(best_dir)}, paths=paths,
-                n_overlays=config.n_overlays)
+                Path(config.output_dir), extra={"checkpoint": str(best_dir)},
+                operating_point=config.operating_point, gate=gate, paths=paths, n_overlays=config.n_overlays)
     save_model_atomic(model, best_dir)
     print(f"best model ({config.metric_for_best}) with its tuned thresholds saved to {best_dir}")
     return unreadable
+
+
+def write_split(config: TrainConfig, frames: dict) -> None:
+    """split.csv (file_name,split, as the classifier writes it), once: a resumed run keeps the first one."""
+    path = Path(config.output_dir) / SPLIT_CSV
+    if config.resume and path.is_file():
+        return
+    split = pd.concat([frames[name][["file_name", "split"]] for name in SPLITS])
+    write_text_atomic(path, split.to_csv(index=False))
 
 
 def report_unreadable(output_dir: Path, unreadable: list[tuple[str, str]]) -> None:
@@ -319,10 +373,11 @@ def main(argv: list[str] | None = None) -> int:
             prepare_demo(config)
         frames = load_splits(config)
         model = build_model(config)
+        if config.gate_csv:
+            read_gate_csv(config.gate_csv, config.gate_threshold)  # a bad file stops the run before training
         if first:  # the inputs hold: replace the earlier run (--overwrite), record the new one
             remove_earlier_run(earlier)
-            split = pd.concat([frames[name][["file_name", "split"]] for name in SPLITS])
-            write_text_atomic(Path(config.output_dir) / "split.csv", split.to_csv(index=False))
+            write_split(config, frames)
             write_run_config(Path(config.output_dir) / RUN_CONFIG_JSON, asdict(config), {})
         trainer = build_trainer(config, model, frames)
         trainer.train(resume_from_checkpoint=resume_checkpoint(config))

@@ -10,7 +10,7 @@ travel back, and scores them with this folder's own metrics.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -85,8 +85,10 @@ class MixedEpochSampler(Sampler[int]):
     """
 
     def __init__(self, kinds: Sequence[int], weak_per_keypointed: float = 1.0,
-                 negatives_per_keypointed: float = 1.0, seed: int = 0):
+                 negatives_per_keypointed: float = 1.0, seed: int = 0,
+                 on_epoch: Callable[[int], None] | None = None):
         kinds = np.asarray(kinds)
+        self.on_epoch = on_epoch  # e.g. the dataset's set_epoch: its augmentations follow the epoch
         self.keypointed = np.flatnonzero(kinds == KEYPOINTED)
         if len(self.keypointed) == 0:
             raise ValueError("the training split has no image with keypoints; the localizer needs some.")
@@ -99,8 +101,15 @@ class MixedEpochSampler(Sampler[int]):
             self.pools[kind] = (order, chunk)
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by the Trainer before each epoch."""
+        """Called by the Trainer before each epoch, in every process.
+
+        The dataset hears of the epoch from here: once accelerate shards the
+        batches over several processes, its own set_epoch no longer reaches
+        the dataset, whose augmentations would then repeat every epoch.
+        """
         self.epoch = epoch
+        if self.on_epoch is not None:
+            self.on_epoch(epoch)
 
     def slice_for_epoch(self, kind: int, epoch: int) -> np.ndarray:
         order, chunk = self.pools[kind]
@@ -133,7 +142,7 @@ class HeatmapTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return MixedEpochSampler(dataset.kinds, *self.mix, seed=self.sampler_seed)
+        return MixedEpochSampler(dataset.kinds, *self.mix, seed=self.sampler_seed, on_epoch=dataset.set_epoch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.note_unreadable(inputs.get("skipped", []))

@@ -99,3 +99,23 @@ def test_the_scoring_loop_passes_unreadable_images_on_as_skipped(model_and_proce
     assert [skipped for _, _, skipped in batches] == [[("bad.png", "OSError: x")], []]
     every = [p for _, p, _ in score_batches(model, processor, [{"image": image} for image in images], batch_size=3)]
     np.testing.assert_allclose(np.concatenate([p_nodule for _, p_nodule, _ in batches]), every[0], atol=1e-5)
+
+
+def test_a_score_does_not_depend_on_the_batch_it_is_in(model_and_processor):
+    """On the CPU a row's logits change in their last digits with the number of rows in the forward
+    pass; a partial batch (the last one, or one with unreadable images) is padded to full size, so
+    a resumed or shared run, which batches the images differently, gives the same bytes."""
+    model, processor = model_and_processor
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (96, 80), dtype=np.uint8)).convert("RGB") for _ in range(8)]
+    items = [{"file_name": f"{i}.png", "image": image} for i, image in enumerate(images)]
+    bad = {"file_name": "bad.png", "image": None, "error": "OSError: x"}
+
+    def scores(order: list[dict]) -> dict[str, float]:
+        batches = score_batches(model, processor, order, batch_size=3)
+        return {name: float(p) for names, p_nodule, _ in batches for name, p in zip(names, p_nodule)}
+
+    full_batches = scores(items + [items[0]])  # batches of 3
+    assert scores(items) == full_batches  # 3, 3, 2
+    assert scores([x for item in reversed(items) for x in (item, bad)]) == full_batches  # 2, 1, 2, ...
+    assert scores([bad, bad, *items]) == full_batches  # 1, 3, 3, 1

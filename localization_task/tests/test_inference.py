@@ -333,7 +333,8 @@ class _FakeModel:
         _FakeTokenizer.calls["model"] = (model_id, kwargs)
         return cls()
 
-    def to(self, device):
+    def to(self, device=None, dtype=None):
+        _FakeTokenizer.calls["to"] = (device, dtype)
         return self
 
     def eval(self):
@@ -398,6 +399,7 @@ def test_real_backend_makes_the_reference_calls(fake_chexagent_env, tmp_path):
     model_id, kwargs = calls["model"]
     assert kwargs["revision"] == SHA and kwargs["trust_remote_code"] is True
     assert kwargs["torch_dtype"] == torch.float32  # bfloat16 on a GPU
+    assert calls["to"] == ("cpu", torch.float32)  # loaded, then cast
     assert calls["list_format"] == [{"image": str(image)}, {"text": "PROMPT"}]
     conversation, kwargs = calls["chat"]
     assert conversation == [
@@ -413,6 +415,21 @@ def test_real_backend_makes_the_reference_calls(fake_chexagent_env, tmp_path):
     # The box's confidence is the probability of its one token.
     assert [(p.x, p.y) for p in prediction.points] == [(60.0, 60.0)]
     assert prediction.points[0].confidence == pytest.approx(0.4)
+
+
+def test_real_backend_on_process_gpu_is_cast_to_bf16_after_loading(fake_chexagent_env, monkeypatch):
+    """Process 1 of a torchrun on a 2-GPU machine (no GPU here: torch.cuda is mocked).
+
+    The remote code builds its resampler's pos_embed with `.float()`, which
+    `torch_dtype=bfloat16` leaves in float32: the model must be cast after loading.
+    """
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    backend = CheXagent2Backend(prompt="PROMPT", revision=SHA)
+    assert backend.device == "cuda:1"
+    assert fake_chexagent_env["model"][1]["torch_dtype"] == torch.bfloat16
+    assert fake_chexagent_env["to"] == ("cuda:1", torch.bfloat16)
 
 
 @pytest.mark.gpu

@@ -187,3 +187,16 @@ def test_unwritable_output_dir_is_one_sentence(case, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "cannot write to the output folder" in err and err.count("\n") == 1
+
+
+def test_a_csv_without_an_image_list_warns_in_one_line_that_negatives_go_uncounted(case, capsys):
+    roots = ("--image_roots", str(case / "images"))
+    assert run(case, *roots) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "--image_list" in warnings[0] and "true negatives" in warnings[0]
+    assert run(case, *roots, "--image_list", str(case / "list.txt")) == 0
+    assert "warning:" not in capsys.readouterr().err
+    (case / "pred.jsonl").write_text(json.dumps({"file_name": "a.png", "points": []}) + "\n")
+    assert main(["--predictions", str(case / "pred.jsonl"), "--ground_truth", str(case / "gt.csv"),
+                 *roots, "--output_dir", str(case / "out3")]) == 0
+    assert "warning:" not in capsys.readouterr().err  # a JSONL names every image it scored

@@ -244,3 +244,24 @@ def test_two_inference_processes_write_the_csv_of_one(backend, trained, labelled
     np.testing.assert_allclose(rows_two[["x", "y", "confidence"]], rows_one[["x", "y", "confidence"]], atol=1e-4)
     assert _points_by_name(two / "predictions.jsonl").keys() == _points_by_name(one / "predictions.jsonl").keys()
     assert not list(two.glob("predictions.rank*.jsonl"))  # merged into predictions.jsonl
+
+
+def test_heatmap_inference_defaults_to_the_threshold_tuned_for_count_accuracy(trained, labelled_root, tmp_path,
+                                                                                capsys):
+    model = HeatmapLocalizer.from_pretrained(trained / "ckpt" / "best_model")
+    argv = ["--input_dir", str(labelled_root / "nih_filtered_images"), "--backend", "heatmap", "--num_workers", "0"]
+    assert inference.main([*argv, "--checkpoint", str(trained / "ckpt" / "best_model"), "--min_confidence", "0.05",
+                           "--output_dir", str(tmp_path / "all")]) == 0
+    confidences = sorted(c for points in _points_by_name(tmp_path / "all" / "predictions.jsonl").values()
+                         for c in points[:, 2])
+    assert len(set(confidences)) > 1  # something between the two thresholds below
+    model.config.min_confidence_f1, model.config.min_confidence_count = 0.05, confidences[len(confidences) // 2]
+    model.save_pretrained(tmp_path / "model")
+    capsys.readouterr()
+    assert inference.main([*argv, "--checkpoint", str(tmp_path / "model"), "--output_dir", str(tmp_path / "count")]) == 0
+    assert "operating point 'count'" in capsys.readouterr().out
+    kept = [c for points in _points_by_name(tmp_path / "count" / "predictions.jsonl").values() for c in points[:, 2]]
+    assert sorted(kept) == [c for c in confidences if c >= model.config.min_confidence_count]
+    assert inference.main([*argv, "--checkpoint", str(tmp_path / "model"), "--operating_point", "f1",
+                           "--output_dir", str(tmp_path / "f1")]) == 0
+    assert "operating point 'f1'" in capsys.readouterr().out
