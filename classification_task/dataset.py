@@ -8,7 +8,8 @@ Source: the NoduLoCC2026 challenge data, laid out under a data root
     lidc_png_16_bit/            LIDC-derived 16-bit PNGs
 
 Each `file_name` is looked up in the NIH folder, then the LIDC folder; names
-that would leave those folders are refused.
+that would leave those folders are refused. Images may be PNG, JPEG or DICOM
+(`.dcm`, see dicom.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pandas as pd
 from PIL import Image
 from torch.utils.data import Dataset
 
+from classification_task.dicom import is_dicom, read_dicom_grey
 from classification_task.percentiles import integer_percentiles
 from classification_task.run_files import atomic_output
 
@@ -171,7 +173,9 @@ class Preprocessing:
 
 
 def read_grey(path: str | Path) -> np.ndarray:
-    """Decode any PNG/JPEG mode to a 2-D grey array, keeping 16-bit depth when present."""
+    """Decode any PNG/JPEG mode, or a DICOM's display values, to a 2-D grey array, keeping 16-bit depth."""
+    if is_dicom(path):
+        return read_dicom_grey(path)
     with Image.open(path) as image:
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             pixels = np.asarray(image)

@@ -59,12 +59,12 @@ from classification_task.run_files import write_csv_atomic, write_run_config
 RESULTS_CSV = "classification_test_results.csv"
 UNREADABLE_CSV = "unreadable_files.csv"
 PARTIAL_PREFIX = ".classification_partial"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 
 
 @dataclass
 class InferenceConfig:
-    input_dir: str | None = cli.arg(None, "folder of .png/.jpg/.jpeg radiographs to score (required)")
+    input_dir: str | None = cli.arg(None, "folder of .png/.jpg/.jpeg/.dcm radiographs to score (required)")
     output_dir: str = cli.arg("outputs/classification_inference", "where the results CSV, config and resume cache go")
     model_id: str = cli.arg(MEDGEMMA_ID, "hub id or local folder of the base model, or the best_model folder of "
                                          "an encoder classifier; not given: the adapter's operating point's "
@@ -130,7 +130,7 @@ def find_images(config: InferenceConfig) -> list[str]:
     names = list_images(input_dir, config.recursive)
     if not names:
         hint = "" if config.recursive else ", or add --recursive for sub-folders"
-        raise DataError(f"no .png/.jpg/.jpeg images found in {input_dir}; check --input_dir{hint}.")
+        raise DataError(f"no .png/.jpg/.jpeg/.dcm images found in {input_dir}; check --input_dir{hint}.")
     return names
 
 

@@ -1,10 +1,7 @@
 """Evaluation and training plots as PNG files: ROC, precision-recall, reliability, training curves.
 
-matplotlib is the optional extra `plots` (pip install -e ".[plots]"). It is imported
-inside the functions, so the rest of the package works without it: each plot
-function raises ImportError with the install command, and `save_all_plots` warns
-once and returns an empty list. Figures are drawn on `matplotlib.figure.Figure`
-(Agg canvas) without pyplot, so no global backend is switched and no window opens.
+Figures are drawn on `matplotlib.figure.Figure` (Agg canvas) without pyplot, so
+no global backend is switched and no window opens.
 
     from classification_task.plots import save_all_plots
     save_all_plots("outputs/plots", labels, p_nodule, {"0.5": 0.5, "max_f1": 0.83},
@@ -14,17 +11,16 @@ once and returns an empty list. Figures are drawn on `matplotlib.figure.Figure`
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
 from classification_task.run_files import save_png_atomic
 
-INSTALL_HINT = 'matplotlib is not installed; install it with: pip install -e ".[plots]"'
 # What a researcher reads off a training run: (panel title, logged keys drawn in it).
 # The Trainer also logs counts, the threshold and timings; they get no panel.
 CURVE_PANELS = (
@@ -37,20 +33,7 @@ CURVE_PANELS = (
 )
 
 
-def plots_available() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _new_figure(n_panels: int = 1, ncols: int = 1, panel_size=(5.0, 4.5)):
-    try:
-        import matplotlib  # noqa: F401  (imported first so a missing package is detected)
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ImportError(INSTALL_HINT) from exc
     nrows = math.ceil(n_panels / ncols)
     figure = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
     axes = figure.subplots(nrows, ncols, squeeze=False).ravel()
@@ -205,12 +188,8 @@ def save_all_plots(out_dir, labels: ArrayLike, p_nodule: ArrayLike,
                    metric_for_best: str | None = None) -> list[Path]:
     """roc.png, pr.png, reliability.png and (with a log history) training_curves.png.
 
-    Returns the written paths; without matplotlib it warns and returns [] so a
-    training or inference run still finishes.
+    Returns the written paths.
     """
-    if not plots_available():
-        warnings.warn(f"skipping plots: {INSTALL_HINT}", stacklevel=2)
-        return []
     out_dir = Path(out_dir)
     written = [plot_roc(out_dir / "roc.png", labels, p_nodule, thresholds),
                plot_pr(out_dir / "pr.png", labels, p_nodule, thresholds),

@@ -15,8 +15,8 @@ Source: the NoduLoCC2026 challenge data, laid out under a data root (default
 `load_localization_data` joins the two label files into one table of images
 with their keypoints; `HeatmapDataset` turns its rows into training items.
 
-Pre-processing (what the CheXagent-2 reference did): any PNG/JPEG mode -> grey
--> per-image percentile clip (0.5 / 99.5 %) -> rescale to 0-255 uint8 -> RGB.
+Pre-processing (what the CheXagent-2 reference did): any PNG/JPEG mode, or a
+DICOM's display values (`dicom.py`), -> grey -> per-image percentile clip (0.5 / 99.5 %) -> rescale to 0-255 uint8 -> RGB.
 The percentiles come from an integer histogram (`percentiles.py`), so a 16-bit
 2k x 2k image costs one `np.bincount` instead of a sort, and they equal
 `np.percentile(..., method="linear")` exactly.
@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from localization_task.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_grey, read_dicom_header
 from localization_task.heatmap import Letterbox, gaussian_heatmap, heatmap_size, input_to_heatmap, letterbox_image
 from localization_task.percentiles import histogram_percentiles
 from localization_task.split import KEYPOINTED, NEGATIVE, image_kinds
@@ -48,7 +49,7 @@ LOCALIZATION_CSV = "localization_labels.csv"
 IMAGE_DIRS: tuple[str, ...] = ("nih_filtered_images", "lidc_png_16_bit")
 LABEL_TO_INT = {"No Finding": 0, "Nodule": 1}
 NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)  # PPPPPPPP_FFF.png
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
 DEFAULT_CLIP_LOW_PCT = 0.5
 DEFAULT_CLIP_HIGH_PCT = 99.5
 
@@ -81,13 +82,16 @@ def safe_join(folder: Path, file_name: str) -> Path:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
+    """(width, height) from the file header (a DICOM's Columns and Rows), without decoding the pixels."""
+    if is_dicom(path):
+        header = read_dicom_header(path)
+        return header.width_px, header.height_px
     with Image.open(path) as image:
         return image.size
 
 
 def discover_images(input_dir: Path, recursive: bool = False) -> list[Path]:
-    """PNG/JPEG files in `input_dir`, sorted by their relative posix path."""
+    """PNG/JPEG/DICOM files in `input_dir`, sorted by their relative posix path."""
     candidates = input_dir.rglob("*") if recursive else input_dir.iterdir()
     images = [p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     return sorted(images, key=lambda p: p.relative_to(input_dir).as_posix())
@@ -350,15 +354,25 @@ def preprocess_image(
     return Image.fromarray(grey_u8).convert("RGB")
 
 
+def read_grey(path: str | Path) -> np.ndarray:
+    """The grey pixels of a PNG/JPEG (see to_grey_array) or a DICOM's display values (see dicom.py).
+
+    Raises OSError (Pillow) or ValueError (DicomError) if the file cannot be decoded."""
+    if is_dicom(path):
+        return read_dicom_grey(path)
+    with Image.open(path) as image:
+        image.load()
+        return to_grey_array(image)
+
+
 def load_preprocessed(
     path: Path,
     clip_low_pct: float = DEFAULT_CLIP_LOW_PCT,
     clip_high_pct: float = DEFAULT_CLIP_HIGH_PCT,
 ) -> Image.Image:
-    """Read an image file and pre-process it (raises OSError if unreadable)."""
-    with Image.open(path) as image:
-        image.load()
-        return preprocess_image(image, clip_low_pct, clip_high_pct)
+    """Read an image file and pre-process it (raises OSError or ValueError if unreadable)."""
+    grey_u8 = percentile_clip_to_uint8(read_grey(path), clip_low_pct, clip_high_pct)
+    return Image.fromarray(grey_u8).convert("RGB")
 
 
 def pixel_values_from_grey(grey_uint8: np.ndarray, image_mean, image_std) -> torch.Tensor:
@@ -403,9 +417,7 @@ def read_stretched(path: str, clip_low_pct: float = DEFAULT_CLIP_LOW_PCT,
                    clip_high_pct: float = DEFAULT_CLIP_HIGH_PCT) -> np.ndarray:
     """Any radiograph file -> (height, width) uint8 after the per-image percentile stretch."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            grey = to_grey_array(image)
+        grey = read_grey(path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UnreadableImage(path, f"{type(err).__name__}: {err}") from None
     return percentile_clip_to_uint8(grey, clip_low_pct, clip_high_pct)

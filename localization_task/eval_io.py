@@ -18,7 +18,10 @@ Formats read (the ground truth, ``localization_labels.csv``, is read by
   "height"[, "n_pred", "image_path"]}``, one record per image (records are
   counted from 1 in messages); ``image_path`` is ignored and there are no
   confidences.
-- per-image pixel spacing: a CSV file ``file_name,spacing_mm``.
+- per-image pixel spacing: a CSV file ``file_name,spacing_mm``; for a ``.dcm``
+  image it lists not, the DICOM header's PixelSpacing, else ImagerPixelSpacing.
+- image sizes: the predictions' width/height, else the image header (a DICOM's
+  Columns and Rows).
 - an image list: a text file with one file name per line, or a CSV file with
   a ``file_name`` column.
 
@@ -40,6 +43,7 @@ import pandas as pd
 from localization_task.dataset import (
     IMAGE_SUFFIXES, DataError, image_size, points_by_image, read_ground_truth, read_table, safe_join,
 )
+from localization_task.dicom import is_dicom, read_dicom_header
 from localization_task.run_files import JsonLineError, iter_jsonl
 
 
@@ -192,7 +196,7 @@ def read_image_list(path: str | Path) -> list[str]:
 
 
 class ImageFinder:
-    """Finds an image under several roots: ``root/file_name`` first, then a PNG/JPEG of that basename
+    """Finds an image under several roots: ``root/file_name`` first, then a PNG/JPEG/DICOM of that basename
     anywhere below."""
 
     def __init__(self, roots: list[str] | tuple[str, ...]):
@@ -220,7 +224,7 @@ class ImageFinder:
         return self._index().get(Path(file_name).name)
 
     def all_names(self) -> list[str]:
-        """Basenames of every PNG/JPEG file under the roots."""
+        """Basenames of every PNG/JPEG/DICOM file under the roots."""
         return sorted(self._index())
 
 
@@ -238,7 +242,7 @@ def lookup_image_size(file_name: str, sizes: dict[str, tuple[int, int]],
         )
     try:
         return image_size(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a DICOM without a readable header
         raise DataError(f"The image {path} cannot be read: replace the file or remove it from the inputs.")
 
 
@@ -283,8 +287,29 @@ def load_inputs(cfg) -> EvalImages:
             if cfg.overlay_dir and finder.find(name) is None:
                 raise DataError(f"The image {name} is not under --image_roots, so it cannot be drawn: "
                                 "pass the folder that holds it, or drop --overlay_dir.")
-    spacing_mm = None if spacing is None else np.array([spacing.get(n, np.nan) for n in names])
+    with_points = [n for n, g, p in zip(names, gt_xy, pred_xy) if len(g) or len(p)]
+    spacing_mm = spacing_per_name(names, with_points, spacing, finder)
     return EvalImages(names, gt_xy, pred_xy, pred_conf, sizes[:, 0], sizes[:, 1], finder, spacing_mm)
+
+
+def spacing_per_name(names: list[str], with_points: list[str], spacing_csv: dict[str, float] | None,
+                     finder: ImageFinder | None) -> np.ndarray | None:
+    """mm per pixel for each of `names`: the spacing CSV's row, else (for the images with points,
+    the only ones a distance is measured on) the DICOM header's PixelSpacing or ImagerPixelSpacing;
+    NaN for neither. None without a spacing CSV and without any DICOM spacing."""
+    own = dict(spacing_csv or {})
+    for name in with_points:
+        path = finder.find(name) if finder is not None and name not in own else None
+        if path is not None and is_dicom(path):
+            try:
+                header = read_dicom_header(path)
+            except ValueError:
+                raise DataError(f"The image {path} cannot be read: replace the file or remove it from the inputs.")
+            if header.spacing_mm is not None:
+                own[name] = header.spacing_mm
+    if not own and spacing_csv is None:
+        return None
+    return np.array([own.get(n, np.nan) for n in names])
 
 
 def read_gate_csv(path: str | Path, threshold: float | None = None) -> dict[str, bool]:

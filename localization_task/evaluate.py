@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from localization_task.heatmap import decode_peaks, peaks_to_original
 from localization_task.metrics import EvalConfig, EvalImages, evaluate, match_points, write_evaluation
+from localization_task.plots import write_test_pictures
 from localization_task.report import format_table
 from localization_task.run_files import PREDICTIONS_JSONL, RESULTS_CSV, write_records_jsonl, write_results_csv
 from localization_task.dataset import box_from_tensor, collate
@@ -205,7 +206,8 @@ def report_gated(test: SplitPeaks, min_confidence: float, gate: dict[str, bool],
 
 
 def report_test(model, val: SplitPeaks, test: SplitPeaks, thresholds_frac: dict[str, float],
-                out_dir: Path, extra: dict, operating_point: str = "count", gate: dict | None = None) -> dict:
+                out_dir: Path, extra: dict, operating_point: str = "count", gate: dict | None = None,
+                paths: dict[str, str] | None = None, n_overlays: int = 0) -> dict:
     """Tune the thresholds on validation, score test with them, print and write everything.
 
     Writes eval_summary.json and per_image_metrics.csv (the evaluator's
@@ -214,6 +216,8 @@ def report_test(model, val: SplitPeaks, test: SplitPeaks, thresholds_frac: dict[
     for count accuracy, what the challenge ranks; "f1"). Stores both
     thresholds in `model.config`, so inference can use either. With `gate`
     (see `report_gated`) the summary also holds the gated localization.
+    It also draws froc.png and, given the test images' `paths`, overlays of
+    `n_overlays` of them (see plots.py).
     """
     tolerant = max(thresholds_frac.values())
     tuned = tune_min_confidence(val, tolerant)
@@ -245,4 +249,5 @@ def report_test(model, val: SplitPeaks, test: SplitPeaks, thresholds_frac: dict[
     records = prediction_records(test, used)
     write_results_csv(out_dir / RESULTS_CSV, records, test.file_names)
     write_records_jsonl(out_dir / PREDICTIONS_JSONL, records, test.file_names)
+    write_test_pictures(out_dir, results, images, matches, thresholds_frac, paths or {}, n_overlays if paths else 0)
     return results

@@ -79,7 +79,7 @@ ANY_LABEL = "*"
 
 @dataclass
 class InferenceConfig:
-    input_dir: Path = cli.required("folder of PNG/JPEG radiographs")
+    input_dir: Path = cli.required("folder of PNG/JPEG/DICOM (.dcm) radiographs")
     output_dir: Path = cli.arg(Path("outputs/localization"), "where the CSV, JSONL and run config go")
     backend: Literal["chexagent2", "heatmap", "scripted"] = cli.arg(
         "chexagent2", "who answers: CheXagent-2, a trained heatmap localizer (--checkpoint), "
@@ -229,7 +229,7 @@ def find_input_images(config: InferenceConfig) -> list[Path]:
     if not images:
         hint = "" if config.recursive else ", or add --recursive for sub-folders"
         raise DataError(
-            f"no .png/.jpg/.jpeg images in {config.input_dir}: check --input_dir{hint}."
+            f"no .png/.jpg/.jpeg/.dcm images in {config.input_dir}: check --input_dir{hint}."
         )
     return images
 

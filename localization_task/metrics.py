@@ -17,8 +17,9 @@ Thresholds are fractions of each image's diagonal (``tight`` 0.02 and
 ``tolerant`` 0.05 by default). The evaluated images are the union of the
 files named in the ground truth and the predictions (plus ``--image_list`` /
 scanned ``--image_roots`` when given, as images with no nodule). Radial errors
-in mm use each image's spacing from ``--pixel_spacing_csv``, else
-``--pixel_spacing_mm``; an image with neither is left out of the mm figures
+in mm use each image's spacing from ``--pixel_spacing_csv``, else (a ``.dcm``
+image under ``--image_roots``) its DICOM header's PixelSpacing or
+ImagerPixelSpacing, else ``--pixel_spacing_mm``; an image with none is left out of the mm figures
 (``n_matched_mm`` says how many matched pairs they cover). NaN is written as
 null in ``eval_summary.json``.
 """
@@ -244,8 +245,8 @@ class EvalConfig:
     froc_threshold: str | None = cli.arg(None, "threshold name used for FROC (default tolerant, else the largest)")
     pixel_spacing_mm: float | None = cli.arg(None, "also report radial errors in mm, at this mm per pixel")
     pixel_spacing_csv: str | None = cli.arg(
-        None, "CSV file_name,spacing_mm of mm per pixel per image; wins over --pixel_spacing_mm for the "
-        "images it lists, and images with neither are left out of the mm errors"
+        None, "CSV file_name,spacing_mm of mm per pixel per image; for the images it lists it wins over a "
+        "DICOM header's spacing and --pixel_spacing_mm; images with none are left out of the mm errors"
     )
     image_list: str | None = cli.arg(None, "text/CSV file of all evaluated file names")
     scan_image_roots: bool = cli.arg(

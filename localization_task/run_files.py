@@ -33,9 +33,10 @@ from localization_task.dataset import DataError
 PREDICTIONS_JSONL = "predictions.jsonl"
 RESULTS_CSV = "localization_test_results.csv"
 RUN_CONFIG_JSON = "run_config.json"
+FROC_PNG, OVERLAY_DIR = "froc.png", "overlays"  # training's pictures of the test split
 # What a training run leaves: results in its output folder, checkpoints in its checkpoint folder.
 RESULT_FILES = (RUN_CONFIG_JSON, "eval_summary.json", "per_image_metrics.csv", RESULTS_CSV, PREDICTIONS_JSONL,
-                "unreadable_files.csv")
+                "unreadable_files.csv", FROC_PNG)
 CHECKPOINT_FOLDERS = ("checkpoint-*", "best_model")
 PACKAGES = ("numpy", "scipy", "pandas", "pillow", "torch", "transformers", "accelerate")
 
@@ -68,6 +69,13 @@ def write_png_atomic(path: str | Path, image) -> None:
     """Save a Pillow image as PNG, replacing `path` in one step."""
     with atomic_output(path, suffix=".png") as tmp:
         image.save(tmp, format="PNG")
+
+
+def save_figure_atomic(figure, path: str | Path, dpi: int = 100) -> Path:
+    """A matplotlib figure as PNG, replacing `path` in one step; returns `path`."""
+    with atomic_output(path, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
 
 
 def nan_to_none(obj):
@@ -239,6 +247,8 @@ def write_records_jsonl(path: Path, records: dict[str, dict], names: list[str]) 
 def earlier_run(output_dir: Path, checkpoint_dir: Path | None) -> list[Path]:
     """The result files and checkpoint folders an earlier run left in these folders."""
     found = [Path(output_dir) / name for name in RESULT_FILES if (Path(output_dir) / name).is_file()]
+    if (Path(output_dir) / OVERLAY_DIR).is_dir():
+        found.append(Path(output_dir) / OVERLAY_DIR)
     if checkpoint_dir is not None:
         found += sorted(path for pattern in CHECKPOINT_FOLDERS for path in Path(checkpoint_dir).glob(pattern)
                         if path.is_dir())

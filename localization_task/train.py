@@ -16,6 +16,8 @@ predictions are written at the count-accuracy threshold (`--operating_point`).
 A run's split is decided once (`--resume` reuses its split.csv); `--split_file`
 trains on another run's split, e.g. the classifier's, and `--gate_csv` then
 reports the localization gated by that classifier on the shared test images.
+Its FROC curve (froc.png) and overlays of a few test images (overlays/,
+`--n_overlays`) are written beside its metrics.
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ class TrainConfig:
         "share (the final tuning and test score all)")
     tight_frac: float = cli.arg(0.02, "tight distance threshold, fraction of the image diagonal")
     tolerant_frac: float = cli.arg(0.05, "tolerant distance threshold, fraction of the image diagonal")
+    n_overlays: int = cli.arg(4, "test images drawn with their ground truth and predictions in "
+                              "output_dir/overlays/, beside froc.png (0: none)")
     num_workers: int = cli.arg(4, "data-loading worker processes")
     max_unreadable_frac: float = cli.arg(
         0.01, "unreadable training images are skipped and listed; more than this fraction stops the run")
@@ -130,6 +134,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "eval_batch_size", "max_steps", "eval_steps", "max_points"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1.")
+        if self.n_overlays < 0:
+            raise ValueError("--n_overlays must be at least 0.")
         if self.weak_weight < 0 or self.weak_per_keypointed < 0 or self.negatives_per_keypointed < 0:
             raise ValueError("--weak_weight, --weak_per_keypointed and --negatives_per_keypointed must be >= 0.")
         if not 0 < self.sigma_frac < 0.2:
@@ -319,6 +325,7 @@ def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict)
     for name in ("val", "test"):
         # Every negative of both splits: thresholds are tuned on the mix they are applied to.
         rows = evaluation_rows(frames[name], None, seed=config.seed)
+        paths = dict(zip(rows["file_name"], rows["path"]))  # the test split's, once the loop ends
         dataset = HeatmapDataset(rows, settings, skip_unreadable=True)
         splits[name], skipped = predict_split(model, rows, dataset, config.eval_batch_size, config.max_points,
                                               config.num_workers, desc=name)
@@ -328,7 +335,7 @@ def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict)
     report_test(model, splits["val"], splits["test"],
                 {"tight": config.tight_frac, "tolerant": config.tolerant_frac},
                 Path(config.output_dir), extra={"checkpoint": str(best_dir)},
-                operating_point=config.operating_point, gate=gate)
+                operating_point=config.operating_point, gate=gate, paths=paths, n_overlays=config.n_overlays)
     save_model_atomic(model, best_dir)
     print(f"best model ({config.metric_for_best}) with its tuned thresholds saved to {best_dir}")
     return unreadable

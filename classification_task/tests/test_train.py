@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from classification_task import train
 from classification_task.synthetic import generate_dataset
@@ -64,6 +65,11 @@ def test_qlora_train_save_resume_continues_from_saved_step(data_root, tiny_model
     assert metrics["best_checkpoint"]["step"] in (None, 2, 4, 6) and metrics["best_checkpoint"]["metric"] == "pr_auc"
     for name in ("test_predictions.csv", "split.csv", "run_config.json"):
         assert (out / name).is_file()
+    for name, size in (("roc.png", (600, 540)), ("pr.png", (600, 540)), ("reliability.png", (600, 768)),
+                       ("training_curves.png", None)):
+        with Image.open(out / name) as png:  # the evaluation's plots, as the demo writes them
+            png.verify()
+            assert png.format == "PNG" and (size is None or png.size == size), name
     config = json.loads((out / "run_config.json").read_text())
     assert config["config"]["quantization"] == "nf4" and "transformers" in config["versions"]
     assert (tmp_path / "ckpt" / "best_adapter" / "adapter_config.json").is_file()

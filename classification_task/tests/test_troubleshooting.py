@@ -152,7 +152,7 @@ def _(tmp, data_root, model_dir):
     return _inference(tmp / "nowhere", model_dir, tmp)
 
 
-@case("no images", "no .png/.jpg/.jpeg images found")
+@case("no images", "no .png/.jpg/.jpeg/.dcm images found")
 def _(tmp, data_root, model_dir):
     (tmp / "empty").mkdir()
     return _inference(tmp / "empty", model_dir, tmp)

@@ -198,7 +198,7 @@ def _single_sentence_error(err):
     "setup, expected",
     [
         (lambda d: None, "does not exist"),
-        (lambda d: d.mkdir(), "no .png/.jpg/.jpeg images"),
+        (lambda d: d.mkdir(), "no .png/.jpg/.jpeg/.dcm images"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(tmp_path, capsys, setup, expected):

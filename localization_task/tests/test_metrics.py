@@ -232,6 +232,16 @@ def test_overlay_stretches_16_bit_and_draws_points():
     assert g > 150 and r < 100  # a green ground-truth dot
 
 
+def test_overlay_writes_each_prediction_confidence_beside_its_cross():
+    image = Image.fromarray(np.full((96, 128), 60, np.uint8))
+    plain = np.asarray(draw_overlay(image, [], [[40, 40]], [], [], {}))
+    labelled = np.asarray(draw_overlay(image, [], [[40, 40]], [], [], {}, pred_conf=[0.87]))
+    changed_x = np.flatnonzero((plain != labelled).any(axis=(0, 2)))
+    assert len(changed_x) and changed_x.min() > 40  # text to the right of the cross, nothing else moved
+    unknown = np.asarray(draw_overlay(image, [], [[40, 40]], [], [], {}, pred_conf=[float("nan")]))
+    np.testing.assert_array_equal(unknown, plain)
+
+
 def test_froc_curve_equals_rematching_everything_at_each_cut_off():
     rng = np.random.default_rng(2)
     gt = [rng.uniform(0, 50, (rng.integers(0, 4), 2)) for _ in range(6)]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from localization_task import inference, train
 from localization_task.model import HeatmapLocalizer
@@ -54,6 +55,23 @@ def test_training_writes_the_test_evaluation_and_a_model_with_its_thresholds(tra
     split = pd.read_csv(out / "split.csv")
     split["patient"] = split["file_name"].str.split("_").str[0]
     assert split.groupby("patient")["split"].nunique().max() == 1  # no patient in two splits
+
+
+def test_training_draws_the_froc_curve_and_overlays_of_a_few_test_images(trained):
+    out = trained / "out"
+    with Image.open(out / "froc.png") as png:
+        png.verify()
+        assert png.format == "PNG" and png.size == (600, 450)
+    per_image = pd.read_csv(out / "per_image_metrics.csv")
+    drawn = pd.concat([per_image[per_image["n_gt"] > 0], per_image[(per_image["n_gt"] == 0) & (per_image["n_pred"] > 0)]])
+    drawn = drawn.head(4)  # --n_overlays 4: images with ground truth first, then false positives
+    assert len(drawn) == 4
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(
+        name.rsplit(".", 1)[0] + ".png" for name in drawn["file_name"])
+    for row in drawn.itertuples():
+        with Image.open(out / "overlays" / (row.file_name.rsplit(".", 1)[0] + ".png")) as png:
+            png.verify()
+            assert png.format == "PNG" and png.size == (row.width_px, row.height_px)
 
 
 def test_inference_with_the_checkpoint_reproduces_the_test_predictions(trained, labelled_root, tmp_path):
