@@ -413,8 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     try:
-        args = training_arguments(config)  # joins the launcher's process group, if any
-        processes = Processes.current()
+        if config.eval_only:  # no Trainer: a gloo group of the launcher's processes is all they share
+            args, processes = None, Processes.join()
+        else:
+            args = training_arguments(config)  # joins the launcher's process group, if any
+            processes = Processes.current()
         resume_from, frame, processor, model = prepare_run(config, processes)
         if config.eval_only and not processes.is_first:
             return 0  # the evaluation runs in one process
