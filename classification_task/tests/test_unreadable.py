@@ -76,7 +76,8 @@ def test_a_batch_of_only_unreadable_images_trains_nothing_and_crashes_nothing(tm
     assert batch["labels"].shape == (0,) and batch["unreadable"] == [("a.png", item["error"])]
 
     log = UnreadableImages(tmp_path, n_images=10, max_frac=0.5)
-    trainer = types.SimpleNamespace(unreadable=log, _prepare_inputs=lambda inputs: inputs)
+    trainer = types.SimpleNamespace(unreadable=log, _prepare_inputs=lambda inputs: inputs,
+                                    args=types.SimpleNamespace(world_size=1))  # one process
     trainer.readable_inputs = lambda inputs: NoduleTrainer.readable_inputs(trainer, inputs)
     model = torch.nn.Linear(3, 2)
     loss = NoduleTrainer.compute_loss(trainer, model, batch)
