@@ -35,7 +35,7 @@ import torch
 
 from benchmarks.common import NO_GPU, format_table, machine_line, timed, write_record
 from benchmarks.models import full_size_model_folders, synthetic_images, tiny_model_folders
-from classification_task import cli
+from classification_task.common import cli
 from classification_task.model import (
     PromptCollator, answer_token_ids, load_processor, load_with_adapter, model_dtype, p_nodule_from_logits,
     score_batches,

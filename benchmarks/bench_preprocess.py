@@ -29,10 +29,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from benchmarks.common import REFERENCE_TRAIN_SAMPLES_PER_S, format_table, machine_line, write_record
-from classification_task import cli
+from classification_task.common import cli
 from classification_task.dataset import Preprocessing, RadiographDataset, clip_bounds, load_image, read_grey
 from classification_task.model import PromptCollator
-from classification_task.tiny_model import TinyModelConfig, build_processor
+from classification_task.demo.tiny_model import TinyModelConfig, build_processor
 
 PREP = Preprocessing(0.5, 99.5, 896)
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from benchmarks.bench_startup import N_LIDC_ROWS, nih_rows
 from benchmarks.common import format_table, machine_line, timed, write_record
-from classification_task import cli
+from classification_task.common import cli
 from classification_task.dataset import LABEL_TO_INT, patient_id
 from classification_task.split import keep_run_split, split_by_patient, split_table
 

@@ -24,7 +24,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from benchmarks.common import format_table, machine_line, timed, write_record
-from classification_task import cli
+from classification_task.common import cli
 from classification_task.dataset import (
     IMAGE_FOLDERS, LABELS_CSV, load_labels, patient_id, read_labels_csv, resolve_image_path,
 )

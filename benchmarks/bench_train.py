@@ -42,7 +42,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from benchmarks.common import NO_GPU, format_table, machine_line, sync, write_record
 from benchmarks.models import full_size_model_folders, synthetic_images, tiny_model_folders
-from classification_task import cli
+from classification_task.common import cli
 from classification_task.model import (
     PromptCollator, add_lora, answer_positions, answer_token_ids, load_base_model, load_processor, lora_config,
     model_dtype,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from classification_task.run_files import git_commit, package_versions, write_json_atomic
+from classification_task.common.run_files import git_commit, package_versions, write_json_atomic
 
 NO_GPU = "not yet measured (no GPU)"
 # The reference run: 4,400 steps x 16 images in ~35 h on one RTX 4090.

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import format_table, machine_line
-from localization_task import cli
+from localization_task.common import cli
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPi
 from transformers.trainer_callback import PrinterCallback
 
 from benchmarks.common import NO_GPU
-from localization_task.augment import train_augmentation
-from localization_task.model import build_tiny_dinov2
+from localization_task.heatmap.augment import train_augmentation
+from localization_task.heatmap.model import build_tiny_dinov2
 from localization_task.train import DEMO_DEFAULTS, TrainConfig, build_model, item_settings, training_arguments
-from localization_task.trainer import HeatmapTrainer
+from localization_task.heatmap.trainer import HeatmapTrainer
 from localization_task.dataset import HeatmapDataset, collate
 
 MODEL_CPU, MODEL_GPU = "heatmap, tiny Dinov2", "heatmap, RAD-DINO ViT-B/14"

@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
 from classification_task.model import lora_config
-from classification_task.tiny_model import GEMMA3_MM_TOKENS, TinyModelConfig, build_model, build_processor
+from classification_task.demo.tiny_model import GEMMA3_MM_TOKENS, TinyModelConfig, build_model, build_processor
 
 # google/medgemma-1.5-4b-it, from its published configuration.
 FULL_TEXT = dict(hidden_size=2560, num_hidden_layers=34, num_attention_heads=8, num_key_value_heads=4, head_dim=256,

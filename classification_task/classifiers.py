@@ -17,10 +17,10 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from classification_task import encoder_model
+from classification_task.encoder import model as encoder_model
 from classification_task import model as medgemma
-from classification_task.encoder_model import CLASSIFIER_TYPE, ENCODER_TYPES, EncoderClassifier
-from classification_task.run_files import write_operating_point
+from classification_task.encoder.model import CLASSIFIER_TYPE, ENCODER_TYPES, EncoderClassifier
+from classification_task.common.run_files import write_operating_point
 
 ModelKind = Literal["auto", "medgemma", "encoder"]
 BEST_MODEL = "best_model"  # the encoder classifier's saved folder in --checkpoint_dir

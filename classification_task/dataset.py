@@ -26,9 +26,9 @@ import pandas as pd
 from PIL import Image
 from torch.utils.data import Dataset
 
-from classification_task.dicom import is_dicom, read_dicom_grey
-from classification_task.percentiles import integer_percentiles
-from classification_task.run_files import atomic_output
+from classification_task.common.dicom import is_dicom, read_dicom_grey
+from classification_task.common.percentiles import integer_percentiles
+from classification_task.common.run_files import atomic_output
 
 LABELS_CSV = "classification_labels.csv"
 IMAGE_FOLDERS = ("nih_filtered_images", "lidc_png_16_bit")

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from classification_task import cli
-from classification_task.confidence import ConfidenceOf
+from classification_task.common import cli
+from classification_task.evaluation.confidence import ConfidenceOf
 from classification_task.dataset import INT_TO_LABEL, LABEL_TO_INT, DataError, read_csv_table, read_labels_csv
 from classification_task.metrics import (
     COUNT_METRICS,
@@ -44,8 +44,8 @@ from classification_task.metrics import (
     load_predictions,
     select_thresholds,
 )
-from classification_task.report import format_table
-from classification_task.run_files import write_csv_atomic, write_json_atomic
+from classification_task.evaluation.report import format_table
+from classification_task.common.run_files import write_csv_atomic, write_json_atomic
 
 THRESHOLD_NAMES = ("max_f1", "spec_0.99", "spec_0.995")
 

@@ -25,9 +25,9 @@ from classification_task.metrics import (
     sensitivity_at_specificity,
 )
 from classification_task.classifiers import score_batches
-from classification_task.plots import save_all_plots
-from classification_task.report import evaluation_text
-from classification_task.run_files import write_csv_atomic, write_json_atomic
+from classification_task.evaluation.plots import save_all_plots
+from classification_task.evaluation.report import evaluation_text
+from classification_task.common.run_files import write_csv_atomic, write_json_atomic
 
 
 def score_split(model, processor, frame: pd.DataFrame, prep: Preprocessing, batch_size: int, desc: str,

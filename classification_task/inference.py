@@ -49,12 +49,16 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
-from classification_task import cli, classifiers, operating_point
+from classification_task.common import cli
+
+from classification_task import classifiers
+
+from classification_task.evaluation import operating_point
 from classification_task.dataset import INT_TO_LABEL, DataError, Preprocessing, load_image, safe_join
-from classification_task.encoder_model import load_classifier
+from classification_task.encoder.model import load_classifier
 from classification_task.model import MEDGEMMA_ID, answer_token_ids, load_processor, load_with_adapter
-from classification_task.processes import Processes
-from classification_task.run_files import write_csv_atomic, write_run_config
+from classification_task.common.processes import Processes
+from classification_task.common.run_files import write_csv_atomic, write_run_config
 
 RESULTS_CSV = "classification_test_results.csv"
 UNREADABLE_CSV = "unreadable_files.csv"

@@ -29,11 +29,11 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from classification_task import cli
-from classification_task.confidence import ConfidenceOf, as_p_nodule
+from classification_task.common import cli
+from classification_task.evaluation.confidence import ConfidenceOf, as_p_nodule
 from classification_task.dataset import IMAGE_FOLDERS, DataError, read_csv_table, read_labels_csv
-from classification_task.report import score_text
-from classification_task.run_files import write_json_atomic
+from classification_task.evaluation.report import score_text
+from classification_task.common.run_files import write_json_atomic
 
 FLOAT_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision",
                  "f1", "mcc", "roc_auc", "pr_auc", "brier")

@@ -35,7 +35,11 @@ import pandas as pd
 import torch
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
-from classification_task import cli, classifiers, operating_point
+from classification_task.common import cli
+
+from classification_task import classifiers
+
+from classification_task.evaluation import operating_point
 from classification_task.dataset import DataError, Preprocessing, RadiographDataset, load_labels
 from classification_task.split import SPLIT_CSV, SPLITS, keep_run_split, load_or_make_split, split_table
 from classification_task.evaluate import evaluate_run
@@ -48,8 +52,8 @@ from classification_task.model import (
     load_with_adapter,
     lora_config,
 )
-from classification_task.processes import Processes
-from classification_task.run_files import (
+from classification_task.common.processes import Processes
+from classification_task.common.run_files import (
     check_fresh_run,
     remove_earlier_run,
     write_csv_atomic,
@@ -57,7 +61,7 @@ from classification_task.run_files import (
     write_run_config,
 )
 from classification_task.trainer import NoduleTrainer, best_checkpoint, compute_metrics
-from classification_task.unreadable import ReadableBatchCollator, UnreadableImages
+from classification_task.common.unreadable import ReadableBatchCollator, UnreadableImages
 
 TRAINER_STATE = "trainer_state.json"  # written last into each checkpoint folder
 METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "f_beta", "balanced_accuracy", "mcc", "loss")
@@ -183,8 +187,8 @@ def demo_defaults(argv: list[str]) -> dict:
 
 
 def prepare_demo(config: TrainConfig) -> None:
-    from classification_task.synthetic import generate_dataset
-    from classification_task.tiny_model import save_tiny_dinov2, save_tiny_medgemma
+    from classification_task.demo.synthetic import generate_dataset
+    from classification_task.demo.tiny_model import save_tiny_dinov2, save_tiny_medgemma
 
     if not (Path(config.data_root) / "classification_labels.csv").is_file():
         try:

@@ -14,7 +14,7 @@ from transformers import Trainer
 
 from classification_task.metrics import binary_metrics
 from classification_task.model import answer_logits, p_nodule_from_logits
-from classification_task.processes import Processes
+from classification_task.common.processes import Processes
 
 
 def answer_loss(

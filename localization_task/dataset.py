@@ -35,13 +35,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from localization_task.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_grey, read_dicom_header
-from localization_task.heatmap import Letterbox, gaussian_heatmap, heatmap_size, input_to_heatmap, letterbox_image
-from localization_task.percentiles import histogram_percentiles
+from localization_task.common.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_grey, read_dicom_header
+from localization_task.heatmap.targets import Letterbox, gaussian_heatmap, heatmap_size, input_to_heatmap, letterbox_image
+from localization_task.common.percentiles import histogram_percentiles
 from localization_task.split import KEYPOINTED, NEGATIVE, image_kinds
 
 if TYPE_CHECKING:  # a type only: inference (also in the CheXagent-2 environment) needs no albumentations
-    from localization_task.augment import KeypointAugmentation
+    from localization_task.heatmap.augment import KeypointAugmentation
 
 DEFAULT_DATA_ROOT = Path("data/nodulocc")
 CLASSIFICATION_CSV = "classification_labels.csv"

@@ -14,7 +14,7 @@ classification_test_results.csv: images it calls No Finding (or scores below
 `--gate_threshold`) get no keypoints.
 
 The real model needs its own environment (transformers==4.40.0, see
-localization_task/requirements-chexagent2.txt); `--backend scripted` swaps in a
+localization_task/chexagent2/requirements.txt); `--backend scripted` swaps in a
 scripted test double and runs the same pipeline anywhere.
 
 CheXagent-2, per image: read the size from the header, pre-process (grey, percentile clip,
@@ -40,8 +40,8 @@ from typing import Literal
 from PIL import Image
 from tqdm import tqdm
 
-from localization_task import cli
-from localization_task.backends import (
+from localization_task.common import cli
+from localization_task.chexagent2.backend import (
     CHEXAGENT2_MODEL_ID,
     CHEXAGENT2_REVISION,
     DEFAULT_FINDING,
@@ -61,10 +61,10 @@ from localization_task.dataset import (
     discover_images,
     load_preprocessed,
 )
-from localization_task.eval_io import read_gate_csv
-from localization_task.parsing import DEFAULT_LABELS
-from localization_task.processes import Processes, all_records, merge_caches
-from localization_task.run_files import (
+from localization_task.evaluation.inputs import read_gate_csv
+from localization_task.chexagent2.parsing import DEFAULT_LABELS
+from localization_task.common.processes import Processes, all_records, merge_caches
+from localization_task.common.run_files import (
     PREDICTIONS_JSONL,
     RESULTS_CSV,
     RUN_CONFIG_JSON,
@@ -184,10 +184,10 @@ class InferenceConfig:
 
 
 def heatmap_path():
-    """localization_task.heatmap_backend, imported on use: it needs the main environment (peft,
+    """localization_task.heatmap.predictor, imported on use: it needs the main environment (peft,
     transformers 5), which the CheXagent-2 environment is not."""
     try:
-        from localization_task import heatmap_backend
+        from localization_task.heatmap import predictor as heatmap_backend
     except ImportError as error:
         raise BackendUnavailable(
             f"--backend heatmap needs the main environment ({error}): run it with the main environment's "

@@ -9,9 +9,9 @@
 (``python -m localization_task.metrics ...`` works too.) Predictions are a
 ``localization_test_results.csv`` (``file_name,x,y,confidence``), the
 CheXagent-2 ``predictions.jsonl`` or a ``.json`` list of ``pred_points``
-records; see ``localization_task/eval_io.py``. The scores are pure functions
+records; see ``localization_task/evaluation/inputs.py``. The scores are pure functions
 over arrays (the first half of this file); the printed tables come from
-``localization_task/report.py``.
+``localization_task/evaluation/report.py``.
 
 Thresholds are fractions of each image's diagonal (``tight`` 0.02 and
 ``tolerant`` 0.05 by default). The evaluated images are the union of the
@@ -35,11 +35,11 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from localization_task import cli
+from localization_task.common import cli
 from localization_task.dataset import DataError
-from localization_task.eval_io import EvalImages, load_inputs  # noqa: F401  (load_inputs: public)
-from localization_task.report import format_table
-from localization_task.run_files import run_info, write_json_atomic, write_text_atomic
+from localization_task.evaluation.inputs import EvalImages, load_inputs  # noqa: F401  (load_inputs: public)
+from localization_task.evaluation.report import format_table
+from localization_task.common.run_files import run_info, write_json_atomic, write_text_atomic
 
 # ----------------------------------------------------------------------------- scores over arrays
 # Per image and per distance threshold in px, a prediction may match a
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: predictions from a CSV without --image_list or --scan_image_roots: images with no row "
               "in either file are not counted as true negatives.", file=sys.stderr)
     if cfg.overlay_dir:
-        from localization_task.overlay import write_overlays
+        from localization_task.evaluation.overlay import write_overlays
 
         try:
             n = write_overlays(images, matches[cfg.froc_threshold], cfg.thresholds, cfg.overlay_dir,

@@ -37,18 +37,18 @@ import torch
 from accelerate.utils import gather_object
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
-from localization_task import cli
-from localization_task.augment import train_augmentation
+from localization_task.common import cli
+from localization_task.heatmap.augment import train_augmentation
 from localization_task.dataset import (
     DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT, LOCALIZATION_CSV, DataError, check_keypoints_inside,
     load_localization_data,
 )
-from localization_task.eval_io import read_gate_csv
-from localization_task.gpu import enable_activation_checkpointing, process_device
-from localization_task.heatmap import sigma_hm_from_frac
-from localization_task.model import DEFAULT_ENCODER, HeatmapLocalizer, build_tiny_dinov2
-from localization_task.evaluate import predict_split, report_test
-from localization_task.run_files import (
+from localization_task.evaluation.inputs import read_gate_csv
+from localization_task.heatmap.gpu import enable_activation_checkpointing, process_device
+from localization_task.heatmap.targets import sigma_hm_from_frac
+from localization_task.heatmap.model import DEFAULT_ENCODER, HeatmapLocalizer, build_tiny_dinov2
+from localization_task.heatmap.evaluate import predict_split, report_test
+from localization_task.common.run_files import (
     RUN_CONFIG_JSON,
     check_fresh_run,
     remove_earlier_run,
@@ -58,7 +58,7 @@ from localization_task.run_files import (
 from localization_task.split import (
     KIND_NAMES, SPLITS, image_kinds, read_split_file, split_by_patient, widen_validation,
 )
-from localization_task.trainer import HeatmapTrainer, metrics_function
+from localization_task.heatmap.trainer import HeatmapTrainer, metrics_function
 from localization_task.dataset import HeatmapDataset, ItemSettings, collate, evaluation_rows
 
 METRICS_FOR_BEST = ("f1_tolerant", "f1_tight", "count_accuracy", "loss")
@@ -176,7 +176,7 @@ def prepare_demo(config: TrainConfig) -> None:
     """Synthetic data (the classification demo's generator, hard mode) and a tiny encoder, if missing."""
     if not (Path(config.data_root) / "localization_labels.csv").is_file():
         # Run as a command: the two task folders never import each other.
-        command = [sys.executable, "-m", "classification_task.synthetic", "--out", config.data_root,
+        command = [sys.executable, "-m", "classification_task.demo.synthetic", "--out", config.data_root,
                    "--n_images", "800", "--positive_rate", "0.4", "--size_px", "256",
                    "--difficulty", "hard", "--keypoint_fraction", "0.6", "--seed", "1"]
         done = subprocess.run(command, capture_output=True, text=True)
@@ -213,7 +213,7 @@ def _split(frame: pd.DataFrame, kinds, config: TrainConfig):
 
 
 def build_model(config: TrainConfig) -> HeatmapLocalizer:
-    from localization_task.model import hub_token
+    from localization_task.heatmap.model import hub_token
 
     set_seed(config.seed)  # the head is drawn here, before the Trainer seeds anything
     model = HeatmapLocalizer.from_encoder(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from classification_task.tiny_model import TinyModelConfig, save_tiny_dinov2, save_tiny_medgemma
+from classification_task.demo.tiny_model import TinyModelConfig, save_tiny_dinov2, save_tiny_medgemma
 
 
 @pytest.fixture(scope="session")

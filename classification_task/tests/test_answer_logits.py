@@ -24,7 +24,7 @@ from classification_task.model import (
     answer_token_ids,
     p_nodule_from_logits,
 )
-from classification_task.tiny_model import TinyModelConfig, build_model, build_processor
+from classification_task.demo.tiny_model import TinyModelConfig, build_model, build_processor
 
 
 def _batch(processor, n: int, seed: int = 0) -> dict:

@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from classification_task import cli
+from classification_task.common import cli
 
 
 @dataclass

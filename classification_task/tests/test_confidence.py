@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from classification_task.confidence import threshold_misfits
+from classification_task.evaluation.confidence import threshold_misfits
 from classification_task.metrics import main
 
 

@@ -12,7 +12,7 @@ from classification_task.dataset import (
     DataError, ImageCache, Preprocessing, integer_percentiles, load_image, load_labels, patient_id,
     read_grey, read_labels_csv, safe_join, stretch_to_uint8,
 )
-from classification_task.synthetic import generate_dataset
+from classification_task.demo.synthetic import generate_dataset
 
 FIXTURES = Path(__file__).parent / "data"
 

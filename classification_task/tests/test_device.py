@@ -12,7 +12,7 @@ import transformers
 
 from classification_task import inference, train
 from classification_task.model import device_map, process_device
-from classification_task.synthetic import generate_dataset
+from classification_task.demo.synthetic import generate_dataset
 
 DATA_DIR = inference.Path(__file__).parent / "data"
 

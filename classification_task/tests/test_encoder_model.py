@@ -10,9 +10,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, SiglipConfig, SiglipModel
 
-from classification_task import encoder_model
+from classification_task.encoder import model as encoder_model
 from classification_task.classifiers import resolve_kind
-from classification_task.encoder_model import (
+from classification_task.encoder.model import (
     EncoderCollator,
     load_classifier,
     new_classifier,
@@ -125,7 +125,7 @@ def test_a_training_batch_of_unreadable_images_only_costs_nothing(tiny_dinov2_di
     a batch of none readable gives a zero loss that still reaches every trainable weight."""
     from classification_task.classifiers import batch_collator, logits_function
     from classification_task.trainer import NoduleTrainer
-    from classification_task.unreadable import ReadableBatchCollator
+    from classification_task.common.unreadable import ReadableBatchCollator
 
     model = new_classifier(str(tiny_dinov2_dir), encoder_mode="frozen")
     collate = ReadableBatchCollator(None, batch_collator(model, None))

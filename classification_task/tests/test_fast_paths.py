@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classification_task import dataset, percentiles
+from classification_task import dataset
+
+from classification_task.common import percentiles
 from classification_task.dataset import (
     clip_bounds, find_image_paths, integer_percentiles, patient_id, resolve_image_path,
 )

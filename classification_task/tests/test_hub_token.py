@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from classification_task.synthetic import generate_dataset
+from classification_task.demo.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(__file__).parent / "data"

@@ -23,7 +23,7 @@ from classification_task.metrics import (
     select_thresholds,
     sensitivity_at_specificity,
 )
-from classification_task.report import format_table
+from classification_task.evaluation.report import format_table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-9

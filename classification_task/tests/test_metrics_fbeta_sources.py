@@ -20,7 +20,7 @@ from classification_task.metrics import (
     metrics_by_source,
     select_thresholds,
 )
-from classification_task.report import MAX_WIDTH
+from classification_task.evaluation.report import MAX_WIDTH
 from classification_task.tests.test_metrics import TOL, random_scores
 
 

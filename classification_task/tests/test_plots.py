@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classification_task import plots
+from classification_task.evaluation import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from classification_task.evaluate import build_report, model_results
-from classification_task.report import MAX_WIDTH, evaluation_text, format_table, grid, score_text
+from classification_task.evaluation.report import MAX_WIDTH, evaluation_text, format_table, grid, score_text
 
 
 def scores(seed, n, shift):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from classification_task import train
-from classification_task.synthetic import generate_dataset
+from classification_task.demo.synthetic import generate_dataset
 
 from classification_task import inference
 

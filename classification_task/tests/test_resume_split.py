@@ -10,7 +10,7 @@ import pytest
 from classification_task import train
 from classification_task.dataset import DataError, load_labels
 from classification_task.split import load_or_make_split
-from classification_task.synthetic import generate_dataset
+from classification_task.demo.synthetic import generate_dataset
 
 
 @pytest.fixture(scope="module")

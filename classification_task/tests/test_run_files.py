@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classification_task.run_files import (
+from classification_task.common.run_files import (
     OPERATING_POINT_JSON,
     RUN_CONFIG_JSON,
     atomic_output,

@@ -8,7 +8,7 @@ import pytest
 
 from classification_task.dataset import DataError, load_labels, patient_id
 from classification_task.split import load_or_make_split, split_by_patient
-from classification_task.synthetic import generate_dataset
+from classification_task.demo.synthetic import generate_dataset
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from classification_task.synthetic import (
+from classification_task.demo.synthetic import (
     CLASS_CSV, LIDC_DIR, LOC_CSV, NIH_DIR, SyntheticConfig, generate, generate_dataset, main,
 )
 
@@ -184,7 +184,7 @@ def test_hard_mode_adds_look_alikes_and_keeps_only_some_keypoints(synthetic_root
 def test_hard_mode_streaks_are_elongated_bright_look_alikes():
     from scipy import ndimage
 
-    from classification_task.synthetic import HARD_AMPLITUDE, _anatomy, _streaks
+    from classification_task.demo.synthetic import HARD_AMPLITUDE, _anatomy, _streaks
 
     size = 128
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
-from classification_task.tiny_model import GEMMA3_MM_TOKENS
+from classification_task.demo.tiny_model import GEMMA3_MM_TOKENS
 
 PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Nodule? A or B."}]}]
 

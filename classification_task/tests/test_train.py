@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from classification_task import train
-from classification_task.synthetic import generate_dataset
+from classification_task.demo.synthetic import generate_dataset
 from classification_task.trainer import NoduleTrainer
 
 

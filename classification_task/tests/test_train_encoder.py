@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from classification_task import ensemble, inference, train
-from classification_task.synthetic import generate_dataset
+from classification_task.demo.synthetic import generate_dataset
 from classification_task.trainer import NoduleTrainer
 
 

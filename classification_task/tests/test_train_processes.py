@@ -12,7 +12,7 @@ import pytest
 
 from classification_task.dataset import load_labels
 from classification_task.split import load_or_make_split
-from classification_task.synthetic import generate_dataset
+from classification_task.demo.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 N_BROKEN = 6

@@ -13,7 +13,7 @@ from PIL import Image
 from classification_task import inference, metrics, train
 from classification_task.dataset import load_labels
 from classification_task.split import split_by_patient
-from classification_task.synthetic import generate_dataset
+from classification_task.demo.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(__file__).parent / "data"

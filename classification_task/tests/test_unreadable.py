@@ -10,9 +10,9 @@ import torch
 from classification_task import train
 from classification_task.dataset import DataError, RadiographDataset, load_labels
 from classification_task.split import split_by_patient
-from classification_task.synthetic import generate_dataset
+from classification_task.demo.synthetic import generate_dataset
 from classification_task.trainer import NoduleTrainer
-from classification_task.unreadable import UNREADABLE_CSV, ReadableBatchCollator, UnreadableImages
+from classification_task.common.unreadable import UNREADABLE_CSV, ReadableBatchCollator, UnreadableImages
 
 
 def _truncate(path: str) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from localization_task.backends import REMOTE_CODE_IMPORTS
+from localization_task.chexagent2.backend import REMOTE_CODE_IMPORTS
 
 ANSWER_BOX_HALF_PCT = 4  # half the side of the drawn box, in percent of the image
 # The brightest pixel must exceed the image's 95th percentile by this much (0-255) to be a finding.

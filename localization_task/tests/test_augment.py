@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from localization_task.augment import train_augmentation
+from localization_task.heatmap.augment import train_augmentation
 
 HEIGHT_PX, WIDTH_PX = 128, 160
 

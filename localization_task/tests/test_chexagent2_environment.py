@@ -1,6 +1,6 @@
 """What the CheXagent-2 command needs, checked from the main environment.
 
-The second environment (localization_task/requirements-chexagent2.txt, transformers 4.40.0)
+The second environment (localization_task/chexagent2/requirements.txt, transformers 4.40.0)
 has neither peft nor the `image_processing_pil_*` modules of transformers 5; here they are
 made unimportable in a subprocess, so an import of them on the command's path fails here
 as it fails there. test_chexagent2_second_env.py runs the command in the real second
@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from localization_task import backends, inference
+from localization_task.chexagent2 import backend as backends
+
+from localization_task import inference
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data"
-REQUIREMENTS = REPO / "localization_task" / "requirements-chexagent2.txt"
+REQUIREMENTS = REPO / "localization_task" / "chexagent2" / "requirements.txt"
 SHA = "0123456789abcdef0123456789abcdef01234567"  # well-formed, not a real commit
 IMPORT_NAMES = {"scikit-learn": "sklearn", "python-dotenv": "dotenv", "pillow": "PIL"}
 
@@ -52,7 +54,7 @@ def requirement_names(lines) -> set[str]:
 
 
 def main_only_imports() -> set[str]:
-    """Import names of main-environment dependencies that requirements-chexagent2.txt does not install."""
+    """Import names of main-environment dependencies that chexagent2/requirements.txt does not install."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     main_env = requirement_names(project["dependencies"])
     missing = main_env - requirement_names(REQUIREMENTS.read_text().splitlines())

@@ -1,6 +1,6 @@
 """`inference.py --backend chexagent2` end to end in the CheXagent-2 environment itself.
 
-That environment (localization_task/requirements-chexagent2.txt: transformers 4.40.0,
+That environment (localization_task/chexagent2/requirements.txt: transformers 4.40.0,
 numpy < 2, albumentations 1.4, ...) is another virtual environment; its Python is named
 by NODULOCC_CHEXAGENT2_PYTHON. CI builds it (.ci/run) on the CPU torch wheel, so there
 these tests must run: with CI=true a missing environment fails them; elsewhere they are

@@ -5,7 +5,7 @@ from typing import Literal
 
 import pytest
 
-from localization_task import cli
+from localization_task.common import cli
 
 
 @dataclass

@@ -10,7 +10,7 @@ from localization_task.dataset import (
     DataError, discover_images, image_size, load_localization_data, percentile_clip_to_uint8,
     preprocess_image, safe_join, to_grey_array,
 )
-from localization_task.percentiles import histogram_percentiles
+from localization_task.common.percentiles import histogram_percentiles
 
 DATA = Path(__file__).parent / "data"
 NIH_8BIT = DATA / "00000001_000.png"

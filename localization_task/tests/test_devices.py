@@ -7,9 +7,13 @@ machine with GPUs, and only the chosen device string is checked.
 import pytest
 import torch
 
-from localization_task import backends, heatmap_backend, processes
+from localization_task.chexagent2 import backend as backends
+
+from localization_task.heatmap import predictor as heatmap_backend
+
+from localization_task.common import processes
 from localization_task.dataset import DataError
-from localization_task.model import HeatmapLocalizer, build_tiny_dinov2
+from localization_task.heatmap.model import HeatmapLocalizer, build_tiny_dinov2
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from localization_task.dataset import DataError
-from localization_task.eval_io import read_pixel_spacing, read_predictions
+from localization_task.evaluation.inputs import read_pixel_spacing, read_predictions
 from localization_task.metrics import main
 from localization_task.tests.test_metrics_cli import case, run, summary  # noqa: F401  (case: a fixture)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from localization_task.heatmap import (
+from localization_task.heatmap.targets import (
     Keypoint, Letterbox, Peak, decode_peaks, gaussian_heatmap, heatmap_size, heatmap_to_input,
     input_to_heatmap, letterbox_image, peaks_to_original, refine_peak, sigma_hm_from_frac,
 )

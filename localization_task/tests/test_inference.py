@@ -23,8 +23,8 @@ import torch
 import transformers
 from PIL import Image
 
-from localization_task import backends
-from localization_task.backends import CheXagent2Backend, ImageInput, ScriptedBackend
+from localization_task.chexagent2 import backend as backends
+from localization_task.chexagent2.backend import CheXagent2Backend, ImageInput, ScriptedBackend
 from localization_task.inference import PREDICTIONS_JSONL, RESULTS_CSV, RUN_CONFIG_JSON, InferenceConfig, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -270,7 +270,7 @@ def test_help_names_the_second_environment_and_scripted(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for phrase in ("transformers==4.40.0", "requirements-chexagent2.txt", "--backend scripted", "probability"):
+    for phrase in ("transformers==4.40.0", "chexagent2/requirements.txt", "--backend scripted", "probability"):
         assert phrase in text
 
 
@@ -293,7 +293,7 @@ def test_real_backend_in_the_main_environment_exits_2(tmp_path, capsys):
     assert code == 2
     line = _single_sentence_error(capsys.readouterr().err)
     assert "transformers==4.40.0" in line and transformers.__version__ in line
-    assert "localization_task/requirements-chexagent2.txt" in line and "--backend scripted" in line
+    assert "localization_task/chexagent2/requirements.txt" in line and "--backend scripted" in line
     assert not (tmp_path / "out").exists()
 
 

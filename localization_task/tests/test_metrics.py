@@ -9,7 +9,7 @@ from PIL import Image
 from localization_task.metrics import (
     count_accuracy, detection_metrics, froc, match_points, precision_recall_f1, radial_error_stats,
 )
-from localization_task.overlay import draw_overlay, to_display_uint8
+from localization_task.evaluation.overlay import draw_overlay, to_display_uint8
 
 
 # ------------------------------------------------------------ matching is exact

@@ -13,7 +13,7 @@ from transformers import (
 )
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-from localization_task.model import (
+from localization_task.heatmap.model import (
     ENCODER_MODES, PRIOR_LOGIT, HeatmapLocalizer, HeatmapLocalizerConfig, build_tiny_dinov2,
 )
 from localization_task.dataset import pixel_values_from_grey

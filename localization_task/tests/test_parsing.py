@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from localization_task.backends import NO_CONFIDENCE, Answer, prediction_from_response
-from localization_task.parsing import (
+from localization_task.chexagent2.backend import NO_CONFIDENCE, Answer, prediction_from_response
+from localization_task.chexagent2.parsing import (
     box_centre_px,
     box_to_px,
     label_accepted,

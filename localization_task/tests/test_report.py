@@ -10,7 +10,7 @@ import pytest
 from localization_task.metrics import (
     EvalConfig, EvalImages, evaluate, format_table, per_image_table, write_evaluation,
 )
-from localization_task.report import MAX_WIDTH, grid
+from localization_task.evaluation.report import MAX_WIDTH, grid
 
 # The hand example of test_metrics.py: 300x400 (diag 500), 600x800 (diag 1000), 300x400, nothing.
 GT = [np.array([[100.0, 100], [200, 200]]), np.array([[300.0, 300]]), np.zeros((0, 2)), np.zeros((0, 2))]

@@ -72,7 +72,7 @@ def test_an_epoch_given_to_a_sharded_loader_reaches_the_dataset(labelled_root):
     from torch.utils.data import BatchSampler
 
     from localization_task.dataset import HeatmapDataset, ItemSettings, collate, load_localization_data
-    from localization_task.trainer import HeatmapTrainer
+    from localization_task.heatmap.trainer import HeatmapTrainer
 
     dataset = HeatmapDataset(load_localization_data(labelled_root), ItemSettings(64, 4, 1.0, (0.5,), (0.5,)))
     trainer = SimpleNamespace(mix=(0.5, 0.5), sampler_seed=0, train_dataset=dataset)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from localization_task.backends import SCRIPTED_DELAY_ENV
+from localization_task.chexagent2.backend import SCRIPTED_DELAY_ENV
 from localization_task.inference import PREDICTIONS_JSONL, RESULTS_CSV, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from localization_task.dataset import DataError
-from localization_task.run_files import (
+from localization_task.common.run_files import (
     JsonLineError,
     append_record,
     check_fresh_run,

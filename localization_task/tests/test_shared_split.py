@@ -16,7 +16,7 @@ import pytest
 
 from localization_task import train
 from localization_task.dataset import evaluation_rows
-from localization_task.evaluate import SplitPeaks, f1_and_counts
+from localization_task.heatmap.evaluate import SplitPeaks, f1_and_counts
 from localization_task.tests.test_train import _argv
 
 REPO = Path(__file__).resolve().parents[2]

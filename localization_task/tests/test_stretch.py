@@ -11,8 +11,8 @@ from localization_task import inference, train
 from localization_task.dataset import (
     HeatmapDataset, ItemSettings, percentile_clip_to_uint8, pixel_values_from_grey, to_grey_array,
 )
-from localization_task.heatmap import Letterbox, letterbox_image
-from localization_task.model import HeatmapLocalizer
+from localization_task.heatmap.targets import Letterbox, letterbox_image
+from localization_task.heatmap.model import HeatmapLocalizer
 from localization_task.tests.test_train import _argv, _points_by_name
 
 DATA = Path(__file__).parent / "data"

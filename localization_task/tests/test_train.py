@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from localization_task import inference, train
-from localization_task.model import HeatmapLocalizer
+from localization_task.heatmap.model import HeatmapLocalizer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from localization_task.heatmap import gaussian_heatmap
+from localization_task.heatmap.targets import gaussian_heatmap
 
 from localization_task.split import KEYPOINTED, NEGATIVE, WEAK
-from localization_task.trainer import MixedEpochSampler, focal_heatmap_loss, weak_image_loss
+from localization_task.heatmap.trainer import MixedEpochSampler, focal_heatmap_loss, weak_image_loss
 
 
 def _epoch(sampler, epoch):

@@ -75,4 +75,4 @@ def _compact(values: np.ndarray) -> np.ndarray:
             return values.astype(np.uint16)
     return values
 
-# A deliberate copy of localization_task/dicom.py's pixel part: the two task folders never import each other.
+# A deliberate copy of localization_task/common/dicom.py's pixel part: the two task folders never import each other.

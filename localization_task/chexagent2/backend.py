@@ -23,7 +23,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from localization_task.parsing import (
+from localization_task.chexagent2.parsing import (
     DEFAULT_LABELS,
     box_centre_px,
     box_to_px,
@@ -46,7 +46,7 @@ PRINT_REVISION_COMMAND = (
 REQUIRED_TRANSFORMERS = "4.40.0"
 SETUP_COMMANDS = (
     "python -m venv .venv-chexagent2 && "
-    ".venv-chexagent2/bin/pip install -r localization_task/requirements-chexagent2.txt && "
+    ".venv-chexagent2/bin/pip install -r localization_task/chexagent2/requirements.txt && "
     ".venv-chexagent2/bin/pip install --no-deps -e ."
 )
 SYSTEM_PROMPT = "You are a helpful assistant."
@@ -214,7 +214,7 @@ def check_chexagent2_environment(revision: str | None) -> None:
 
 def resolve_device(device: str) -> str:
     """--device for this process: "cpu" or its own GPU, cuda:LOCAL_RANK."""
-    from localization_task.processes import process_device
+    from localization_task.common.processes import process_device
 
     try:
         return process_device(device)
@@ -231,7 +231,7 @@ def resolve_dtype(dtype: str, device: str):
 
 
 # Third-party packages CheXagent-2's remote code imports beyond torch and transformers
-# (as reported for its modeling files); requirements-chexagent2.txt installs each.
+# (as reported for its modeling files); chexagent2/requirements.txt installs each.
 REMOTE_CODE_IMPORTS = ("torchvision", "pyarrow", "einops", "albumentations", "cv2")
 PIP_NAMES = {"cv2": "opencv-python-headless", "PIL": "pillow", "google": "protobuf"}  # import name -> pip name
 _MISSING = re.compile(r"requires the following packages that were not found in your environment: ([^.]+)\.")
@@ -245,10 +245,10 @@ def missing_packages_sentence(error: ImportError, model_id: str) -> str:
     if not names:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         return (f"{model_id}'s remote code failed to import ({reason}): rebuild this environment from "
-                "localization_task/requirements-chexagent2.txt.")
+                "localization_task/chexagent2/requirements.txt.")
     packages = " ".join(dict.fromkeys(PIP_NAMES.get(n.split(".")[0], n.split(".")[0]) for n in names))
     return (f"{model_id}'s remote code imports {packages}, missing here: run `pip install {packages}` with this "
-            "environment's pip (localization_task/requirements-chexagent2.txt names every package it needs).")
+            "environment's pip (localization_task/chexagent2/requirements.txt names every package it needs).")
 
 
 def load_chexagent2(model_id: str, revision: str, device: str, dtype):
@@ -274,7 +274,7 @@ def load_chexagent2(model_id: str, revision: str, device: str, dtype):
 class CheXagent2Backend(GroundingBackend):
     """StanfordAIMI/CheXagent-2-3b, zero-shot, following its reference usage.
 
-    Runs only where transformers == 4.40.0 (see requirements-chexagent2.txt)
+    Runs only where transformers == 4.40.0 (see chexagent2/requirements.txt)
     and only with a pinned --revision, because `trust_remote_code=True`
     executes the model repository's Python code. HF_TOKEN, if needed, is read
     from the environment or a .env file and never printed. Several processes

@@ -21,7 +21,7 @@ import torch
 
 from classification_task.dataset import DataError, load_image
 from classification_task.model import PromptCollator
-from classification_task.run_files import write_csv_atomic
+from classification_task.common.run_files import write_csv_atomic
 
 UNREADABLE_CSV = "unreadable_files.csv"
 

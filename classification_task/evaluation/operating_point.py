@@ -15,7 +15,7 @@ import dataclasses
 from pathlib import Path
 
 from classification_task.dataset import Preprocessing
-from classification_task.run_files import OPERATING_POINT_JSON, read_operating_point
+from classification_task.common.run_files import OPERATING_POINT_JSON, read_operating_point
 
 MODEL_KIND = "medgemma_lora"  # a Gemma 3 base read through its two answer letters, with a LoRA adapter
 ENCODER_KIND = "encoder"  # an encoder classifier's best_model folder: the model itself, never quantized

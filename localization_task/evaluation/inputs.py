@@ -43,8 +43,8 @@ import pandas as pd
 from localization_task.dataset import (
     IMAGE_SUFFIXES, DataError, image_size, points_by_image, read_ground_truth, read_table, safe_join,
 )
-from localization_task.dicom import is_dicom, read_dicom_header
-from localization_task.run_files import JsonLineError, iter_jsonl
+from localization_task.common.dicom import is_dicom, read_dicom_header
+from localization_task.common.run_files import JsonLineError, iter_jsonl
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Pictures of a test evaluation: the FROC curve as a PNG, and overlays of a few test images.
 
-    from localization_task.plots import plot_froc, write_test_pictures
+    from localization_task.evaluation.plots import plot_froc, write_test_pictures
     plot_froc("outputs/localization_training/froc.png", results["froc"])
 
 `results["froc"]` is what `metrics.evaluate` returns under "froc": the
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from localization_task.overlay import overlay_file_name, overlay_title, write_overlay
-from localization_task.run_files import FROC_PNG, OVERLAY_DIR, save_figure_atomic
+from localization_task.evaluation.overlay import overlay_file_name, overlay_title, write_overlay
+from localization_task.common.run_files import FROC_PNG, OVERLAY_DIR, save_figure_atomic
 
 FROC_FIGURE_IN = (6.0, 4.5)
 FROC_DPI = 100  # 600 x 450 px

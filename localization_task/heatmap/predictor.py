@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from localization_task.dataset import DataError
-from localization_task.evaluate import iter_peaks
-from localization_task.model import HeatmapLocalizer
-from localization_task.processes import process_device
+from localization_task.heatmap.evaluate import iter_peaks
+from localization_task.heatmap.model import HeatmapLocalizer
+from localization_task.common.processes import process_device
 from localization_task.dataset import HeatmapDataset, ItemSettings
 
 DEFAULT_MIN_CONFIDENCE = 0.3  # for a checkpoint without a tuned threshold

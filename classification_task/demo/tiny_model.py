@@ -8,7 +8,7 @@ Gemma 3 image processor) from small configs, and saves both with
 `save_pretrained`, so that every `from_pretrained` call in the project runs
 exactly as it would on the hub id.
 
-    python -m classification_task.tiny_model --out checkpoints/tiny-medgemma
+    python -m classification_task.demo.tiny_model --out checkpoints/tiny-medgemma
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from transformers import (
 )
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-from classification_task import cli
+from classification_task.common import cli
 
 # The Gemma 3 chat template, as shipped with google/medgemma-1.5-4b-it.
 GEMMA3_CHAT_TEMPLATE = (

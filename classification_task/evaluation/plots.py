@@ -3,7 +3,7 @@
 Figures are drawn on `matplotlib.figure.Figure` (Agg canvas) without pyplot, so
 no global backend is switched and no window opens.
 
-    from classification_task.plots import save_all_plots
+    from classification_task.evaluation.plots import save_all_plots
     save_all_plots("outputs/plots", labels, p_nodule, {"0.5": 0.5, "max_f1": 0.83},
                    log_history=trainer.state.log_history, best_step=450, metric_for_best="pr_auc")
 """
@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
-from classification_task.run_files import save_png_atomic
+from classification_task.common.run_files import save_png_atomic
 
 # What a researcher reads off a training run: (panel title, logged keys drawn in it).
 # The Trainer also logs counts, the threshold and timings; they get no panel.

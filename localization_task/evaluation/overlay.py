@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from localization_task.dataset import (
     DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT, DataError, percentile_clip_to_uint8, read_grey, to_grey_array,
 )
-from localization_task.run_files import write_png_atomic
+from localization_task.common.run_files import write_png_atomic
 
 GT_COLOUR, PRED_COLOUR, MATCH_COLOUR = (0, 220, 0), (255, 40, 40), (255, 220, 0)
 RING_COLOURS = ((0, 200, 255), (160, 120, 255), (255, 255, 255))

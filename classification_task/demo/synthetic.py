@@ -3,7 +3,7 @@
 Writes a small, seeded stand-in for the challenge data so that training,
 inference and the tests run end to end without the real images:
 
-    python -m classification_task.synthetic --out data/demo [--n_images 300] [--size_px 256] \
+    python -m classification_task.demo.synthetic --out data/demo [--n_images 300] [--size_px 256] \
         [--positive_rate 0.3] [--lidc_fraction 0.25] [--nodule_radius_frac 0.08] [--seed 0] \
         [--difficulty easy|hard] [--keypoint_fraction 1.0] [--overwrite]
 
@@ -42,7 +42,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from classification_task import cli
+from classification_task.common import cli
 
 NIH_DIR = "nih_filtered_images"
 LIDC_DIR = "lidc_png_16_bit"

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from localization_task.run_files import PREDICTIONS_JSONL, load_records, write_records_jsonl
+from localization_task.common.run_files import PREDICTIONS_JSONL, load_records, write_records_jsonl
 
 
 @dataclass(frozen=True)
