@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from localization_task.dataset import DataError
-from localization_task.heatmap.evaluate import iter_peaks
+from localization_task.heatmap.peaks import iter_peaks
 from localization_task.heatmap.model import HeatmapLocalizer
 from localization_task.common.processes import process_device
 from localization_task.dataset import HeatmapDataset, ItemSettings
