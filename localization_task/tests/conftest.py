@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from localization_task.heatmap.model import build_tiny_dinov2
+from localization_task.demo.tiny_encoder import build_tiny_dinov2
 
 
 def write_labelled_root(root: Path, n_patients: int = 30, seed: int = 0) -> Path:
