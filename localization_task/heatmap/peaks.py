@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from localization_task.dataset import box_from_tensor, collate
 from localization_task.heatmap.targets import Letterbox, heatmap_to_input
+from localization_task.localizers import Keypoint
 
 _LOG_FLOOR = 1e-12  # keeps log() finite where a heatmap is exactly zero
 CANDIDATE_FLOOR = 0.05  # peaks below this never count, whatever the threshold
@@ -27,12 +28,6 @@ CANDIDATE_FLOOR = 0.05  # peaks below this never count, whatever the threshold
 class Peak(NamedTuple):
     x_hm: float
     y_hm: float
-    confidence: float
-
-
-class Keypoint(NamedTuple):
-    x_px: float
-    y_px: float
     confidence: float
 
 
@@ -123,7 +118,8 @@ def peaks_tensor(logits: torch.Tensor, boxes: torch.Tensor, stride: int, max_poi
     for row, (image_peaks, box) in enumerate(zip(peaks, boxes.cpu())):
         keypoints = peaks_to_original(image_peaks, box_from_tensor(box), stride)
         if keypoints:
-            out[row, : len(keypoints)] = torch.tensor([list(k) for k in keypoints], dtype=torch.float32)
+            rows = [[k.x_px, k.y_px, k.confidence] for k in keypoints]
+            out[row, : len(keypoints)] = torch.tensor(rows, dtype=torch.float32)
     return out.to(logits.device)
 
 

@@ -20,7 +20,7 @@ def test_the_demo_trains_with_the_classification_folder_unimportable(tmp_path):
     # A classification_task that cannot be imported, first on the path of this process and its children.
     shadow = tmp_path / "shadow" / "classification_task"
     shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text("raise ImportError('the localization demo must not need classification_task')\n")
+    (shadow / "__init__.py").write_text("raise ImportError('the demo must not need classification_task')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow.parent), str(REPO)]),
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, str(REPO / "localization_task" / "train.py"), "--demo",
