@@ -59,7 +59,7 @@ from localization_task.split import (
     KIND_NAMES, SPLITS, image_kinds, read_split_file, split_by_patient, widen_validation,
 )
 from localization_task.heatmap.trainer import HeatmapTrainer, metrics_function
-from localization_task.dataset import HeatmapDataset, ItemSettings, collate, evaluation_rows
+from localization_task.heatmap.data import HeatmapDataset, ItemSettings, collate, evaluation_rows
 
 METRICS_FOR_BEST = ("f1_tolerant", "f1_tight", "count_accuracy", "loss")
 SPLIT_CSV = "split.csv"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from localization_task.dataset import box_from_tensor, collate
+from localization_task.heatmap.data import box_from_tensor, collate
 from localization_task.heatmap.targets import Letterbox, heatmap_to_input
 from localization_task.localizers import Keypoint
 

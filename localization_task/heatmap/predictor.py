@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from localization_task.common.processes import process_device
-from localization_task.dataset import DataError, box_tensor, pixel_values_from_grey
+from localization_task.dataset import DataError
+from localization_task.heatmap.data import box_tensor, pixel_values_from_grey
 from localization_task.heatmap.model import HeatmapLocalizer
 from localization_task.heatmap.peaks import batch_peaks
 from localization_task.heatmap.targets import Letterbox, letterbox_image

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from localization_task import localizers
-from localization_task.dataset import HeatmapDataset, ItemSettings, read_stretched
+from localization_task.dataset import read_stretched
+from localization_task.heatmap.data import HeatmapDataset, ItemSettings
 from localization_task.heatmap.model import HeatmapLocalizer
 from localization_task.heatmap.peaks import iter_peaks
 from localization_task.heatmap.predictor import HeatmapPredictor
