@@ -94,7 +94,7 @@ def test_the_inference_command_needs_no_backend_flag_for_a_trained_localizer(tra
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    run = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    run = json.loads((tmp_path / "out" / inference.RUN_CONFIG_JSON).read_text())
     assert run["config"]["backend"] == "heatmap"
     rows = pd.read_csv(tmp_path / "out" / "localization_test_results.csv")
     assert list(rows.columns) == ["file_name", "x", "y", "confidence"]
