@@ -24,10 +24,11 @@ from transformers.trainer_callback import PrinterCallback
 
 from benchmarks.common import NO_GPU
 from localization_task.heatmap.augment import train_augmentation
-from localization_task.heatmap.model import build_tiny_dinov2
-from localization_task.train import DEMO_DEFAULTS, TrainConfig, build_model, item_settings, training_arguments
+from localization_task.demo.tiny_encoder import build_tiny_dinov2
+from localization_task.demo.preset import DEMO_DEFAULTS
+from localization_task.train import TrainConfig, build_model, item_settings, training_arguments
 from localization_task.heatmap.trainer import HeatmapTrainer
-from localization_task.dataset import HeatmapDataset, collate
+from localization_task.heatmap.data import HeatmapDataset, collate
 
 MODEL_CPU, MODEL_GPU = "heatmap, tiny Dinov2", "heatmap, RAD-DINO ViT-B/14"
 

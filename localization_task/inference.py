@@ -1,26 +1,29 @@
-"""Nodule keypoints for a folder of radiographs: a trained heatmap localizer, or CheXagent-2 zero-shot.
+"""Nodule keypoints for a folder of radiographs with any Localizer: the trained heatmap localizer, or CheXagent-2.
 
-    python localization_task/inference.py --input_dir data/test_images --backend heatmap \
+    python localization_task/inference.py --input_dir data/test_images \
         --checkpoint checkpoints/localization/best_model [--gate_csv classification_test_results.csv]
-    python localization_task/inference.py --input_dir data/nodulocc/lidc_png_16_bit \
-        --output_dir outputs/localization --revision <commit SHA of StanfordAIMI/CheXagent-2-3b>
+    .venv-chexagent2/bin/python localization_task/inference.py --backend chexagent2 \
+        --input_dir data/nodulocc/lidc_png_16_bit --revision <commit SHA of StanfordAIMI/CheXagent-2-3b>
 
-`--backend heatmap` runs a model trained by localization_task/train.py, in
-batches, in this environment; each keypoint's confidence is its heatmap peak,
-kept from the threshold tuned on validation for count accuracy (the
-challenge's ranking; `--operating_point f1` for the F1 one, or `--min_confidence`) up.
+One path for every backend (localizers.py): the pending images are read in
+batches (data-loader workers: grey, per-image percentile stretch to 8 bits,
+original size), the localizer predicts each batch, the classifier's gate
+applies, and each image's record is appended to the cache as soon as it is
+done.
+
+`--backend heatmap` (the default) runs a model trained by
+localization_task/train.py, in this environment, with the stretch it was
+trained with; each keypoint's confidence is its heatmap peak, kept from the
+threshold tuned on validation for count accuracy (the challenge's ranking;
+`--operating_point f1` for the F1 one, or `--min_confidence`) up.
+`--backend chexagent2` asks CheXagent-2, one image at a time, in its own
+environment (transformers==4.40.0, see localization_task/chexagent2/requirements.txt);
+each keypoint is a box centre, its confidence the geometric mean probability of
+the tokens the model generated for the box.
 `--gate_csv` (either backend) takes the classifier's
 classification_test_results.csv: images it calls No Finding (or scores below
 `--gate_threshold`) get no keypoints.
 
-The real model needs its own environment (transformers==4.40.0, see
-localization_task/chexagent2/requirements.txt); `--backend scripted` swaps in a
-scripted test double and runs the same pipeline anywhere.
-
-CheXagent-2, per image: read the size from the header, pre-process (grey, percentile clip,
-8-bit RGB) into a temporary PNG, ask the model, parse its boxes, keep the box
-centres in original pixels; each keypoint's confidence is the geometric mean
-probability of the tokens the model generated for its box.
 Writes, in --output_dir (default outputs/localization):
   predictions.jsonl               one record per image; also the resume cache
   localization_test_results.csv   file_name,x,y,confidence (rebuilt from the
@@ -32,15 +35,14 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from localization_task.common import cli
+from localization_task import localizers
 from localization_task.chexagent2.backend import (
     CHEXAGENT2_MODEL_ID,
     CHEXAGENT2_REVISION,
@@ -48,21 +50,9 @@ from localization_task.chexagent2.backend import (
     DEFAULT_PROMPT,
     MAX_NEW_TOKENS,
     SETUP_COMMANDS,
-    BackendUnavailable,
-    CheXagent2Backend,
-    ImageInput,
-    Localizer,
-    ScriptedBackend,
 )
-from localization_task.dataset import (
-    DEFAULT_CLIP_HIGH_PCT,
-    DEFAULT_CLIP_LOW_PCT,
-    DataError,
-    discover_images,
-    load_preprocessed,
-)
-from localization_task.evaluation.inputs import read_gate_csv
 from localization_task.chexagent2.parsing import DEFAULT_LABELS
+from localization_task.common import cli
 from localization_task.common.processes import Processes, all_records, merge_caches
 from localization_task.common.run_files import (
     PREDICTIONS_JSONL,
@@ -73,6 +63,16 @@ from localization_task.common.run_files import (
     write_results_csv,
     write_run_config,
 )
+from localization_task.dataset import (
+    DEFAULT_CLIP_HIGH_PCT,
+    DEFAULT_CLIP_LOW_PCT,
+    DataError,
+    UnreadableImage,
+    discover_images,
+    read_stretched,
+)
+from localization_task.evaluation.inputs import read_gate_csv
+from localization_task.localizers import BackendUnavailable, ImageInput, Localizer
 
 ANY_LABEL = "*"
 
@@ -81,9 +81,11 @@ ANY_LABEL = "*"
 class InferenceConfig:
     input_dir: Path = cli.required("folder of PNG/JPEG/DICOM (.dcm) radiographs")
     output_dir: Path = cli.arg(Path("outputs/localization"), "where the CSV, JSONL and run config go")
-    backend: Literal["chexagent2", "heatmap", "scripted"] = cli.arg(
-        "chexagent2", "who answers: CheXagent-2, a trained heatmap localizer (--checkpoint), "
-        "or a scripted test double that needs no model"
+    # The choices are the registered backends, read when the flags are parsed (annotations are
+    # strings here): localizers.BACKENDS is the one list of names.
+    backend: Literal[localizers.names()] = cli.arg(
+        "heatmap", "who answers: the heatmap localizer trained by train.py (--checkpoint), or CheXagent-2 "
+        "zero-shot (in its own environment)"
     )
     checkpoint: str | None = cli.arg(None, "heatmap: the best_model folder written by localization_task/train.py")
     min_confidence: float | None = cli.arg(
@@ -91,8 +93,8 @@ class InferenceConfig:
     operating_point: Literal["count", "f1"] = cli.arg(
         "count", "heatmap: use the threshold tuned for count accuracy (what the challenge ranks) or for F1")
     max_points: int = cli.arg(5, "heatmap: at most this many keypoints per image")
-    batch_size: int = cli.arg(16, "heatmap: images per forward pass")
-    num_workers: int = cli.arg(2, "heatmap: image-loading worker processes")
+    batch_size: int = cli.arg(16, "images read and handed to the localizer at once (heatmap: one forward pass)")
+    num_workers: int = cli.arg(2, "image-reading worker processes")
     gate_csv: str | None = cli.arg(
         None, "classification_test_results.csv: images the classifier calls No Finding get no keypoints")
     gate_threshold: float | None = cli.arg(
@@ -133,8 +135,11 @@ class InferenceConfig:
         if self.max_new_tokens < 1 or self.max_points < 1 or self.batch_size < 1 or self.num_workers < 0:
             raise ValueError("--max_new_tokens, --max_points and --batch_size must be at least 1, "
                              "--num_workers at least 0.")
-        if (self.backend == "heatmap") != (self.checkpoint is not None):
-            raise ValueError("--checkpoint goes with --backend heatmap, and --backend heatmap needs a --checkpoint.")
+        if self.backend == "heatmap" and self.checkpoint is None:
+            raise ValueError("--backend heatmap (the default) needs --checkpoint: pass the best_model folder that "
+                             "localization_task/train.py wrote, or --backend chexagent2.")
+        if self.backend != "heatmap" and self.checkpoint is not None:
+            raise ValueError("--checkpoint goes with --backend heatmap only.")
         for name in ("min_confidence", "gate_threshold"):
             if getattr(self, name) is not None and not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--{name} must lie in [0, 1].")
@@ -163,37 +168,7 @@ class InferenceConfig:
     def prediction_settings(self) -> dict:
         """What the cached predictions depend on: a resumed run must match it."""
         gate = {"gate_csv": self.gate_csv and str(Path(self.gate_csv).resolve()), "gate_threshold": self.gate_threshold}
-        if self.backend == "heatmap":
-            return {"backend": self.backend, "checkpoint": heatmap_path().checkpoint_signature(self.checkpoint),
-                    "min_confidence": self.min_confidence, "operating_point": self.operating_point,
-                    "max_points": self.max_points,
-                    "clip_pct": [self.clip_low_pct, self.clip_high_pct], **gate}
-        return {
-            **gate,
-            "backend": self.backend,
-            "model_id": self.model_id,
-            "revision": self.revision,
-            "prompt": self.prompt_text,
-            "labels": list(self.labels),
-            "unlabelled_boxes": self.unlabelled_boxes,
-            "clip_pct": [self.clip_low_pct, self.clip_high_pct],
-            "max_new_tokens": self.max_new_tokens,
-            # Only when asked for, so caches written before --dtype existed still resume.
-            **({"dtype": self.dtype} if self.dtype != "auto" else {}),
-        }
-
-
-def heatmap_path():
-    """localization_task.heatmap.predictor, imported on use: it needs the main environment (peft,
-    transformers 5), which the CheXagent-2 environment is not."""
-    try:
-        from localization_task.heatmap import predictor as heatmap_backend
-    except ImportError as error:
-        raise BackendUnavailable(
-            f"--backend heatmap needs the main environment ({error}): run it with the main environment's "
-            "python, not .venv-chexagent2's."
-        ) from None
-    return heatmap_backend
+        return {**gate, "backend": self.backend, **localizers.prediction_settings(self.backend, self)}
 
 
 def _is_commit_sha(revision: str) -> bool:
@@ -201,21 +176,19 @@ def _is_commit_sha(revision: str) -> bool:
 
 
 DESCRIPTION = f"""\
-Nodule keypoints on chest radiographs: a heatmap localizer trained with
-localization_task/train.py (--backend heatmap --checkpoint DIR), or CheXagent-2 zero-shot.
-Writes {RESULTS_CSV} and {PREDICTIONS_JSONL} (also the resume cache:
-rerun the same command to continue an interrupted run)."""
+Nodule keypoints on chest radiographs: the heatmap localizer trained with
+localization_task/train.py (--checkpoint DIR, the default backend), or CheXagent-2
+zero-shot (--backend chexagent2). Writes {RESULTS_CSV} and {PREDICTIONS_JSONL}
+(also the resume cache: rerun the same command to continue an interrupted run)."""
 
 HELP_EPILOG = f"""\
-The real model (--backend chexagent2, the default) runs ONLY in its own
-environment with transformers==4.40.0, which its remote code asserts:
+CheXagent-2 (--backend chexagent2) runs ONLY in its own environment with
+transformers==4.40.0, which its remote code asserts:
   {SETUP_COMMANDS.replace(" && ", chr(10) + "  ")}
-  .venv-chexagent2/bin/python localization_task/inference.py --input_dir DIR \\
-      --output_dir DIR --revision <full commit SHA of {CHEXAGENT2_MODEL_ID}>
---backend scripted needs no model and works in any environment: a scripted test
-double answers in CheXagent-2's format (arbitrary boxes) so the pipeline can be
-checked. A keypoint's confidence is the mean probability (geometric) of the
-tokens CheXagent-2 generated for its box.
+  .venv-chexagent2/bin/python localization_task/inference.py --backend chexagent2 \\
+      --input_dir DIR --output_dir DIR --revision <full commit SHA of {CHEXAGENT2_MODEL_ID}>
+A CheXagent-2 keypoint's confidence is the mean probability (geometric) of the
+tokens it generated for its box.
 """
 
 
@@ -258,24 +231,6 @@ def resolve_clip_pct(config: InferenceConfig, warn: bool = True) -> None:
         raise DataError("--clip_low_pct and --clip_high_pct need low < high with the model's own values; pass both.")
 
 
-def build_localizer(config: InferenceConfig) -> Localizer:
-    common = dict(
-        prompt=config.prompt_text,
-        labels=config.label_filter,
-        keep_unlabelled=config.unlabelled_boxes == "keep",
-    )
-    if config.backend == "scripted":
-        return ScriptedBackend(**common)
-    return CheXagent2Backend(
-        **common,
-        model_id=config.model_id,
-        revision=config.revision,
-        device=config.device,
-        max_new_tokens=config.max_new_tokens,
-        dtype=config.dtype,
-    )
-
-
 # --- gating by the classifier ---------------------------------------------------
 
 
@@ -299,57 +254,49 @@ def gated(record: dict, gate: set[str]) -> dict:
 # --- the run ------------------------------------------------------------------
 
 
+class PendingImages(Dataset):
+    """The (path, name) images to predict, read and stretched in data-loader workers.
+
+    An item is an `ImageInput`, or (path, name, reason) for a file that cannot be read."""
+
+    def __init__(self, pending: list[tuple[Path, str]], clip_pct: tuple[float, float]):
+        self.pending, self.clip_pct = pending, clip_pct
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def __getitem__(self, index: int) -> ImageInput | tuple[Path, str, str]:
+        path, name = self.pending[index]
+        try:
+            return ImageInput(name, read_stretched(str(path), *self.clip_pct))
+        except UnreadableImage as error:
+            return path, name, error.reason
+
+
 def predict_pending(
-    localizer: Localizer, config: InferenceConfig, pending: list[tuple[Path, str]], n_images: int,
+    localizer: Localizer | None, config: InferenceConfig, pending: list[tuple[Path, str]], n_images: int,
     gate: set[str], cache: Path,
 ) -> tuple[int, list[str]]:
-    """Predict the pending (path, name) images one by one, appending one record each.
+    """Predict the pending (path, name) images batch by batch, appending each image's record as it comes.
 
     Returns (number predicted, unreadable file names)."""
     predicted, unreadable = 0, []
-    bar = tqdm(pending, total=n_images, initial=n_images - len(pending), desc="images", unit="img")
-    with tempfile.TemporaryDirectory(prefix="nodulocc_") as tmp_dir:
-        for index, (path, name) in enumerate(bar):
-            model_input = Path(tmp_dir) / f"{index:06d}.png"
-            try:
-                image = load_preprocessed(path, config.clip_low_pct, config.clip_high_pct)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-                tqdm.write(f"skipped unreadable image {path}: {error}", file=sys.stderr)
+    if not pending:
+        return predicted, unreadable
+    images = PendingImages(pending, (config.clip_low_pct, config.clip_high_pct))
+    batches = DataLoader(images, batch_size=config.batch_size, num_workers=config.num_workers, collate_fn=list)
+    with tqdm(total=n_images, initial=n_images - len(pending), desc="images", unit="img") as bar:
+        for batch in batches:
+            readable = [item for item in batch if isinstance(item, ImageInput)]
+            for path, name, reason in (item for item in batch if not isinstance(item, ImageInput)):
+                tqdm.write(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
                 unreadable.append(name)
-                continue
-            width_px, height_px = image.size  # pre-processing keeps the original size
-            image.save(model_input, format="PNG", compress_level=1)
-            prediction = localizer.predict(ImageInput(name, model_input, width_px, height_px))
-            model_input.unlink()
-            record = gated(prediction.to_record(name, width_px, height_px), gate)
-            append_record(cache, record)
-            predicted += 1
-    return predicted, unreadable
-
-
-def predict_pending_heatmap(config: InferenceConfig, pending: list[tuple[Path, str]],
-                            gate: set[str], cache: Path) -> tuple[int, list[str]]:
-    """Predict the pending images in batches with the trained localizer, appending one record each."""
-    if not pending:  # all cached: no model to load, no threshold to announce
-        return 0, []
-    heatmap = heatmap_path()
-    model = heatmap.load_localizer(config.checkpoint, config.device)
-    unreadable = []
-
-    def skip(name: str, reason: str) -> None:
-        tqdm.write(f"skipped unreadable image {name}: {reason}", file=sys.stderr)
-        unreadable.append(name)
-
-    predicted = 0
-    records = heatmap.predict_records(
-        model, [path for path, _ in pending], [name for _, name in pending],
-        heatmap.min_confidence_of(model, config.min_confidence, config.operating_point), config.max_points,
-        config.batch_size,
-        config.num_workers, (config.clip_low_pct, config.clip_high_pct), skip,
-    )
-    for record in records:
-        append_record(cache, gated(record, gate))
-        predicted += 1
+                bar.update()
+            for image, prediction in zip(readable, localizer.predict(readable), strict=True):
+                record = prediction.to_record(image.file_name, image.width_px, image.height_px)
+                append_record(cache, gated(record, gate))
+                predicted += 1
+                bar.update()
     return predicted, unreadable
 
 
@@ -378,23 +325,24 @@ def run(config: InferenceConfig, processes: Processes) -> int:
         if config.output_dir.exists() and not config.output_dir.is_dir():
             raise DataError(f"--output_dir {config.output_dir} is a file: pass a folder for the results.")
         records = all_records(config.output_dir)
-        check_resumable(config.output_dir, records, config.prediction_settings())
+        settings = config.prediction_settings()
+        check_resumable(config.output_dir, records, settings)
         names = [path.relative_to(config.input_dir).as_posix() for path in images]
         gate = read_gate(config.gate_csv, config.gate_threshold, names) if config.gate_csv else set()
-        localizer = None if config.backend == "heatmap" else build_localizer(config)
+        todo = [(path, name) for path, name in zip(images, names) if name not in records]
+        # Every process builds it while any image is left (all fail alike, none waits for another);
+        # none when all are cached: no model to load, no threshold to announce.
+        localizer = localizers.build_localizer(config.backend, config) if todo else None
     except (ValueError, BackendUnavailable) as error:  # ValueError includes DataError
         return fail(str(error))
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     if processes.rank == 0:
-        write_run_config(config.output_dir / RUN_CONFIG_JSON, asdict(config), config.prediction_settings())
-    pending = processes.share([(path, name) for path, name in zip(images, names) if name not in records])
-    cache = processes.cache(config.output_dir)
+        write_run_config(config.output_dir / RUN_CONFIG_JSON, asdict(config), settings)
+    pending = processes.share(todo)
     try:
-        if localizer is None:
-            predicted, unreadable = predict_pending_heatmap(config, pending, gate, cache)
-        else:
-            predicted, unreadable = predict_pending(localizer, config, pending, len(images), gate, cache)
+        predicted, unreadable = predict_pending(localizer, config, pending, len(images), gate,
+                                                processes.cache(config.output_dir))
     except DataError as error:
         return fail(str(error))
     counts = processes.gather_to_first([(predicted, unreadable)])  # waits for every process

@@ -26,7 +26,6 @@ import localization_task  # noqa: F401  first: its __init__ quiets a bitsandbyte
 
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from accelerate.utils import gather_object
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from localization_task.common import cli
+from localization_task.demo.preset import DEMO_DEFAULTS, prepare_demo
 from localization_task.heatmap.augment import train_augmentation
 from localization_task.dataset import (
     DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT, LOCALIZATION_CSV, DataError, check_keypoints_inside,
@@ -46,7 +46,7 @@ from localization_task.dataset import (
 from localization_task.evaluation.inputs import read_gate_csv
 from localization_task.heatmap.gpu import enable_activation_checkpointing, process_device
 from localization_task.heatmap.targets import sigma_hm_from_frac
-from localization_task.heatmap.model import DEFAULT_ENCODER, HeatmapLocalizer, build_tiny_dinov2
+from localization_task.heatmap.model import DEFAULT_ENCODER, HeatmapLocalizer
 from localization_task.heatmap.evaluate import predict_split, report_test
 from localization_task.common.run_files import (
     RUN_CONFIG_JSON,
@@ -59,7 +59,7 @@ from localization_task.split import (
     KIND_NAMES, SPLITS, image_kinds, read_split_file, split_by_patient, widen_validation,
 )
 from localization_task.heatmap.trainer import HeatmapTrainer, metrics_function
-from localization_task.dataset import HeatmapDataset, ItemSettings, collate, evaluation_rows
+from localization_task.heatmap.data import HeatmapDataset, ItemSettings, collate, evaluation_rows
 
 METRICS_FOR_BEST = ("f1_tolerant", "f1_tight", "count_accuracy", "loss")
 SPLIT_CSV = "split.csv"
@@ -157,34 +157,6 @@ class TrainConfig:
                              "keeps no activations for backward.")
         if self.gradient_checkpointing is None:  # resolved here, so run_config.json records the choice
             self.gradient_checkpointing = torch.cuda.is_available() and self.encoder_mode != "frozen"
-
-
-# The demo: synthetic radiographs with small, faint nodules and look-alike streaks,
-# a tiny random-init Dinov2 trained in full on the CPU in a few minutes.
-DEMO_ENCODER_INPUT_PX = 128
-DEMO_DEFAULTS = dict(
-    data_root="data/demo_localization", encoder="checkpoints/tiny-dinov2", encoder_mode="full",
-    output_dir="outputs/demo_localization", checkpoint_dir="checkpoints/demo_localization",
-    input_size_px=DEMO_ENCODER_INPUT_PX, head_channels=32, sigma_frac=0.02, batch_size=16, grad_accum=1,
-    eval_batch_size=32, learning_rate=2e-3, weight_decay=0.0, max_steps=600, eval_steps=150,
-    logging_steps=25, num_workers=0, eval_negatives=None, negatives_per_keypointed=0.5,
-    weak_per_keypointed=0.5,
-)
-
-
-def prepare_demo(config: TrainConfig) -> None:
-    """Synthetic data (the classification demo's generator, hard mode) and a tiny encoder, if missing."""
-    if not (Path(config.data_root) / "localization_labels.csv").is_file():
-        # Run as a command: the two task folders never import each other.
-        command = [sys.executable, "-m", "classification_task.demo.synthetic", "--out", config.data_root,
-                   "--n_images", "800", "--positive_rate", "0.4", "--size_px", "256",
-                   "--difficulty", "hard", "--keypoint_fraction", "0.6", "--seed", "1"]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise DataError(f"could not write the demo data to {config.data_root}: "
-                            f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'unknown error'}")
-    if not (Path(config.encoder) / "config.json").is_file():
-        build_tiny_dinov2(config.encoder, input_size_px=DEMO_ENCODER_INPUT_PX, patch_size=8, hidden_size=64)
 
 
 def load_splits(config: TrainConfig) -> dict[str, pd.DataFrame]:
@@ -370,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         earlier = check_fresh_run(config.output_dir, config.checkpoint_dir, config.resume, config.overwrite) \
             if first else []
         if config.demo:
-            prepare_demo(config)
+            prepare_demo(config.data_root, config.encoder)
         frames = load_splits(config)
         model = build_model(config)
         if config.gate_csv:

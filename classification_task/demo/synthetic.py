@@ -42,7 +42,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from classification_task.common import cli
+from ..common import cli
 
 NIH_DIR = "nih_filtered_images"
 LIDC_DIR = "lidc_png_16_bit"

@@ -1,36 +1,27 @@
-"""Localizer backends: the interface, CheXagent-2, and a scripted test double.
+"""CheXagent-2 zero-shot behind the Localizer interface: its environment check, loading and answers.
 
-A localizer gets one pre-processed radiograph (`ImageInput`: an 8-bit RGB PNG
-file of the original size, plus the original width and height) and returns an
-`ImagePrediction`: its raw answer, the boxes it drew and the keypoints (x, y,
-confidence) in original pixels. Any model that fits `Localizer.predict` plugs
-into `inference.py`.
+CheXagent-2 (StanfordAIMI/CheXagent-2-3b) is asked, one image at a time, to
+locate nodules; it answers with boxes (see parsing.py), whose centres become the
+keypoints. It is handed each pre-processed radiograph as a temporary 8-bit RGB
+PNG of the original size (`ModelInput`), because its remote code opens the
+image file itself. A keypoint's confidence is the geometric mean probability of
+the tokens the model generated for its box.
 
-A CheXagent-2 keypoint's confidence is the geometric mean probability of the
-tokens the model generated for its box; an answer without token probabilities
-gives every keypoint 1.0 (`NO_CONFIDENCE`).
+It runs only in its own environment (transformers 4.40.0, see requirements.txt)
+and only with a pinned --revision, because its remote code is executed.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from PIL import Image
 
-from localization_task.chexagent2.parsing import (
-    DEFAULT_LABELS,
-    box_centre_px,
-    box_to_px,
-    label_accepted,
-    parse_boxes_with_spans,
-    span_confidence,
-)
+from localization_task.chexagent2.parsing import DEFAULT_LABELS, Answer, prediction_from_response
+from localization_task.localizers import BackendUnavailable, ImageInput, ImagePrediction
 
 CHEXAGENT2_MODEL_ID = "StanfordAIMI/CheXagent-2-3b"
 # No commit of StanfordAIMI/CheXagent-2-3b has been verified for this project,
@@ -56,115 +47,21 @@ DEFAULT_PROMPT = (
 )
 DEFAULT_FINDING = "nodule/mass"
 MAX_NEW_TOKENS = 512
-SCRIPTED_DELAY_ENV = "NODULOCC_SCRIPTED_DELAY_S"  # test double only: seconds of sleep per image
-NO_CONFIDENCE = 1.0  # for answers that come without token probabilities
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend cannot run here; the message says what to do, in one sentence."""
 
 
 @dataclass(frozen=True)
-class ImageInput:
+class ModelInput:
+    """What a grounding model is handed: one pre-processed image as a file."""
+
     file_name: str  # relative to --input_dir, posix
     path: Path  # pre-processed 8-bit RGB PNG, same size as the original
     width_px: int  # original image size: boxes and keypoints refer to it
     height_px: int
 
 
-@dataclass(frozen=True)
-class Answer:
-    """A generated answer: its text as decoded tokens and each token's probability.
-
-    `"".join(pieces)` is the text; `probs` is None when the model gave none.
-    """
-
-    pieces: list[str]
-    probs: list[float] | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
-
-
-@dataclass(frozen=True)
-class DetectedBox:
-    label: str
-    xyxy_pct: tuple[float, float, float, float]  # model units: % of width / height
-    xyxy_px: tuple[float, float, float, float]  # original pixels
-    kept: bool  # passed the label filter, so its centre is a keypoint
-    confidence: float  # geometric mean probability of the box's tokens (1.0 without them)
-
-
-@dataclass(frozen=True)
-class Keypoint:
-    x: float  # original pixels
-    y: float
-    confidence: float
-
-
-@dataclass
-class ImagePrediction:
-    response: str  # raw model answer ("" for models that do not answer in text)
-    boxes: list[DetectedBox] = field(default_factory=list)
-    points: list[Keypoint] = field(default_factory=list)
-
-    def to_record(self, file_name: str, width_px: int, height_px: int) -> dict:
-        """One line of predictions.jsonl."""
-        return {
-            "file_name": file_name,
-            "width": width_px,
-            "height": height_px,
-            "response": self.response,
-            "boxes": [asdict(box) for box in self.boxes],
-            "points": [asdict(point) for point in self.points],
-        }
-
-
-class Localizer(Protocol):
-    """Anything that finds nodules on one pre-processed radiograph."""
-
-    def predict(self, item: ImageInput) -> ImagePrediction: ...
-
-
-def prediction_from_response(
-    response: str | Answer,
-    width_px: int,
-    height_px: int,
-    labels: Sequence[str] | None = DEFAULT_LABELS,
-    keep_unlabelled: bool = True,
-) -> ImagePrediction:
-    """Raw grounding answer -> boxes and keypoints (box centres) in pixels.
-
-    Each box's confidence comes from the probabilities of its generated
-    tokens when the answer carries them. A box repeated with identical
-    coordinates yields one keypoint (the same box cannot be two nodules), with
-    the highest confidence among the repeats.
-    """
-    answer = response if isinstance(response, Answer) else Answer([response])
-    prediction = ImagePrediction(answer.text)
-    kept_points: dict[tuple[float, float, float, float], int] = {}
-    for label, xyxy_pct, span in parse_boxes_with_spans(answer.text):
-        kept = label_accepted(label, labels, keep_unlabelled)
-        confidence = NO_CONFIDENCE if answer.probs is None else span_confidence(answer.pieces, answer.probs, span)
-        xyxy_px = box_to_px(xyxy_pct, width_px, height_px)
-        prediction.boxes.append(DetectedBox(label, xyxy_pct, xyxy_px, kept, confidence))
-        if not kept:
-            continue
-        if xyxy_pct in kept_points:
-            index = kept_points[xyxy_pct]
-            best = max(prediction.points[index].confidence, confidence)
-            prediction.points[index] = Keypoint(prediction.points[index].x, prediction.points[index].y, best)
-            continue
-        kept_points[xyxy_pct] = len(prediction.points)
-        x, y = box_centre_px(xyxy_pct, width_px, height_px)
-        prediction.points.append(Keypoint(x, y, confidence))
-    return prediction
-
-
 class GroundingBackend:
-    """A model that answers in CheXagent-2's box format: `generate` gives the
-    raw text, the shared parser and coordinate code do the rest."""
+    """A model that answers in CheXagent-2's box format, one image at a time: `generate`
+    gives the raw answer, the shared parser and coordinate code do the rest."""
 
     def __init__(
         self,
@@ -176,14 +73,24 @@ class GroundingBackend:
         self.labels = labels
         self.keep_unlabelled = keep_unlabelled
 
-    def generate(self, item: ImageInput) -> Answer:
+    def generate(self, item: ModelInput) -> Answer:
         raise NotImplementedError
 
-    def predict(self, item: ImageInput) -> ImagePrediction:
-        answer = self.generate(item)
+    def answer(self, item: ModelInput) -> ImagePrediction:
+        """The prediction for one image handed over as a file."""
         return prediction_from_response(
-            answer, item.width_px, item.height_px, self.labels, self.keep_unlabelled
+            self.generate(item), item.width_px, item.height_px, self.labels, self.keep_unlabelled
         )
+
+    def predict(self, images: Sequence[ImageInput]) -> Iterator[ImagePrediction]:
+        """Each image in turn as an 8-bit RGB PNG of its original size; each prediction as it is done."""
+        with tempfile.TemporaryDirectory(prefix="nodulocc_") as tmp_dir:
+            for index, image in enumerate(images):
+                path = Path(tmp_dir) / f"{index:06d}.png"
+                Image.fromarray(image.grey_uint8).convert("RGB").save(path, format="PNG", compress_level=1)
+                prediction = self.answer(ModelInput(image.file_name, path, image.width_px, image.height_px))
+                path.unlink()
+                yield prediction
 
 
 # --- CheXagent-2 --------------------------------------------------------------
@@ -201,8 +108,8 @@ def check_chexagent2_environment(revision: str | None) -> None:
         raise BackendUnavailable(
             f"CheXagent-2's remote code needs transformers=={REQUIRED_TRANSFORMERS} but this "
             f"environment has {version}: create its own environment with `{SETUP_COMMANDS}` "
-            "and rerun this command with .venv-chexagent2/bin/python (or add --backend scripted "
-            "to test the pipeline here)."
+            "and rerun this command with .venv-chexagent2/bin/python (--backend heatmap, the "
+            "trained localizer, runs here)."
         )
     if revision is None:
         raise BackendUnavailable(
@@ -301,7 +208,7 @@ class CheXagent2Backend(GroundingBackend):
         self.max_new_tokens = max_new_tokens
         self.tokenizer, self.model = load_chexagent2(model_id, revision, self.device, resolve_dtype(dtype, self.device))
 
-    def generate(self, item: ImageInput) -> Answer:
+    def generate(self, item: ModelInput) -> Answer:
         import torch
 
         # The model opens the image itself, so it gets a file path.
@@ -336,78 +243,33 @@ class CheXagent2Backend(GroundingBackend):
         return Answer(pieces, log_probs.float().exp().tolist())
 
 
-# --- scripted test double -------------------------------------------------------
+# --- the registry's entry points (localizers.py) -------------------------------
 
 
-def check_model_input(item: ImageInput) -> None:
-    """The real model is handed an existing 8-bit RGB PNG of the original size."""
-    if not item.path.is_file():
-        raise RuntimeError(f"model input {item.path} does not exist")
-    with Image.open(item.path) as image:
-        found = (image.format, image.mode, image.size)
-    expected = ("PNG", "RGB", (item.width_px, item.height_px))
-    if found != expected:
-        raise RuntimeError(f"model input {item.path} is {found}, expected {expected}")
+def from_config(config) -> CheXagent2Backend:
+    """The backend for inference.py's config: fails here, before any download, in the wrong environment."""
+    return CheXagent2Backend(
+        prompt=config.prompt_text,
+        labels=config.label_filter,
+        keep_unlabelled=config.unlabelled_boxes == "keep",
+        model_id=config.model_id,
+        revision=config.revision,
+        device=config.device,
+        max_new_tokens=config.max_new_tokens,
+        dtype=config.dtype,
+    )
 
 
-def _box_tag(digest: bytes, k: int, swap: bool = False) -> str:
-    cx, cy, size = 15 + digest[3 * k] % 71, 15 + digest[3 * k + 1] % 71, 3 + digest[3 * k + 2] % 10
-    x1, y1, x2, y2 = cx - size // 2, cy - size // 2, cx + (size + 1) // 2, cy + (size + 1) // 2
-    if swap:
-        x1, y1, x2, y2 = x2, y2, x1, y1
-    return f"<|box|>({x1},{y1}),({x2},{y2})<|/box|>"
-
-
-def scripted_response(file_name: str) -> str:
-    """A canned CheXagent-2 answer in the trained format, fixed per file name."""
-    digest = hashlib.sha256(file_name.encode()).digest()
-    b = [_box_tag(digest, k) for k in (1, 2, 3)]
-    ref = "<|ref|>Nodule/Mass<|/ref|>"
-    scripts = [
-        "No nodule/mass detected.<|endoftext|>",
-        f"{ref}{b[0]}<|endoftext|>",
-        f"{ref}{b[0]}{b[1]}<|endoftext|>",  # several boxes under one ref
-        f"{ref}{b[0]}{ref}{b[1]}{ref}{b[2]}",
-        f"<|ref|>Cardiomegaly<|/ref|>{b[0]}{ref}{b[1]}<|endoftext|>",  # first box dropped
-        f"{b[0]}<|endoftext|>",  # no ref label
-        f"{ref}{_box_tag(digest, 1, swap=True)}</s>",  # corners swapped
-        "No nodule/mass detected.",
-    ]
-    return scripts[digest[0] % len(scripts)]
-
-
-# Special tags, numbers, or single other characters: roughly how a tokenizer cuts an answer.
-_PIECE = re.compile(r"<\|/?\w+\|>|</s>|\d+|\w+|.", re.DOTALL)
-
-
-def scripted_answer(file_name: str) -> Answer:
-    """`scripted_response` as token pieces, each with a probability fixed per file and position."""
-    pieces = _PIECE.findall(scripted_response(file_name))
-    seed = hashlib.sha256(f"probs:{file_name}".encode()).digest()
-    probs = [0.35 + 0.65 * seed[i % len(seed)] / 255 for i in range(len(pieces))]
-    return Answer(pieces, probs)
-
-
-class ScriptedBackend(GroundingBackend):
-    """Test double standing in for CheXagent-2 (`--backend scripted`).
-
-    The real model cannot be downloaded or run in CI (no hub access, and its
-    remote code needs transformers 4.40.0), so this double answers instead:
-    it first checks that it was handed what the real model is handed (an
-    existing 8-bit RGB PNG of the original size), then returns a canned answer
-    in the trained format, deterministic per file name (negative answers, one
-    box, several boxes, other findings, unlabelled and swapped boxes, trailing
-    special tokens), cut into token-like pieces with made-up token
-    probabilities. That answer goes through the same parser, confidence and
-    coordinate code as a real one, so the whole command runs end to end. Its
-    boxes and probabilities are arbitrary: they say nothing about the images.
-
-    For tests only: the environment variable NODULOCC_SCRIPTED_DELAY_S makes
-    it sleep that many seconds per image, so that a test can kill a run in
-    the middle. No other backend reads it.
-    """
-
-    def generate(self, item: ImageInput) -> Answer:
-        check_model_input(item)
-        time.sleep(float(os.environ.get(SCRIPTED_DELAY_ENV, "0")))
-        return scripted_answer(item.file_name)
+def prediction_settings(config) -> dict:
+    """What CheXagent-2's answers depend on: the model, the question, the filter, the stretch."""
+    return {
+        "model_id": config.model_id,
+        "revision": config.revision,
+        "prompt": config.prompt_text,
+        "labels": list(config.labels),
+        "unlabelled_boxes": config.unlabelled_boxes,
+        "clip_pct": [config.clip_low_pct, config.clip_high_pct],
+        "max_new_tokens": config.max_new_tokens,
+        # Only when asked for, so caches written before --dtype existed still resume.
+        **({"dtype": config.dtype} if config.dtype != "auto" else {}),
+    }

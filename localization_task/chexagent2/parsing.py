@@ -1,4 +1,4 @@
-"""Pure parser for CheXagent-2 grounding answers, and box -> keypoint geometry.
+"""Pure parser for CheXagent-2 grounding answers: boxes, their keypoints and confidences.
 
 CheXagent-2 answers a grounding prompt with tags in this trained format,
 repeated with no separator:
@@ -10,6 +10,12 @@ Coordinates are integers 0-100, a percentage of the ORIGINAL image's width
 are the same for square and non-square images. A negative answer is free text
 such as "No nodule/mass detected." and contains no tags.
 
+`prediction_from_response` turns a whole answer (its text, and the probability
+of each generated token when the model gives them) into the boxes and
+keypoints of an `ImagePrediction`. A keypoint's confidence is the geometric
+mean probability of the tokens generated for its box; an answer without token
+probabilities gives every keypoint 1.0 (`NO_CONFIDENCE`).
+
 Nothing here needs the tokenizer, torch or the model, so every rule below is
 tested on literal strings.
 """
@@ -17,7 +23,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from localization_task.localizers import ImagePrediction, Keypoint
 
 # (label, (x1, y1, x2, y2)) with coordinates in percent of width / height.
 LabelledBox = tuple[str, tuple[float, float, float, float]]
@@ -25,6 +34,7 @@ LabelledBox = tuple[str, tuple[float, float, float, float]]
 # Labels accepted as "nodule" by default, compared case-insensitively. The
 # nodule class in CheXagent-2's grounding data is named "Nodule/Mass".
 DEFAULT_LABELS: tuple[str, ...] = ("nodule/mass", "nodule", "mass", "lung nodule")
+NO_CONFIDENCE = 1.0  # for answers that come without token probabilities
 
 # A ref label or box body never contains "<", so a tag cannot swallow the
 # next tag when its own closing tag is missing (truncated output).
@@ -136,3 +146,65 @@ def box_centre_px(
     """Keypoint of a box: its centre, cx = (x1 + x2) / 2 / 100 * width."""
     x1, y1, x2, y2 = xyxy_pct
     return (x1 + x2) / 2 / 100 * width_px, (y1 + y2) / 2 / 100 * height_px
+
+
+# --- whole answers ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A generated answer: its text as decoded tokens and each token's probability.
+
+    `"".join(pieces)` is the text; `probs` is None when the model gave none.
+    """
+
+    pieces: list[str]
+    probs: list[float] | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+@dataclass(frozen=True)
+class DetectedBox:
+    label: str
+    xyxy_pct: tuple[float, float, float, float]  # model units: % of width / height
+    xyxy_px: tuple[float, float, float, float]  # original pixels
+    kept: bool  # passed the label filter, so its centre is a keypoint
+    confidence: float  # geometric mean probability of the box's tokens (1.0 without them)
+
+
+def prediction_from_response(
+    response: str | Answer,
+    width_px: int,
+    height_px: int,
+    labels: Sequence[str] | None = DEFAULT_LABELS,
+    keep_unlabelled: bool = True,
+) -> ImagePrediction:
+    """Raw grounding answer -> boxes and keypoints (box centres) in pixels.
+
+    Each box's confidence comes from the probabilities of its generated
+    tokens when the answer carries them. A box repeated with identical
+    coordinates yields one keypoint (the same box cannot be two nodules), with
+    the highest confidence among the repeats.
+    """
+    answer = response if isinstance(response, Answer) else Answer([response])
+    prediction = ImagePrediction(answer.text)
+    kept_points: dict[tuple[float, float, float, float], int] = {}
+    for label, xyxy_pct, span in parse_boxes_with_spans(answer.text):
+        kept = label_accepted(label, labels, keep_unlabelled)
+        confidence = NO_CONFIDENCE if answer.probs is None else span_confidence(answer.pieces, answer.probs, span)
+        xyxy_px = box_to_px(xyxy_pct, width_px, height_px)
+        prediction.boxes.append(DetectedBox(label, xyxy_pct, xyxy_px, kept, confidence))
+        if not kept:
+            continue
+        if xyxy_pct in kept_points:
+            index = kept_points[xyxy_pct]
+            earlier = prediction.points[index]
+            prediction.points[index] = Keypoint(earlier.x_px, earlier.y_px, max(earlier.confidence, confidence))
+            continue
+        kept_points[xyxy_pct] = len(prediction.points)
+        x_px, y_px = box_centre_px(xyxy_pct, width_px, height_px)
+        prediction.points.append(Keypoint(x_px, y_px, confidence))
+    return prediction

@@ -1,6 +1,6 @@
 """Scoring the heatmap localizer on a split: candidate peaks, thresholds tuned on validation.
 
-The model is run once per split; every peak above `CANDIDATE_FLOOR` is kept
+The model is run once per split; every peak above `peaks.CANDIDATE_FLOOR` is kept
 with its confidence, so any `--min_confidence` can be applied afterwards
 without running the model again. Two thresholds are tuned on validation and
 applied unchanged to test: the one with the highest F1 at the tolerant
@@ -9,60 +9,20 @@ distance, and the one with the highest count accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from localization_task.heatmap.targets import decode_peaks, peaks_to_original
+from localization_task.heatmap.peaks import iter_peaks
 from localization_task.metrics import EvalConfig, EvalImages, evaluate, match_points, write_evaluation
 from localization_task.evaluation.plots import write_test_pictures
 from localization_task.evaluation.report import format_table
 from localization_task.common.run_files import PREDICTIONS_JSONL, RESULTS_CSV, write_records_jsonl, write_results_csv
-from localization_task.dataset import box_from_tensor, collate
 
-CANDIDATE_FLOOR = 0.05  # peaks below this never count, whatever the threshold
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.01), 2)
 OPERATING_POINTS = {"count": "count accuracy", "f1": "F1"}  # which tuned threshold the predictions use
-
-
-def peaks_tensor(logits: torch.Tensor, boxes: torch.Tensor, stride: int, max_points: int) -> torch.Tensor:
-    """(B, max_points, 3) candidate peaks (x, y, confidence) in original pixels, NaN-padded."""
-    out = torch.full((logits.shape[0], max_points, 3), float("nan"), dtype=torch.float32)
-    peaks = decode_peaks(torch.sigmoid(logits.float()), max_points=max_points, min_confidence=CANDIDATE_FLOOR)
-    for row, (image_peaks, box) in enumerate(zip(peaks, boxes.cpu())):
-        keypoints = peaks_to_original(image_peaks, box_from_tensor(box), stride)
-        if keypoints:
-            out[row, : len(keypoints)] = torch.tensor([list(k) for k in keypoints], dtype=torch.float32)
-    return out.to(logits.device)
-
-
-@torch.no_grad()
-def iter_peaks(model, dataset, batch_size: int, max_points: int, num_workers: int = 0,
-               desc: str = "scoring") -> Iterator[dict]:
-    """Run the model over `dataset` batch by batch: indices, peaks, boxes and unreadable items.
-
-    One process, no Trainer: used for the final scoring and for inference.
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
-    with tqdm(total=len(dataset), desc=desc, unit="img") as progress:
-        for batch in loader:
-            result = {"skipped": batch.get("skipped", []), "index": batch["index"].numpy()}
-            if len(result["index"]):
-                # bf16 autocast on a GPU, as in training; plain fp32 on the CPU.
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    logits = model(batch["pixel_values"].to(device))
-                result["peaks"] = peaks_tensor(logits, batch["box"], model.config.stride, max_points).cpu().numpy()
-                result["box"] = batch["box"].numpy()
-            yield result
-            progress.update(len(result["index"]) + len(result["skipped"]))
 
 
 def predict_split(model, frame: pd.DataFrame, dataset, batch_size: int, max_points: int,

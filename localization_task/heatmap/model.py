@@ -34,12 +34,10 @@ from transformers import (
     AutoModel,
     AutoModelForImageTextToText,
     Dinov2Config,
-    Dinov2Model,
     PretrainedConfig,
     PreTrainedModel,
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 
 from localization_task.dataset import DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT
 
@@ -333,39 +331,6 @@ def image_normalisation(encoder_id_or_path: str | Path, token: str | None = None
     except OSError:
         return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
     return [float(v) for v in processor.image_mean], [float(v) for v in processor.image_std]
-
-
-def build_tiny_dinov2(
-    folder: str | Path,
-    input_size_px: int = 56,
-    patch_size: int = 8,
-    hidden_size: int = 32,
-    seed: int = 0,
-) -> Path:
-    """Save a tiny random-init Dinov2 (2 layers, 2 heads) and its image processor config.
-
-    Loading it with `HeatmapLocalizer.from_encoder(folder)` runs the same
-    `from_pretrained` path as the hub model, offline and in seconds. The mean
-    and std differ from ImageNet's so that reading them can be checked.
-    """
-    folder = Path(folder)
-    config = Dinov2Config(
-        hidden_size=hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        mlp_ratio=2,
-        image_size=input_size_px,
-        patch_size=patch_size,
-    )
-    torch.manual_seed(seed)
-    Dinov2Model(config).save_pretrained(folder)
-    BitImageProcessorPil(
-        size={"height": input_size_px, "width": input_size_px},
-        do_center_crop=False,
-        image_mean=[0.53, 0.53, 0.53],
-        image_std=[0.26, 0.26, 0.26],
-    ).save_pretrained(folder)
-    return folder
 
 
 def hub_token() -> str | None:

@@ -1,25 +1,27 @@
-"""Folder inference with a trained heatmap localizer: batched, with real peak confidences.
+"""The trained heatmap localizer behind the Localizer interface: one forward pass per batch.
 
-Images go through the same pre-processing as in training (percentile
-stretch, letterbox to the model input, normalisation), in batches and in
-data-loader workers; each image's peaks above `min_confidence` (by default
-the threshold tuned on validation and stored with the checkpoint) become its
-keypoints, in original pixels, each with its peak value as confidence.
+Each image (already read and stretched by inference.py, with the stretch the
+model was trained with) is letterboxed and normalised as in training; its peaks
+from `min_confidence` up (by default the threshold tuned on validation and
+stored with the checkpoint) become its keypoints, in original pixels, each
+with its peak value as confidence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import torch
 
-from localization_task.dataset import DataError
-from localization_task.heatmap.evaluate import iter_peaks
-from localization_task.heatmap.model import HeatmapLocalizer
 from localization_task.common.processes import process_device
-from localization_task.dataset import HeatmapDataset, ItemSettings
+from localization_task.dataset import DataError
+from localization_task.heatmap.data import box_tensor, pixel_values_from_grey
+from localization_task.heatmap.model import HeatmapLocalizer
+from localization_task.heatmap.peaks import batch_peaks
+from localization_task.heatmap.targets import Letterbox, letterbox_image
+from localization_task.localizers import ImageInput, ImagePrediction, Keypoint
 
 DEFAULT_MIN_CONFIDENCE = 0.3  # for a checkpoint without a tuned threshold
 
@@ -66,21 +68,37 @@ def checkpoint_signature(checkpoint: str | Path) -> list:
     return [str(Path(checkpoint).resolve()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None]
 
 
-def predict_records(model: HeatmapLocalizer, paths: list[Path], names: list[str], min_confidence: float,
-                    max_points: int, batch_size: int, num_workers: int, clip_pct: tuple[float, float],
-                    on_unreadable: Callable[[str, str], None]) -> Iterator[dict]:
-    """predictions.jsonl records, batch after batch, for the images `paths` (named `names`)."""
-    c = model.config
-    settings = ItemSettings(c.input_size_px, c.stride, 1.0, tuple(c.image_mean), tuple(c.image_std), *clip_pct)
-    frame = pd.DataFrame({"file_name": names, "path": [str(p) for p in paths], "label": 0,
-                          "points_px": [np.zeros((0, 2))] * len(names)})
-    dataset = HeatmapDataset(frame, settings, skip_unreadable=True)
-    for result in iter_peaks(model, dataset, batch_size, max_points, num_workers, desc="images"):
-        for index, reason in result["skipped"]:
-            on_unreadable(names[index], reason)
-        for row, index in enumerate(result["index"]):
-            peaks = result["peaks"][row]
-            peaks = peaks[~np.isnan(peaks[:, 2]) & (peaks[:, 2] >= min_confidence)]
-            width, height = (int(v) for v in result["box"][row][:2])
-            yield {"file_name": names[index], "width": width, "height": height, "response": "", "boxes": [],
-                   "points": [{"x": float(x), "y": float(y), "confidence": float(conf)} for x, y, conf in peaks]}
+class HeatmapPredictor:
+    """A trained `HeatmapLocalizer` keeping the peaks at `min_confidence` and above, at most `max_points`."""
+
+    def __init__(self, model: HeatmapLocalizer, min_confidence: float, max_points: int):
+        self.model, self.min_confidence, self.max_points = model, min_confidence, max_points
+
+    def predict(self, images: Sequence[ImageInput]) -> list[ImagePrediction]:
+        if not images:
+            return []
+        c = self.model.config
+        boxes = [Letterbox.for_image(image.width_px, image.height_px, c.input_size_px) for image in images]
+        inputs = np.stack([letterbox_image(image.grey_uint8, box) for image, box in zip(images, boxes)])
+        peaks = batch_peaks(self.model, pixel_values_from_grey(inputs, c.image_mean, c.image_std),
+                            torch.stack([box_tensor(box) for box in boxes]), self.max_points)
+        kept = [rows[~np.isnan(rows[:, 2]) & (rows[:, 2] >= self.min_confidence)] for rows in peaks]
+        return [ImagePrediction(points=[Keypoint(float(x), float(y), float(conf)) for x, y, conf in rows])
+                for rows in kept]
+
+
+# --- the registry's entry points (localizers.py) -------------------------------
+
+
+def from_config(config) -> HeatmapPredictor:
+    """The checkpoint of inference.py's config on its device, with the threshold asked for or tuned."""
+    model = load_localizer(config.checkpoint, config.device)
+    min_confidence = min_confidence_of(model, config.min_confidence, config.operating_point)
+    return HeatmapPredictor(model, min_confidence, config.max_points)
+
+
+def prediction_settings(config) -> dict:
+    """What the heatmap's predictions depend on: the trained weights, the threshold, the stretch."""
+    return {"checkpoint": checkpoint_signature(config.checkpoint), "min_confidence": config.min_confidence,
+            "operating_point": config.operating_point, "max_points": config.max_points,
+            "clip_pct": [config.clip_low_pct, config.clip_high_pct]}

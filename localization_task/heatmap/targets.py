@@ -1,4 +1,4 @@
-"""Heatmap geometry, training targets and peak decoding for the keypoint localizer.
+"""Heatmap geometry and training targets for the keypoint localizer.
 
 Coordinates are pixel indices: pixel (i, j) has its centre at x = i, y = j and
 covers [i - 0.5, i + 0.5). Resizing by a factor s maps x to (x + 0.5) * s - 0.5,
@@ -18,23 +18,18 @@ Three frames, one `Letterbox` per image to move between them:
 
 Targets are CenterNet-style Gaussians (the nearest cell of each keypoint is
 exactly 1.0, every other cell is below 1), for the penalty-reduced focal loss
-in `trainer.py`. Decoding keeps local maxima, refines
-them to sub-cell precision and maps them back to original pixels.
+in `trainer.py`; `peaks.py` decodes heatmaps back into keypoints.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 # The largest float32 below 1: every cell but a keypoint's own stays under it,
 # so `target >= 1` finds exactly one positive cell per keypoint.
 _BELOW_ONE = np.nextafter(np.float32(1.0), np.float32(0.0))
-_LOG_FLOOR = 1e-12  # keeps log() finite where a heatmap is exactly zero
 
 
 # --- geometry ---------------------------------------------------------------
@@ -163,98 +158,3 @@ def gaussian_heatmap(points_hm, size_hm: int | tuple[int, int], sigma_hm: float)
     target[:] = np.minimum(gaussians, _BELOW_ONE)
     target[cells[:, 1], cells[:, 0]] = 1.0
     return target
-
-
-# --- losses -----------------------------------------------------------------
-
-
-class Peak(NamedTuple):
-    x_hm: float
-    y_hm: float
-    confidence: float
-
-
-class Keypoint(NamedTuple):
-    x_px: float
-    y_px: float
-    confidence: float
-
-
-def _parabola_offset(left: float, centre: float, right: float) -> float:
-    """Sub-cell offset of a peak from three samples, by a parabola through their logs.
-
-    The log of a Gaussian is a parabola, so a Gaussian peak is recovered
-    exactly; anything flatter than a strict maximum stays at the cell.
-    """
-    log_l, log_c, log_r = np.log(np.maximum([left, centre, right], _LOG_FLOOR))
-    curvature = log_l - 2.0 * log_c + log_r
-    if curvature >= 0:
-        return 0.0
-    return float(np.clip(0.5 * (log_l - log_r) / curvature, -0.5, 0.5))
-
-
-def refine_peak(heatmap: np.ndarray, col: int, row: int) -> tuple[float, float]:
-    """Sub-cell (x, y) of the local maximum at (col, row) of a 2-D heatmap."""
-    height, width = heatmap.shape
-    x, y = float(col), float(row)
-    if 0 < col < width - 1:
-        x += _parabola_offset(*heatmap[row, col - 1 : col + 2])
-    if 0 < row < height - 1:
-        y += _parabola_offset(*heatmap[row - 1 : row + 2, col])
-    return x, y
-
-
-def _as_batch(heatmap_prob) -> torch.Tensor:
-    heatmaps = torch.as_tensor(heatmap_prob).detach().float().cpu()
-    if heatmaps.ndim == 2:
-        return heatmaps[None, None]
-    if heatmaps.ndim == 4 and heatmaps.shape[1] == 1:
-        return heatmaps
-    raise ValueError(f"expected a (B, 1, H, W) or (H, W) heatmap, got shape {tuple(heatmaps.shape)}.")
-
-
-def decode_peaks(
-    heatmap_prob, max_points: int = 5, min_confidence: float = 0.3, nms_kernel: int = 3
-) -> list[list[Peak]]:
-    """Peaks of probability heatmaps, one list per image, strongest first.
-
-    `heatmap_prob` is (B, 1, H, W) or one (H, W) map (then a one-item list is
-    returned). A peak is a cell equal to the maximum of its nms_kernel x
-    nms_kernel neighbourhood and at least `min_confidence`; its confidence is
-    its value and its position is refined to sub-cell precision.
-    """
-    if nms_kernel < 1 or nms_kernel % 2 == 0:
-        raise ValueError(f"nms_kernel must be a positive odd number, got {nms_kernel}.")
-    if max_points < 0:
-        raise ValueError(f"max_points must be at least 0, got {max_points}.")
-    heatmaps = _as_batch(heatmap_prob)
-    pooled = F.max_pool2d(heatmaps, nms_kernel, stride=1, padding=nms_kernel // 2)
-    is_peak = (heatmaps == pooled) & (heatmaps >= min_confidence)
-    results = []
-    for heatmap, peaks_mask in zip(heatmaps[:, 0].numpy(), is_peak[:, 0].numpy()):
-        rows, cols = np.nonzero(peaks_mask)
-        values = heatmap[rows, cols]
-        order = np.argsort(-values, kind="stable")[:max_points]
-        results.append(
-            [Peak(*refine_peak(heatmap, cols[i], rows[i]), float(values[i])) for i in order]
-        )
-    return results
-
-
-def peaks_to_original(peaks: list[Peak], box: Letterbox, stride: int) -> list[Keypoint]:
-    """Heatmap peaks of one image -> keypoints in its original pixels.
-
-    Peaks in the padding are dropped (they are not on the image); the others
-    are clipped to the image, as a border peak may refine a little past it.
-    """
-    if not peaks:
-        return []
-    xy_in = heatmap_to_input([(p.x_hm, p.y_hm) for p in peaks], box.input_size_px, stride)
-    keep = box.in_image(xy_in)
-    xy_px = box.to_original(xy_in)
-    xy_px = np.clip(xy_px, 0.0, [box.width_px - 1, box.height_px - 1])
-    return [
-        Keypoint(float(x), float(y), peak.confidence)
-        for (x, y), peak, kept in zip(xy_px, peaks, keep)
-        if kept
-    ]

@@ -20,7 +20,8 @@ from torch.utils.data import Sampler
 from transformers import Trainer
 
 from localization_task.dataset import DataError
-from localization_task.heatmap.evaluate import f1_and_counts, peaks_tensor, split_peaks, tune_min_confidence
+from localization_task.heatmap.evaluate import f1_and_counts, split_peaks, tune_min_confidence
+from localization_task.heatmap.peaks import peaks_tensor
 from localization_task.split import KEYPOINTED, NEGATIVE, WEAK
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for the localizer's training tests: a small labelled data root and a tiny encoder."""
+"""Fixtures: a small labelled data root, a tiny encoder, and `--backend scripted` for one test."""
 
 from pathlib import Path
 
@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from localization_task.heatmap.model import build_tiny_dinov2
+from localization_task import localizers
+from localization_task.demo.tiny_encoder import build_tiny_dinov2
+from localization_task.tests import scripted_localizer
 
 
 def write_labelled_root(root: Path, n_patients: int = 30, seed: int = 0) -> Path:
@@ -51,3 +53,10 @@ def labelled_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> Path:
     return build_tiny_dinov2(tmp_path_factory.mktemp("tiny_dinov2") / "encoder", input_size_px=64, patch_size=8)
+
+
+@pytest.fixture
+def scripted_backend(monkeypatch) -> str:
+    """`--backend scripted` (the CheXagent-2 stand-in of scripted_localizer.py) for this test only."""
+    monkeypatch.setitem(localizers.BACKENDS, scripted_localizer.NAME, scripted_localizer.REGISTERED)
+    return scripted_localizer.NAME

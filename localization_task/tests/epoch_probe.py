@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from localization_task import train
-from localization_task.dataset import HeatmapDataset
+from localization_task.heatmap.data import HeatmapDataset
 
 
 def main() -> int:

@@ -61,10 +61,10 @@ def main_only_imports() -> set[str]:
     return {IMPORT_NAMES.get(name, name.replace("-", "_")) for name in missing}
 
 
-def run_blocked(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def run_blocked(*args: str, cwd: Path = REPO,
+                script: str = "localization_task/inference.py") -> subprocess.CompletedProcess:
     blocked = main_only_imports()
     assert {"peft", "bitsandbytes"} <= blocked  # what the heatmap localizer needs and the second env lacks
-    script = "localization_task/inference.py"
     command = [sys.executable, "-c", BLOCKING_RUNNER, ",".join(sorted(blocked)), script, *args]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
 
@@ -75,7 +75,9 @@ def test_inference_starts_without_the_main_environment_only_packages(tmp_path):
     shown = run_blocked("--help")
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert "--backend" in shown.stdout
-    ran = run_blocked("--backend", "scripted", "--input_dir", str(DATA), "--output_dir", str(tmp_path / "out"))
+    ran = run_blocked("localization_task/inference.py", "--backend", "scripted", "--input_dir", str(DATA),
+                      "--output_dir", str(tmp_path / "out"),
+                      script="localization_task/tests/scripted_localizer.py")  # registers the double first
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert (tmp_path / "out" / "localization_test_results.csv").is_file()
 
@@ -108,7 +110,7 @@ def test_missing_package_of_the_remote_code_is_one_sentence(tmp_path, monkeypatc
     (folder / "config.json").write_text(json.dumps({"model_type": "needs_more"}))
     monkeypatch.setattr("transformers.__version__", backends.REQUIRED_TRANSFORMERS)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    argv = ["--input_dir", str(DATA), "--output_dir", str(tmp_path / "out"),
+    argv = ["--input_dir", str(DATA), "--output_dir", str(tmp_path / "out"), "--backend", "chexagent2",
             "--model_id", str(folder), "--revision", SHA]
     assert inference.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -13,7 +13,8 @@ from localization_task.heatmap import predictor as heatmap_backend
 
 from localization_task.common import processes
 from localization_task.dataset import DataError
-from localization_task.heatmap.model import HeatmapLocalizer, build_tiny_dinov2
+from localization_task.demo.tiny_encoder import build_tiny_dinov2
+from localization_task.heatmap.model import HeatmapLocalizer
 
 
 @pytest.fixture

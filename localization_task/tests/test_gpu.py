@@ -7,7 +7,7 @@ import torch
 
 from localization_task import train
 from localization_task.heatmap.gpu import ActivationMeter, process_device, training_step_bytes
-from localization_task.heatmap.model import build_tiny_dinov2
+from localization_task.demo.tiny_encoder import build_tiny_dinov2
 from localization_task.tests.test_model import save_tiny_gemma3
 
 

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+from localization_task.heatmap.peaks import Peak, decode_peaks, peaks_to_original, refine_peak
 from localization_task.heatmap.targets import (
-    Keypoint, Letterbox, Peak, decode_peaks, gaussian_heatmap, heatmap_size, heatmap_to_input,
-    input_to_heatmap, letterbox_image, peaks_to_original, refine_peak, sigma_hm_from_frac,
+    Letterbox, gaussian_heatmap, heatmap_size, heatmap_to_input, input_to_heatmap, letterbox_image,
+    sigma_hm_from_frac,
 )
+from localization_task.localizers import Keypoint
 
 WIDTH_PX, HEIGHT_PX = 2022, 1800  # non-square, like a cropped LIDC image
 INPUT_PX, STRIDE = 518, 4

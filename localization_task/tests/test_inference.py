@@ -1,11 +1,11 @@
 """The inference command end to end, with the scripted test double.
 
 CheXagent-2 itself cannot be downloaded or run here (no hub access; its remote
-code needs transformers 4.40.0), so `--backend scripted` swaps in `ScriptedBackend`,
-which answers in the trained format and goes through the same parser,
-coordinate, cache and CSV code. The real backend is checked for its
-environment guard and, with fakes for the tokenizer and model, for the exact
-calls it makes.
+code needs transformers 4.40.0), so these tests register `--backend scripted`
+(`ScriptedBackend`, tests/scripted_localizer.py), which answers in the trained
+format and goes through the same reading, parser, coordinate, cache and CSV
+code. The real backend is checked for its environment guard and, with fakes
+for the tokenizer and model, for the exact calls it makes.
 """
 import csv
 import json
@@ -24,8 +24,11 @@ import transformers
 from PIL import Image
 
 from localization_task.chexagent2 import backend as backends
-from localization_task.chexagent2.backend import CheXagent2Backend, ImageInput, ScriptedBackend
+from localization_task.chexagent2.backend import CheXagent2Backend, ModelInput
 from localization_task.inference import PREDICTIONS_JSONL, RESULTS_CSV, RUN_CONFIG_JSON, InferenceConfig, main
+from localization_task.tests.scripted_localizer import ScriptedBackend, check_model_input, scripted_response
+
+pytestmark = pytest.mark.usefixtures("scripted_backend")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data"
@@ -91,7 +94,7 @@ def test_scripted_backend_over_the_real_fixtures(tmp_path, capsys, monkeypatch):
     for r in records:
         assert {"file_name", "width", "height", "response", "boxes", "points"} <= r.keys()
         assert (r["width"], r["height"]) == sizes[r["file_name"]]
-        assert r["response"] == backends.scripted_response(r["file_name"])
+        assert r["response"] == scripted_response(r["file_name"])
         for box in r["boxes"]:
             assert box["xyxy_px"][0] == pytest.approx(box["xyxy_pct"][0] / 100 * r["width"])
             assert box["xyxy_px"][3] == pytest.approx(box["xyxy_pct"][3] / 100 * r["height"])
@@ -265,20 +268,20 @@ def test_bad_settings_exit_2_with_one_sentence(tmp_path, capsys, extra, expected
     assert expected in _single_sentence_error(capsys.readouterr().err)
 
 
-def test_help_names_the_second_environment_and_scripted(capsys):
+def test_help_names_the_second_environment_and_its_backend(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for phrase in ("transformers==4.40.0", "chexagent2/requirements.txt", "--backend scripted", "probability"):
+    for phrase in ("transformers==4.40.0", "chexagent2/requirements.txt", "--backend chexagent2", "probability"):
         assert phrase in text
 
 
 @pytest.mark.parametrize("how", [["localization_task/inference.py"], ["-m", "localization_task.inference"]])
 def test_runs_as_a_script_and_as_a_module(tmp_path, how):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, *how, "--input_dir", str(DATA), "--output_dir", str(tmp_path),
-               "--backend", "scripted"]
+    command = [sys.executable, "-m", "localization_task.tests.scripted_localizer", *how,  # registers the double
+               "--input_dir", str(DATA), "--output_dir", str(tmp_path), "--backend", "scripted"]
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert len(_read_csv(tmp_path / RESULTS_CSV)) >= 1
@@ -289,11 +292,12 @@ def test_runs_as_a_script_and_as_a_module(tmp_path, how):
 
 @pytest.mark.skipif(transformers.__version__ == "4.40.0", reason="checks the main environment")
 def test_real_backend_in_the_main_environment_exits_2(tmp_path, capsys):
-    code = main(["--input_dir", str(DATA), "--output_dir", str(tmp_path / "out"), "--revision", SHA])
+    code = main(["--input_dir", str(DATA), "--output_dir", str(tmp_path / "out"), "--backend", "chexagent2",
+                 "--revision", SHA])
     assert code == 2
     line = _single_sentence_error(capsys.readouterr().err)
     assert "transformers==4.40.0" in line and transformers.__version__ in line
-    assert "localization_task/chexagent2/requirements.txt" in line and "--backend scripted" in line
+    assert "localization_task/chexagent2/requirements.txt" in line and "--backend heatmap" in line
     assert not (tmp_path / "out").exists()
 
 
@@ -310,7 +314,7 @@ class _FakeTokenizer:
     def from_list_format(self, items):
         self.calls["list_format"] = items
         assert Path(items[0]["image"]).is_file()  # the model opens this path itself
-        backends.check_model_input(ImageInput("x", Path(items[0]["image"]), 300, 200))
+        check_model_input(ModelInput("x", Path(items[0]["image"]), 300, 200))
         return "QUERY"
 
     def apply_chat_template(self, conversation, **kwargs):
@@ -371,7 +375,7 @@ def fake_chexagent_env(monkeypatch):
 
 
 def test_real_backend_needs_a_pinned_revision_before_loading(fake_chexagent_env, tmp_path, capsys):
-    assert main(["--input_dir", str(DATA), "--output_dir", str(tmp_path)]) == 2
+    assert main(["--input_dir", str(DATA), "--output_dir", str(tmp_path), "--backend", "chexagent2"]) == 2
     assert "--revision" in _single_sentence_error(capsys.readouterr().err)
     assert fake_chexagent_env == {}  # nothing was loaded
 
@@ -381,7 +385,8 @@ def test_real_backend_load_failure_exits_2(fake_chexagent_env, monkeypatch, tmp_
         raise OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your connection.")
 
     monkeypatch.setattr(_FakeTokenizer, "from_pretrained", offline)
-    assert main(["--input_dir", str(DATA), "--output_dir", str(tmp_path), "--revision", SHA]) == 2
+    assert main(["--input_dir", str(DATA), "--output_dir", str(tmp_path), "--backend", "chexagent2",
+                 "--revision", SHA]) == 2
     line = _single_sentence_error(capsys.readouterr().err)
     assert "could not load StanfordAIMI/CheXagent-2-3b" in line and "couldn't connect" in line
 
@@ -390,7 +395,7 @@ def test_real_backend_makes_the_reference_calls(fake_chexagent_env, tmp_path):
     image = tmp_path / "input.png"
     Image.new("RGB", (300, 200)).save(image)
     backend = CheXagent2Backend(prompt="PROMPT", revision=SHA, device="cpu")
-    prediction = backend.predict(ImageInput("a.png", image, 300, 200))
+    prediction = backend.answer(ModelInput("a.png", image, 300, 200))
     calls = fake_chexagent_env
 
     model_id, kwargs = calls["tokenizer"]
@@ -413,7 +418,7 @@ def test_real_backend_makes_the_reference_calls(fake_chexagent_env, tmp_path):
     # New tokens only, one at a time, special tokens kept.
     assert calls["decode"] == [([t], {"skip_special_tokens": False}) for t in (7, 8, 9)]
     # The box's confidence is the probability of its one token.
-    assert [(p.x, p.y) for p in prediction.points] == [(60.0, 60.0)]
+    assert [(p.x_px, p.y_px) for p in prediction.points] == [(60.0, 60.0)]
     assert prediction.points[0].confidence == pytest.approx(0.4)
 
 
@@ -439,6 +444,7 @@ def test_real_backend_on_process_gpu_is_cast_to_bf16_after_loading(fake_chexagen
 )
 def test_real_model_on_the_fixtures(tmp_path):
     revision = os.environ["CHEXAGENT2_REVISION"]
-    assert main(["--input_dir", str(DATA), "--output_dir", str(tmp_path), "--revision", revision]) == 0
+    assert main(["--input_dir", str(DATA), "--output_dir", str(tmp_path), "--backend", "chexagent2",
+                 "--revision", revision]) == 0
     for record in _read_jsonl(tmp_path / PREDICTIONS_JSONL):
         assert re.search(r"<\|box\|>|[Nn]o ", record["response"]), record["response"]

@@ -13,10 +13,9 @@ from transformers import (
 )
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-from localization_task.heatmap.model import (
-    ENCODER_MODES, PRIOR_LOGIT, HeatmapLocalizer, HeatmapLocalizerConfig, build_tiny_dinov2,
-)
-from localization_task.dataset import pixel_values_from_grey
+from localization_task.demo.tiny_encoder import build_tiny_dinov2
+from localization_task.heatmap.model import ENCODER_MODES, PRIOR_LOGIT, HeatmapLocalizer, HeatmapLocalizerConfig
+from localization_task.heatmap.data import pixel_values_from_grey
 
 TINY_INPUT_PX, TINY_PATCH_PX = 56, 8
 

@@ -3,14 +3,16 @@ import math
 
 import pytest
 
-from localization_task.chexagent2.backend import NO_CONFIDENCE, Answer, prediction_from_response
 from localization_task.chexagent2.parsing import (
+    NO_CONFIDENCE,
+    Answer,
     box_centre_px,
     box_to_px,
     label_accepted,
     parse_box_body,
     parse_boxes,
     parse_boxes_with_spans,
+    prediction_from_response,
     span_confidence,
 )
 
@@ -137,7 +139,7 @@ def test_prediction_from_response_keeps_nodules_as_box_centres():
     assert prediction.boxes[1].xyxy_px == pytest.approx((202.2, 202.2, 606.6, 606.6))
     assert len(prediction.points) == 1  # the repeated identical box counts once
     point = prediction.points[0]
-    assert (point.x, point.y) == pytest.approx((404.4, 404.4))
+    assert (point.x_px, point.y_px) == pytest.approx((404.4, 404.4))
     assert point.confidence == NO_CONFIDENCE == 1.0
 
 

@@ -71,7 +71,8 @@ def test_an_epoch_given_to_a_sharded_loader_reaches_the_dataset(labelled_root):
     from accelerate.data_loader import BatchSamplerShard, DataLoaderShard
     from torch.utils.data import BatchSampler
 
-    from localization_task.dataset import HeatmapDataset, ItemSettings, collate, load_localization_data
+    from localization_task.dataset import load_localization_data
+    from localization_task.heatmap.data import HeatmapDataset, ItemSettings, collate
     from localization_task.heatmap.trainer import HeatmapTrainer
 
     dataset = HeatmapDataset(load_localization_data(labelled_root), ItemSettings(64, 4, 1.0, (0.5,), (0.5,)))

@@ -8,14 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from localization_task.chexagent2.backend import SCRIPTED_DELAY_ENV
 from localization_task.inference import PREDICTIONS_JSONL, RESULTS_CSV, main
+from localization_task.tests.scripted_localizer import DELAY_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data"
 
 
-def test_inference_killed_mid_run_and_rerun_writes_the_same_csv(tmp_path, capsys):
+def test_inference_killed_mid_run_and_rerun_writes_the_same_csv(tmp_path, capsys, scripted_backend):
     images = tmp_path / "images"
     images.mkdir()
     for i in range(12):
@@ -25,8 +25,9 @@ def test_inference_killed_mid_run_and_rerun_writes_the_same_csv(tmp_path, capsys
     assert main(argv + ["--output_dir", str(tmp_path / "uninterrupted")]) == 0
 
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), SCRIPTED_DELAY_ENV: "0.2"}
-    command = [sys.executable, str(REPO_ROOT / "localization_task" / "inference.py"), *argv, "--output_dir", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), DELAY_ENV: "0.2"}
+    command = [sys.executable, "-m", "localization_task.tests.scripted_localizer",  # registers the double
+               str(REPO_ROOT / "localization_task" / "inference.py"), *argv, "--output_dir", str(out)]
     killed = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     jsonl, deadline = out / PREDICTIONS_JSONL, time.monotonic() + 120
     while not (jsonl.is_file() and jsonl.read_text().count("\n") >= 3):

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from localization_task import train
-from localization_task.dataset import evaluation_rows
+from localization_task.heatmap.data import evaluation_rows
 from localization_task.heatmap.evaluate import SplitPeaks, f1_and_counts
 from localization_task.tests.test_train import _argv
 

@@ -8,9 +8,8 @@ import pandas as pd
 from PIL import Image
 
 from localization_task import inference, train
-from localization_task.dataset import (
-    HeatmapDataset, ItemSettings, percentile_clip_to_uint8, pixel_values_from_grey, to_grey_array,
-)
+from localization_task.dataset import percentile_clip_to_uint8, to_grey_array
+from localization_task.heatmap.data import HeatmapDataset, ItemSettings, pixel_values_from_grey
 from localization_task.heatmap.targets import Letterbox, letterbox_image
 from localization_task.heatmap.model import HeatmapLocalizer
 from localization_task.tests.test_train import _argv, _points_by_name

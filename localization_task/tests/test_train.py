@@ -86,6 +86,22 @@ def test_inference_with_the_checkpoint_reproduces_the_test_predictions(trained, 
         np.testing.assert_allclose(from_inference[name], points, atol=1e-4, err_msg=name)
 
 
+def test_the_inference_command_needs_no_backend_flag_for_a_trained_localizer(trained, labelled_root, tmp_path):
+    """The command as a user first types it: the heatmap localizer is the default backend."""
+    command = [sys.executable, str(REPO / "localization_task" / "inference.py"),
+               "--input_dir", str(labelled_root / "nih_filtered_images"), "--output_dir", str(tmp_path / "out"),
+               "--checkpoint", str(trained / "ckpt" / "best_model")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads((tmp_path / "out" / inference.RUN_CONFIG_JSON).read_text())
+    assert run["config"]["backend"] == "heatmap"
+    rows = pd.read_csv(tmp_path / "out" / "localization_test_results.csv")
+    assert list(rows.columns) == ["file_name", "x", "y", "confidence"]
+    assert len(_points_by_name(tmp_path / "out" / "predictions.jsonl")) == len(
+        list((labelled_root / "nih_filtered_images").iterdir()))
+
+
 def test_gating_removes_the_points_of_images_the_classifier_calls_no_finding(trained, labelled_root, tmp_path):
     images = sorted(p.name for p in (labelled_root / "nih_filtered_images").iterdir())
     kept = images[0]
@@ -147,7 +163,7 @@ def test_two_process_data_parallel_training(labelled_root, tiny_encoder, tmp_pat
     assert (tmp_path / "out" / "eval_summary.json").is_file()
 
 
-def test_gating_applies_to_the_grounding_backends_too(tmp_path):
+def test_gating_applies_to_the_grounding_backends_too(tmp_path, scripted_backend):
     data = REPO / "localization_task" / "tests" / "data"
     names = sorted(p.name for p in data.iterdir() if p.suffix == ".png")
     pd.DataFrame({"file_name": names, "label": "Nodule", "confidence": [0.2, 0.6, 0.9][: len(names)]}).to_csv(
@@ -226,14 +242,17 @@ def test_a_bad_flag_run_as_a_script_prints_exactly_one_line(task):
 
 
 @pytest.mark.parametrize("backend", ["scripted", "heatmap"])
-def test_two_inference_processes_write_the_csv_of_one(backend, trained, labelled_root, tmp_path):
+def test_two_inference_processes_write_the_csv_of_one(backend, trained, labelled_root, tmp_path, scripted_backend):
     """torchrun, 2 CPU processes (gloo): each predicts half the images; process 0 merges their caches."""
     argv = ["--input_dir", str(labelled_root / "nih_filtered_images"), "--backend", backend, "--num_workers", "0"]
+    script = [str(REPO / "localization_task" / "inference.py")]
     if backend == "heatmap":
         argv += ["--checkpoint", str(trained / "ckpt" / "best_model")]
+    else:  # each process registers the double first
+        script = ["-m", "localization_task.tests.scripted_localizer", *script]
     assert inference.main([*argv, "--output_dir", str(tmp_path / "one")]) == 0
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO / "localization_task" / "inference.py"), *argv, "--output_dir", str(tmp_path / "two")]
+               *script, *argv, "--output_dir", str(tmp_path / "two")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -29,6 +29,10 @@ def _infer(tmp, *extra, input_dir=DATA):
     return inference.main, ["--input_dir", str(input_dir), "--output_dir", str(tmp / "out"), *extra]
 
 
+def _chexagent2(tmp, *extra):
+    return _infer(tmp, "--backend", "chexagent2", *extra)
+
+
 def _pretend_chexagent_environment(monkeypatch):
     monkeypatch.setattr("transformers.__version__", "4.40.0")
 
@@ -36,18 +40,18 @@ def _pretend_chexagent_environment(monkeypatch):
 if transformers.__version__ != "4.40.0":
     @case("the main environment", "needs transformers==4.40.0")
     def _(tmp, monkeypatch):
-        return _infer(tmp, "--revision", SHA)
+        return _chexagent2(tmp, "--revision", SHA)
 
 
 @case("no revision", "needs a pinned model commit")
 def _(tmp, monkeypatch):
     _pretend_chexagent_environment(monkeypatch)
-    return _infer(tmp)
+    return _chexagent2(tmp)
 
 
 @case("a branch for a revision", "is not a pin")
 def _(tmp, monkeypatch):
-    return _infer(tmp, "--revision", "main")
+    return _chexagent2(tmp, "--revision", "main")
 
 
 @case("the model does not load", "could not load StanfordAIMI/CheXagent-2-3b")
@@ -58,7 +62,7 @@ def _(tmp, monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.")
 
     monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", offline)
-    return _infer(tmp, "--revision", SHA)
+    return _chexagent2(tmp, "--revision", SHA)
 
 
 @case("other settings", "holds predictions made with a different")
@@ -111,7 +115,8 @@ def troubleshooting_section() -> str:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_each_listed_message_exits_2_and_leaves_nothing_half_written(name, tmp_path, monkeypatch, capsys):
+def test_each_listed_message_exits_2_and_leaves_nothing_half_written(name, tmp_path, monkeypatch, capsys,
+                                                                    scripted_backend):
     setup, phrase, allowed = CASES[name]
     assert f"`{phrase}`" in troubleshooting_section(), "docs/troubleshooting.md lists the message"
     main, argv = setup(tmp_path, monkeypatch)
