@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -63,15 +63,15 @@ from localization_task.dataset import (
 )
 from localization_task.evaluation.inputs import read_gate_csv
 from localization_task.chexagent2.parsing import DEFAULT_LABELS
-from localization_task.common.processes import Processes, all_records, merge_caches
-from localization_task.common.run_files import (
+from localization_task.common.processes import Processes
+from localization_task.common.run_files import RUN_CONFIG_JSON, append_record, write_run_config
+from localization_task.evaluation.predictions import (
     PREDICTIONS_JSONL,
     RESULTS_CSV,
-    RUN_CONFIG_JSON,
-    append_record,
+    all_records,
     check_resumable,
+    merge_caches,
     write_results_csv,
-    write_run_config,
 )
 
 ANY_LABEL = "*"
@@ -387,9 +387,9 @@ def run(config: InferenceConfig, processes: Processes) -> int:
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     if processes.rank == 0:
-        write_run_config(config.output_dir / RUN_CONFIG_JSON, asdict(config), config.prediction_settings())
+        write_run_config(config.output_dir, config, {"prediction_settings": config.prediction_settings()})
     pending = processes.share([(path, name) for path, name in zip(images, names) if name not in records])
-    cache = processes.cache(config.output_dir)
+    cache = processes.own_file(config.output_dir / PREDICTIONS_JSONL)
     try:
         if localizer is None:
             predicted, unreadable = predict_pending_heatmap(config, pending, gate, cache)
