@@ -64,7 +64,7 @@ def test_check_fresh_run_refuses_an_earlier_run_unless_resumed_or_overwritten(tm
         check_fresh_run(out, ckpt, resume=None, overwrite=False, results=RESULT_FILES)
     assert str(out) in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(ValueError, match="^(?!.*--resume).*--overwrite"):
-        check_fresh_run(out, None, resume=None, overwrite=False, results=RESULT_FILES)  # evaluation only: no checkpoints
+        check_fresh_run(out, None, resume=None, overwrite=False, results=RESULT_FILES)  # evaluation only
     assert check_fresh_run(out, ckpt, resume="latest", overwrite=False, results=RESULT_FILES) == []
     found = check_fresh_run(out, ckpt, resume=None, overwrite=True, results=RESULT_FILES)
     assert set(found) == {out / "metrics.json", ckpt / "checkpoint-400", ckpt / "best_adapter"}

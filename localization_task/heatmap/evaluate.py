@@ -23,7 +23,9 @@ from localization_task.heatmap.targets import decode_peaks, peaks_to_original
 from localization_task.metrics import EvalConfig, EvalImages, evaluate, match_points, write_evaluation
 from localization_task.evaluation.plots import write_test_pictures
 from localization_task.evaluation.report import format_table
-from localization_task.evaluation.predictions import PREDICTIONS_JSONL, RESULTS_CSV, write_records_jsonl, write_results_csv
+from localization_task.evaluation.predictions import (
+    PREDICTIONS_JSONL, RESULTS_CSV, write_records_jsonl, write_results_csv,
+)
 from localization_task.dataset import box_from_tensor, collate
 
 CANDIDATE_FLOOR = 0.05  # peaks below this never count, whatever the threshold

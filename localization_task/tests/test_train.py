@@ -231,7 +231,8 @@ def test_resume_continues_only_a_run_of_this_task(labelled_root, tiny_encoder, t
     for resume, (phrase, folder) in cases.items():
         capsys.readouterr()
         assert train.main(_argv(labelled_root, tiny_encoder, tmp_path, "--resume", resume)) == 2, resume
-        errors = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "error:" in line]
+        lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+        errors = [line for line in lines if "error:" in line]
         assert len(errors) == 1 and phrase in errors[0] and f"{folder} " in errors[0], errors
         assert "--resume" in errors[0]
     assert not (tmp_path / "out").exists()
