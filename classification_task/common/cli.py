@@ -60,9 +60,10 @@ def _value_kwargs(base: Any) -> dict:
 def _help(field: dataclasses.Field, default: Any) -> str:
     """The field's help with its default, unless the help states it or argparse shows it (a bool)."""
     help = field.metadata["help"]
+    states_default = "default:" in help or "by default" in help
     if default is REQUIRED:
         help += " (required)"
-    elif "default" not in help and not isinstance(default, bool):
+    elif not states_default and not isinstance(default, bool):
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         if shown != "":
             help += f" (default: {shown})"
