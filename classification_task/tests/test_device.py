@@ -33,7 +33,7 @@ def test_process_device_follows_local_rank(monkeypatch):
     assert device({"LOCAL_RANK": "3"}, cuda_devices=0) == torch.device("cpu")
     # A launcher that shows each process only its own GPU: that one, whatever the rank.
     assert device({"LOCAL_RANK": "2"}, cuda_devices=1) == torch.device("cuda", 0)
-    with pytest.raises(ValueError, match="LOCAL_RANK=5 but torch sees 4 GPU"):
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=5 but only 4 GPU\(s\) are visible"):
         device({"LOCAL_RANK": "5"}, cuda_devices=4)
     with pytest.raises(ValueError, match="not a process index"):
         device({"LOCAL_RANK": "one"}, cuda_devices=4)

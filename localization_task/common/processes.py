@@ -136,6 +136,6 @@ def process_device(asked: str = "auto") -> torch.device:
     if n_gpus == 1:
         return torch.device("cuda", 0)
     if local_rank >= n_gpus:
-        raise ValueError(f"this is process LOCAL_RANK={local_rank} but torch sees {n_gpus} GPU(s): start at most "
-                         f"one process per GPU (torchrun --nproc_per_node {n_gpus}).")
+        raise ValueError(f"LOCAL_RANK={local_rank} but only {n_gpus} GPU(s) are visible: start at most one "
+                         f"process per GPU (torchrun --nproc_per_node {n_gpus}).")
     return torch.device("cuda", local_rank)

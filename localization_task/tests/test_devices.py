@@ -46,7 +46,8 @@ def test_each_process_takes_its_own_gpu(gpus, monkeypatch, n_gpus, local_rank, a
 def test_more_processes_than_gpus_is_one_sentence(gpus, monkeypatch):
     gpus(2)
     monkeypatch.setenv("LOCAL_RANK", "2")
-    with pytest.raises(backends.BackendUnavailable, match=r"LOCAL_RANK=2 but torch sees 2 GPU\(s\).*--nproc_per_node"):
+    too_many = r"LOCAL_RANK=2 but only 2 GPU\(s\) are visible.*--nproc_per_node"
+    with pytest.raises(backends.BackendUnavailable, match=too_many):
         backends.resolve_device("auto")
     gpus(0)
     with pytest.raises(ValueError, match="no CUDA GPU: use --device cpu or auto"):
@@ -85,7 +86,7 @@ def test_each_training_process_works_on_the_gpu_of_its_local_rank(gpus, monkeypa
 def test_a_local_rank_past_the_visible_gpus_is_one_sentence(gpus, monkeypatch):
     gpus(4)
     monkeypatch.setenv("LOCAL_RANK", "4")
-    with pytest.raises(ValueError, match="LOCAL_RANK=4 but torch sees 4 GPU"):
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=4 but only 4 GPU\(s\) are visible"):
         processes.process_device()
 
 
