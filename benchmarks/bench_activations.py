@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import torch
 from transformers import Dinov2Config, SiglipVisionConfig
 
+from benchmarks.activations import training_step_bytes
 from benchmarks.common import NO_GPU, format_table, machine_line, write_record
 from localization_task.common import cli
-from localization_task.heatmap.gpu import enable_activation_checkpointing, process_device, training_step_bytes
-from localization_task.heatmap.model import HeatmapLocalizer, HeatmapLocalizerConfig
+from localization_task.common.processes import process_device
+from localization_task.heatmap.model import HeatmapLocalizer, HeatmapLocalizerConfig, enable_activation_checkpointing
 
 MIB = 2**20
 CARD_BYTES = 24 * 10**9  # a "24 GB" card (RTX 4090: 23.99 GB usable by CUDA at most)

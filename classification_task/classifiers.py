@@ -20,7 +20,7 @@ from typing import Literal
 from classification_task.encoder import model as encoder_model
 from classification_task import model as medgemma
 from classification_task.encoder.model import CLASSIFIER_TYPE, ENCODER_TYPES, EncoderClassifier
-from classification_task.common.run_files import write_operating_point
+from classification_task.evaluation.operating_point import write_operating_point
 
 ModelKind = Literal["auto", "medgemma", "encoder"]
 BEST_MODEL = "best_model"  # the encoder classifier's saved folder in --checkpoint_dir

@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from classification_task.common.dicom import is_dicom, read_dicom_grey
+from classification_task.common.errors import DataError  # noqa: F401  (re-exported: callers import it from here)
 from classification_task.common.percentiles import integer_percentiles
 from classification_task.common.run_files import atomic_output
 
@@ -36,10 +37,6 @@ LABEL_TO_INT = {"No Finding": 0, "Nodule": 1}
 INT_TO_LABEL = {v: k for k, v in LABEL_TO_INT.items()}
 NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)
 PLAIN_NAME = re.compile(r"[^/\\:]+")  # no folder part, no drive: safe_join accepts it unless it is ".."
-
-
-class DataError(ValueError):
-    """A problem with the user's data, explained in one sentence."""
 
 
 # ----------------------------------------------------------------------------- labels

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
+from classification_task.common.processes import process_device
 from classification_task.dataset import DataError
 
 MEDGEMMA_ID = "google/medgemma-1.5-4b-it"
@@ -49,29 +50,6 @@ def compute_dtype() -> torch.dtype:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
-
-
-def process_device(environ=os.environ, cuda_devices: int | None = None) -> torch.device:
-    """This process's device: cuda:LOCAL_RANK under torchrun / accelerate launch, cuda:0 alone, else the CPU.
-
-    `cuda_devices` is the number of visible GPUs (default: torch's count). A
-    launcher that shows each process only its own GPU leaves one visible device,
-    whatever LOCAL_RANK says: that one is this process's.
-    """
-    cuda_devices = torch.cuda.device_count() if cuda_devices is None else cuda_devices
-    if cuda_devices == 0:
-        return torch.device("cpu")
-    text = environ.get("LOCAL_RANK") or "0"
-    if not text.isdigit():
-        raise ValueError(f"LOCAL_RANK={text!r} is not a process index; unset it, or start the processes with "
-                         "torchrun / accelerate launch.")
-    local_rank = int(text)
-    if cuda_devices == 1:
-        return torch.device("cuda", 0)
-    if local_rank >= cuda_devices:
-        raise ValueError(f"LOCAL_RANK={local_rank} but only {cuda_devices} GPUs are visible; start at most "
-                         f"{cuda_devices} processes per machine.")
-    return torch.device("cuda", local_rank)
 
 
 def use_process_device() -> torch.device:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import classification_task  # noqa: F401  first: its __init__ quiets a bitsandbytes import warning
 
-import json
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +39,7 @@ from classification_task.common import cli
 from classification_task import classifiers
 
 from classification_task.evaluation import operating_point
+from classification_task.evaluation.operating_point import OPERATING_POINT_JSON, write_operating_point
 from classification_task.dataset import DataError, Preprocessing, RadiographDataset, load_labels
 from classification_task.split import SPLIT_CSV, SPLITS, keep_run_split, load_or_make_split, split_table
 from classification_task.evaluate import evaluate_run
@@ -54,16 +54,25 @@ from classification_task.model import (
 )
 from classification_task.common.processes import Processes
 from classification_task.common.run_files import (
+    RUN_CONFIG_JSON,
     check_fresh_run,
+    check_run_flags,
+    max_unreadable_frac_flag,
+    overwrite_flag,
     remove_earlier_run,
+    resume_checkpoint,
+    resume_flag,
+    run_config_callback,
     write_csv_atomic,
-    write_operating_point,
     write_run_config,
 )
 from classification_task.trainer import NoduleTrainer, best_checkpoint, compute_metrics
 from classification_task.common.unreadable import ReadableBatchCollator, UnreadableImages
 
-TRAINER_STATE = "trainer_state.json"  # written last into each checkpoint folder
+# What a run leaves in its output folder (its checkpoint folder: run_files.CHECKPOINT_FOLDERS).
+RESULT_FILES = (RUN_CONFIG_JSON, OPERATING_POINT_JSON, "metrics.json", "test_predictions.csv", "val_predictions.csv",
+                "test_labels.csv", "unreadable_files.csv", "roc.png", "pr.png", "reliability.png",
+                "training_curves.png")
 METRICS_FOR_BEST = ("pr_auc", "roc_auc", "f1", "f_beta", "balanced_accuracy", "mcc", "loss")
 
 
@@ -124,10 +133,10 @@ class TrainConfig:
                                               "encoder's own, 518 for RAD-DINO)")
     cache_dir: str | None = cli.arg(None, "cache pre-processed images here (speeds up later epochs)")
     num_workers: int = cli.arg(2, "data-loading worker processes")
-    max_unreadable_frac: float = cli.arg(0.01, "skip unreadable images, but stop when more than this fraction are")
+    max_unreadable_frac: float = max_unreadable_frac_flag()
     bootstrap: int = cli.arg(1000, "bootstrap resamples for test confidence intervals (0 = none)")
-    resume: str | None = cli.arg(None, "'latest' or a checkpoint folder to continue from", const="latest")
-    overwrite: bool = cli.arg(False, "replace an earlier run's checkpoints and results in these folders")
+    resume: str | None = resume_flag()
+    overwrite: bool = overwrite_flag()
     eval_only: bool = cli.arg(False, "skip training: evaluate --adapter (or the zero-shot base) on val/test")
     adapter: str | None = cli.arg(None, "adapter folder for --eval_only")
     zero_shot: bool = cli.arg(True, "also score the base model without adapter, side by side")
@@ -145,10 +154,7 @@ class TrainConfig:
             raise ValueError("--learning_rate must lie in (0, 1).")
         if self.pos_weight <= 0 or self.focal_gamma < 0:
             raise ValueError("--pos_weight must be positive and --focal_gamma non-negative.")
-        if not 0 <= self.max_unreadable_frac < 1:
-            raise ValueError("--max_unreadable_frac must lie in [0, 1).")
-        if self.resume and self.overwrite:
-            raise ValueError("--resume continues the earlier run and --overwrite replaces it: pass only one.")
+        check_run_flags(self)
         Preprocessing(self.clip_low_pct, self.clip_high_pct)  # validates the percentiles
 
     @property
@@ -293,7 +299,7 @@ def build_trainer(config: TrainConfig, args: TrainingArguments, model, processor
     # 518 px, and on a CPU memory is no concern.
     args.activation_checkpointing = config.gradient_checkpointing and (
         config.model_kind != "encoder" or torch.cuda.is_available())
-    callbacks = []
+    callbacks = [run_config_callback(config)]  # --resume accepts the checkpoints beside it
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     return NoduleTrainer(
@@ -312,35 +318,6 @@ def build_trainer(config: TrainConfig, args: TrainingArguments, model, processor
         sampler_seed=config.seed,
         unreadable=unreadable,
     )
-
-
-def is_complete_checkpoint(folder: str | Path) -> bool:
-    """The Trainer writes trainer_state.json last: a folder without it (as JSON) was cut short."""
-    try:
-        json.loads((Path(folder) / TRAINER_STATE).read_text())
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def last_complete_checkpoint(checkpoint_dir: str | Path) -> str | None:
-    """The newest complete `checkpoint-N` folder: a run killed while saving resumes from the one before."""
-    steps = {int(folder.name[11:]): folder for folder in Path(checkpoint_dir).glob("checkpoint-*")
-             if folder.name[11:].isdigit() and is_complete_checkpoint(folder)}  # 11 = len("checkpoint-")
-    return str(steps[max(steps)]) if steps else None
-
-
-def resume_checkpoint(config: TrainConfig) -> str | None:
-    if config.resume is None:
-        return None
-    if config.resume != "latest":
-        if not is_complete_checkpoint(config.resume):
-            raise DataError(f"{config.resume} is not a complete checkpoint (no {TRAINER_STATE}); pass another "
-                            f"checkpoint-N folder, or --resume alone for the latest complete one.")
-        return config.resume
-    latest = last_complete_checkpoint(config.checkpoint_dir)
-    print(f"resuming from {latest}" if latest else "no checkpoint to resume from: starting fresh")
-    return latest
 
 
 def train(config: TrainConfig, args: TrainingArguments, model, processor, frames: dict, resume_from: str | None,
@@ -380,8 +357,8 @@ def prepare_run(config: TrainConfig, processes: Processes):
     split frame, the processor and the model.
     """
     earlier = check_fresh_run(config.output_dir, None if config.eval_only else config.checkpoint_dir,
-                              config.resume, config.overwrite)
-    resume_from = None if config.eval_only else resume_checkpoint(config)
+                              config.resume, config.overwrite, RESULT_FILES)
+    resume_from = None if config.eval_only else resume_checkpoint(config.resume, config.checkpoint_dir)
     if config.demo:
         processes.first_does(lambda: prepare_demo(config))
     frame = load_data(config, resume_from)

@@ -32,6 +32,7 @@ import pandas as pd
 from PIL import Image
 
 from localization_task.common.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_grey, read_dicom_header
+from localization_task.common.errors import DataError  # noqa: F401  (re-exported: callers import it from here)
 from localization_task.common.percentiles import histogram_percentiles
 
 
@@ -46,10 +47,6 @@ DEFAULT_CLIP_LOW_PCT = 0.5
 DEFAULT_CLIP_HIGH_PCT = 99.5
 
 _UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-
-
-class DataError(ValueError):
-    """A problem with the user's data; the message is one plain sentence."""
 
 
 # --- file names -------------------------------------------------------------

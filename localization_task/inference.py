@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -53,15 +53,15 @@ from localization_task.chexagent2.backend import (
 )
 from localization_task.chexagent2.parsing import DEFAULT_LABELS
 from localization_task.common import cli
-from localization_task.common.processes import Processes, all_records, merge_caches
-from localization_task.common.run_files import (
+from localization_task.common.processes import Processes
+from localization_task.common.run_files import append_record, write_run_config
+from localization_task.evaluation.predictions import (
     PREDICTIONS_JSONL,
     RESULTS_CSV,
-    RUN_CONFIG_JSON,
-    append_record,
+    all_records,
     check_resumable,
+    merge_caches,
     write_results_csv,
-    write_run_config,
 )
 from localization_task.dataset import (
     DEFAULT_CLIP_HIGH_PCT,
@@ -338,11 +338,11 @@ def run(config: InferenceConfig, processes: Processes) -> int:
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     if processes.rank == 0:
-        write_run_config(config.output_dir / RUN_CONFIG_JSON, asdict(config), settings)
+        write_run_config(config.output_dir, config, {"prediction_settings": settings})
     pending = processes.share(todo)
+    cache = processes.own_file(config.output_dir / PREDICTIONS_JSONL)
     try:
-        predicted, unreadable = predict_pending(localizer, config, pending, len(images), gate,
-                                                processes.cache(config.output_dir))
+        predicted, unreadable = predict_pending(localizer, config, pending, len(images), gate, cache)
     except DataError as error:
         return fail(str(error))
     counts = processes.gather_to_first([(predicted, unreadable)])  # waits for every process

@@ -27,7 +27,7 @@ import localization_task  # noqa: F401  first: its __init__ quiets a bitsandbyte
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -44,17 +44,25 @@ from localization_task.dataset import (
     load_localization_data,
 )
 from localization_task.evaluation.inputs import read_gate_csv
-from localization_task.heatmap.gpu import enable_activation_checkpointing, process_device
+from localization_task.common.processes import process_device
 from localization_task.heatmap.targets import sigma_hm_from_frac
-from localization_task.heatmap.model import DEFAULT_ENCODER, HeatmapLocalizer
+from localization_task.heatmap.model import DEFAULT_ENCODER, HeatmapLocalizer, enable_activation_checkpointing
 from localization_task.heatmap.evaluate import predict_split, report_test
 from localization_task.common.run_files import (
     RUN_CONFIG_JSON,
     check_fresh_run,
+    check_run_flags,
+    max_unreadable_frac_flag,
+    overwrite_flag,
     remove_earlier_run,
+    resume_checkpoint,
+    resume_flag,
+    run_config_callback,
     write_run_config,
     write_text_atomic,
 )
+from localization_task.evaluation.plots import FROC_PNG, OVERLAY_DIR
+from localization_task.evaluation.predictions import PREDICTIONS_JSONL, RESULTS_CSV
 from localization_task.split import (
     KIND_NAMES, SPLITS, image_kinds, read_split_file, split_by_patient, widen_validation,
 )
@@ -63,6 +71,9 @@ from localization_task.heatmap.data import HeatmapDataset, ItemSettings, collate
 
 METRICS_FOR_BEST = ("f1_tolerant", "f1_tight", "count_accuracy", "loss")
 SPLIT_CSV = "split.csv"
+# What a training run leaves in its output folder (its checkpoint folder: run_files.CHECKPOINT_FOLDERS).
+RESULT_FILES = (RUN_CONFIG_JSON, "eval_summary.json", "per_image_metrics.csv", RESULTS_CSV, PREDICTIONS_JSONL,
+                "unreadable_files.csv", FROC_PNG, OVERLAY_DIR)
 
 
 @dataclass
@@ -121,10 +132,9 @@ class TrainConfig:
     n_overlays: int = cli.arg(4, "test images drawn with their ground truth and predictions in "
                               "output_dir/overlays/, beside froc.png (0: none)")
     num_workers: int = cli.arg(4, "data-loading worker processes")
-    max_unreadable_frac: float = cli.arg(
-        0.01, "unreadable training images are skipped and listed; more than this fraction stops the run")
-    resume: str | None = cli.arg(None, "'latest' or a checkpoint folder to continue from", nargs="?", const="latest")
-    overwrite: bool = cli.arg(False, "replace an earlier run's results and checkpoints in the same folders")
+    max_unreadable_frac: float = max_unreadable_frac_flag()
+    resume: str | None = resume_flag()
+    overwrite: bool = overwrite_flag()
     demo: bool = cli.arg(False, "make synthetic data and a tiny encoder if missing, and train on the CPU")
 
     def __post_init__(self) -> None:
@@ -140,10 +150,7 @@ class TrainConfig:
             raise ValueError("--weak_weight, --weak_per_keypointed and --negatives_per_keypointed must be >= 0.")
         if not 0 < self.sigma_frac < 0.2:
             raise ValueError("--sigma_frac must lie in (0, 0.2).")
-        if self.resume and self.overwrite:
-            raise ValueError("--resume continues the earlier run and --overwrite replaces it: pass only one.")
-        if not 0 <= self.max_unreadable_frac <= 1:
-            raise ValueError("--max_unreadable_frac must lie in [0, 1].")
+        check_run_flags(self)
         if not 0 < self.tight_frac <= self.tolerant_frac <= 1:
             raise ValueError("--tight_frac and --tolerant_frac need 0 < tight <= tolerant <= 1.")
         if not 0 <= self.val_keypointed_frac < 1:
@@ -229,7 +236,7 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         metric_for_best_model=config.metric_for_best,
         greater_is_better=config.metric_for_best != "loss",
         logging_steps=config.logging_steps,
-        report_to=[],
+        report_to=cli.available_loggers(),
         dataloader_num_workers=config.num_workers,
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -241,7 +248,7 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
 def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict) -> HeatmapTrainer:
     settings = item_settings(config, model)
     val_rows = evaluation_rows(frames["val"], config.eval_negatives, seed=config.seed)
-    callbacks = []
+    callbacks = [run_config_callback(config)]  # --resume accepts the checkpoints beside it
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     return HeatmapTrainer(
@@ -272,19 +279,6 @@ def save_model_atomic(model: HeatmapLocalizer, folder: Path) -> None:
         folder.replace(old)
     tmp.replace(folder)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def resume_checkpoint(config: TrainConfig) -> str | None:
-    if config.resume is None:
-        return None
-    if config.resume != "latest":
-        return config.resume
-    # The Trainer writes trainer_state.json last: a folder without it was cut short by a kill.
-    complete = [folder for folder in Path(config.checkpoint_dir).glob("checkpoint-*")
-                if folder.name[11:].isdigit() and (folder / "trainer_state.json").is_file()]
-    latest = str(max(complete, key=lambda folder: int(folder.name[11:]))) if complete else None
-    print(f"resuming from {latest}" if latest else "no checkpoint to resume from: starting fresh")
-    return latest
 
 
 def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict) -> list[tuple[str, str]]:
@@ -339,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Only rank 0 looks: the other processes may start while it writes the new run's files.
         first = int(os.environ.get("RANK", "0")) == 0
-        earlier = check_fresh_run(config.output_dir, config.checkpoint_dir, config.resume, config.overwrite) \
-            if first else []
+        earlier = check_fresh_run(config.output_dir, config.checkpoint_dir, config.resume, config.overwrite,
+                                  RESULT_FILES) if first else []
+        resume_from = resume_checkpoint(config.resume, config.checkpoint_dir)
         if config.demo:
             prepare_demo(config.data_root, config.encoder)
         frames = load_splits(config)
@@ -350,9 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         if first:  # the inputs hold: replace the earlier run (--overwrite), record the new one
             remove_earlier_run(earlier)
             write_split(config, frames)
-            write_run_config(Path(config.output_dir) / RUN_CONFIG_JSON, asdict(config), {})
+            write_run_config(config.output_dir, config)
         trainer = build_trainer(config, model, frames)
-        trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+        trainer.train(resume_from_checkpoint=resume_from)
         # Every process skipped its own share of unreadable training images: gather them all.
         skipped = sorted(set(gather_object(list(trainer.unreadable.items()))))
         if not (first and trainer.is_world_process_zero()):

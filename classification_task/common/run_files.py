@@ -1,11 +1,13 @@
-"""Files a run writes: atomic outputs (JSON, CSV, PNG), the run's provenance, and earlier runs.
+"""Files a run writes: atomic outputs, the run's provenance, JSON Lines, earlier runs and `--resume`.
 
-Every output is written beside its target and moved into place in one step,
-so readers never see half a file and a crash leaves the previous version intact.
-`run_config.json` records the resolved config, package versions and git commit;
-`operating_point.json` travels with a saved adapter (the set-up and thresholds it was tuned with).
-A fresh run refuses to start over an earlier run's checkpoints or results
-unless told to continue (`--resume`) or to replace them (`--overwrite`).
+Every output is written beside its target and moved into place in one step
+(temp file, then `os.replace`), so readers never see half a file and a crash
+leaves the previous version intact. `run_config.json` records the task, the
+resolved config, package versions and git commit. A fresh training run
+refuses to start over an earlier run's checkpoints or results unless told to
+continue (`--resume`) or to replace them (`--overwrite`): `check_fresh_run`.
+`--resume` continues only a run of this task's train.py: the checkpoint
+folder must hold its `run_config.json` (`resume_checkpoint`).
 """
 
 from __future__ import annotations
@@ -22,30 +24,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
+from .cli import arg
+from .errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TASK = __name__.split(".")[0]  # "classification_task" or "localization_task": the file is the same in both
 RUN_CONFIG_JSON = "run_config.json"
-OPERATING_POINT_JSON = "operating_point.json"
-# What every operating point holds (docs/operating-point.md); more keys may follow them.
-OPERATING_POINT_KEYS = ("model_kind", "base_model", "quantization", "preprocessing", "thresholds",
-                        "default_threshold")
-# What a run leaves: results in the output folder, trainer checkpoints and the final adapter.
-RESULT_FILES = (RUN_CONFIG_JSON, OPERATING_POINT_JSON, "metrics.json", "test_predictions.csv", "val_predictions.csv",
-                "test_labels.csv", "unreadable_files.csv", "roc.png", "pr.png", "reliability.png",
-                "training_curves.png")
-CHECKPOINT_FOLDERS = ("checkpoint-*", "best_adapter", "best_model")  # best_model: the encoder classifier
-PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "scikit-learn", "pandas", "pillow")
+TRAINER_STATE_JSON = "trainer_state.json"  # the Trainer writes it last into each checkpoint folder
+CHECKPOINT_FOLDERS = ("checkpoint-*", "best_adapter", "best_model")  # what a training run leaves in its checkpoint_dir
+PACKAGES = ("numpy", "scipy", "pandas", "scikit-learn", "pillow", "torch", "transformers", "peft", "bitsandbytes",
+            "accelerate")
 
 
 # ----------------------------------------------------------------------------- atomic outputs
-
-
-def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 @contextmanager
@@ -57,10 +54,20 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
     os.close(handle)
     try:
         yield Path(tmp)
-        os.chmod(tmp, _default_mode())  # mkstemp files are private; results should not be
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp files are private; results should not be
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    return Path(path)
 
 
 def _jsonable(obj):
@@ -83,26 +90,27 @@ def _jsonable(obj):
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
-    path = Path(path)
-    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(_jsonable(obj), handle, indent=2, allow_nan=False)
-        handle.write("\n")
-    return path
+    return write_text_atomic(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    path = Path(path)
     with atomic_output(path) as tmp:
         frame.to_csv(tmp, index=False)
-    return path
+    return Path(path)
 
 
-def save_png_atomic(figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+def save_figure_atomic(figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     """A matplotlib figure as PNG; a crash never leaves a broken file."""
-    path = Path(path)
     with atomic_output(path, suffix=".png") as tmp:
         figure.savefig(tmp, format="png", dpi=dpi)
-    return path
+    return Path(path)
+
+
+def write_png_atomic(path: str | os.PathLike, image) -> Path:
+    """A Pillow image as PNG, replacing `path` in one step."""
+    with atomic_output(path, suffix=".png") as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -120,59 +128,83 @@ def package_versions() -> dict[str, str | None]:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent, timeout=10,
-        )
-        return out.stdout.strip()
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+        return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def write_run_config(out_dir: str | Path, config, extra: dict | None = None) -> Path:
-    """`run_config.json`: the dataclass as resolved, plus versions and commit (no secrets in it),
-    and `extra` entries (e.g. where a threshold came from)."""
-    record = {"config": dataclasses.asdict(config), **(extra or {}), "versions": package_versions(),
-              "git_commit": git_commit()}
-    return write_json_atomic(Path(out_dir) / RUN_CONFIG_JSON, record)
+def run_info() -> dict:
+    """Package versions and the git commit, saved next to the results."""
+    return {"git_commit": git_commit(), "versions": package_versions()}
 
 
-# ----------------------------------------------------------------------------- operating point
+def run_config_record(config, extra: dict | None = None) -> dict:
+    """What `run_config.json` holds: the task, the config as resolved (a dataclass or a dict), `extra`
+    entries (e.g. where a threshold came from), versions and commit. No secrets are in it."""
+    fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return _jsonable({"task": TASK, "config": fields, **(extra or {}), **run_info()})
 
 
-def write_operating_point(folder: str | Path, record: dict) -> Path:
-    """`operating_point.json` in a saved model's folder, atomically: the set-up its scores come from
-    (base model, quantization, pre-processing) and the thresholds tuned on them."""
-    missing = [key for key in OPERATING_POINT_KEYS if key not in record]
-    if missing:
-        raise ValueError(f"an operating point needs {', '.join(missing)} as well.")
-    return write_json_atomic(Path(folder) / OPERATING_POINT_JSON, record)
+def write_run_config(folder: str | os.PathLike, config, extra: dict | None = None) -> Path:
+    """`run_config.json` in `folder` (see `run_config_record`)."""
+    return write_json_atomic(Path(folder) / RUN_CONFIG_JSON, run_config_record(config, extra))
 
 
-def read_operating_point(folder: str | Path | None) -> dict | None:
-    """The record `write_operating_point` left in `folder`; None when there is none (or no local folder).
+def read_run_config(folder: str | os.PathLike, fix: str) -> dict | None:
+    """The record `write_run_config` left in `folder`; None when there is none.
 
-    A file that is not such a record raises ValueError naming it and the fix.
+    A file that is not such a record raises DataError naming it and `fix`.
     """
-    path = Path(folder) / OPERATING_POINT_JSON if folder else None
-    if path is None or not path.is_file():
+    path = Path(folder) / RUN_CONFIG_JSON
+    if not path.is_file():
         return None
-    fix = "delete it to use the defaults, or replace it with the one train.py --eval_only writes to its output folder"
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"{path} could not be read as JSON ({err.__class__.__name__}); {fix}.") from None
-    if not isinstance(record, dict) or not isinstance(record.get("thresholds"), dict):
-        raise ValueError(f"{path} is not an operating point (no thresholds object in it); {fix}.")
+    except (OSError, UnicodeDecodeError, ValueError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise DataError(f"{path} is not a run config written by this tool: {fix}.")
     return record
+
+
+# ----------------------------------------------------------------------------- JSON Lines
+
+
+class JsonLineError(ValueError):
+    """A line of a JSON Lines file that is not JSON (`line_no` counts from 1)."""
+
+    def __init__(self, line_no: int):
+        super().__init__(f"line {line_no} is not valid JSON")
+        self.line_no = line_no
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
+    """(line number, decoded value) for each non-blank line of a JSON Lines file."""
+    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError:
+            raise JsonLineError(line_no) from None
+
+
+def append_record(path: str | os.PathLike, record: dict) -> None:
+    """One JSON line, flushed to disk at once: a crash loses at most the record being written."""
+    with Path(path).open("a", encoding="utf-8") as out:
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
 
 
 # ----------------------------------------------------------------------------- earlier runs
 
 
-def earlier_run(output_dir: str | Path, checkpoint_dir: str | Path | None) -> list[Path]:
-    """The result files and checkpoint folders an earlier run left in these folders."""
-    found = [Path(output_dir) / name for name in RESULT_FILES if (Path(output_dir) / name).is_file()]
+def earlier_run(output_dir: str | Path, checkpoint_dir: str | Path | None, results: tuple[str, ...]) -> list[Path]:
+    """The result files or folders (`results`, by name) and checkpoint folders an earlier run left here."""
+    found = [Path(output_dir) / name for name in results if (Path(output_dir) / name).exists()]
     if checkpoint_dir is not None:
         found += sorted(path for pattern in CHECKPOINT_FOLDERS for path in Path(checkpoint_dir).glob(pattern)
                         if path.is_dir())
@@ -180,24 +212,24 @@ def earlier_run(output_dir: str | Path, checkpoint_dir: str | Path | None) -> li
 
 
 def check_fresh_run(output_dir: str | Path, checkpoint_dir: str | Path | None, resume: str | None,
-                    overwrite: bool) -> list[Path]:
+                    overwrite: bool, results: tuple[str, ...]) -> list[Path]:
     """Refuse to start a fresh run over an earlier one; return what `overwrite` will replace.
 
     A fresh run over an earlier run's results would silently replace them, and
     over its checkpoints it would mix two runs (a later --resume would pick the
     earlier run's newest checkpoint). `checkpoint_dir` None: the run writes no
-    checkpoints (evaluation only). Raises ValueError with one sentence unless the
+    checkpoints (evaluation only). Raises DataError with one sentence unless the
     run continues (`resume`), replaces (`overwrite`) or finds nothing. Nothing
     is removed here: call `remove_earlier_run` once the inputs have been checked.
     """
     if resume:
         return []
-    found = earlier_run(output_dir, checkpoint_dir)
+    found = earlier_run(output_dir, checkpoint_dir, results)
     if found and not overwrite:
         options = ("add --resume to continue it, " if checkpoint_dir is not None else "") + \
             "add --overwrite to replace it, or pass other --output_dir/--checkpoint_dir folders"
-        raise ValueError(f"{found[0].parent} holds an earlier run ({found[0].name} and {len(found) - 1} more); "
-                         f"{options}.")
+        raise DataError(f"{found[0].parent} holds an earlier run ({found[0].name} and {len(found) - 1} more); "
+                        f"{options}.")
     return found
 
 
@@ -210,3 +242,97 @@ def remove_earlier_run(paths: list[Path]) -> None:
             path.unlink(missing_ok=True)
     if paths:
         print(f"--overwrite: removed {len(paths)} file(s) and folder(s) of the earlier run, e.g. {paths[0]}")
+
+
+# ----------------------------------------------------------------------------- --resume
+
+
+def is_complete_checkpoint(folder: str | Path) -> bool:
+    """The Trainer writes trainer_state.json last: a folder without it (as JSON) was cut short."""
+    try:
+        json.loads((Path(folder) / TRAINER_STATE_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(checkpoint_dir: str | Path) -> str | None:
+    """The newest complete `checkpoint-N` folder: a run killed while saving resumes from the one before."""
+    steps = {int(folder.name[11:]): folder for folder in Path(checkpoint_dir).glob("checkpoint-*")
+             if folder.name[11:].isdigit() and is_complete_checkpoint(folder)}  # 11 = len("checkpoint-")
+    return str(steps[max(steps)]) if steps else None
+
+
+def check_run_of_this_task(checkpoint_dir: str | Path) -> None:
+    """Raise DataError unless `checkpoint_dir` holds the run_config.json this task's train.py writes there."""
+    fix = f"pass a checkpoint folder that {TASK}/train.py wrote, or drop --resume to start a fresh run"
+    record = read_run_config(checkpoint_dir, fix)
+    if record is None:
+        raise DataError(f"{checkpoint_dir} holds no {RUN_CONFIG_JSON} of a {TASK} training run: {fix}.")
+    if record.get("task") != TASK:
+        raise DataError(f"{checkpoint_dir} holds a run of {record.get('task') or 'another tool'}, not of {TASK}: "
+                        f"{fix}.")
+
+
+def resume_checkpoint(resume: str | None, checkpoint_dir: str | Path) -> str | None:
+    """The checkpoint `--resume` continues from; None for a fresh start.
+
+    `resume` is None (a fresh run), "latest" (the newest complete checkpoint in
+    `checkpoint_dir`; none there: a fresh start) or a checkpoint folder, which
+    must be complete. Either way the checkpoint's folder must hold this task's
+    run_config.json (`run_config_callback` writes it before the first save):
+    a run of the other task, or of nothing, is refused with one sentence.
+    """
+    if resume is None:
+        return None
+    if resume == "latest":
+        checkpoint = last_complete_checkpoint(checkpoint_dir)
+        if checkpoint is None:
+            print("no checkpoint to resume from: starting fresh")
+            return None
+    elif not is_complete_checkpoint(resume):
+        raise DataError(f"{resume} is not a complete checkpoint (no {TRAINER_STATE_JSON}); pass another "
+                        "checkpoint-N folder, or --resume alone for the latest complete one.")
+    else:
+        checkpoint = str(resume)
+    check_run_of_this_task(Path(checkpoint).parent)
+    print(f"resuming from {checkpoint}")
+    return checkpoint
+
+
+def run_config_callback(config):
+    """A Trainer callback that writes `config`'s run_config.json into the checkpoint folder before
+    each save, so every complete checkpoint lies beside it (`resume_checkpoint` reads it)."""
+    from transformers import TrainerCallback  # here: most users of this module need no transformers
+
+    class RunConfigBesideCheckpoints(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            # The flow callback has decided by now whether this step saves; the save comes after.
+            if control.should_save and state.is_world_process_zero:
+                write_run_config(args.output_dir, config)
+
+    return RunConfigBesideCheckpoints()
+
+
+# ----------------------------------------------------------------------------- the flags of a training run
+
+
+def max_unreadable_frac_flag() -> Any:
+    return arg(0.01, "skip unreadable images (listed in unreadable_files.csv), but stop when more than this "
+                     "fraction are")
+
+
+def resume_flag() -> Any:
+    return arg(None, "'latest' or a checkpoint folder to continue from", const="latest")
+
+
+def overwrite_flag() -> Any:
+    return arg(False, "replace an earlier run's checkpoints and results in these folders")
+
+
+def check_run_flags(config) -> None:
+    """The rules of the flags above, for a config that declares them; ValueError with one sentence."""
+    if not 0 <= config.max_unreadable_frac < 1:
+        raise ValueError("--max_unreadable_frac must lie in [0, 1).")
+    if config.resume and config.overwrite:
+        raise ValueError("--resume continues the earlier run and --overwrite replaces it: pass only one.")

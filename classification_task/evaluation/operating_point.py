@@ -1,7 +1,7 @@
 """The operating point that travels with a trained adapter: the set-up its scores come from, and the
 thresholds tuned on them.
 
-After training, `operating_point.json` goes into the adapter folder (`run_files.write_operating_point`):
+After training, `operating_point.json` goes into the adapter folder (`write_operating_point`):
 the base model, its quantization, the pre-processing, and the thresholds tuned on the validation
 scores of exactly that set-up. The thresholds hold only for those scores: the same adapter on an
 unquantized base, or on images stretched otherwise, scores differently. So inference takes every
@@ -12,16 +12,48 @@ in one line when a flag asks for another set-up. Schema and defaults: docs/opera
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from classification_task.dataset import Preprocessing
-from classification_task.common.run_files import OPERATING_POINT_JSON, read_operating_point
+from classification_task.common.run_files import write_json_atomic
 
+OPERATING_POINT_JSON = "operating_point.json"
+# What every operating point holds (docs/operating-point.md); more keys may follow them.
+OPERATING_POINT_KEYS = ("model_kind", "base_model", "quantization", "preprocessing", "thresholds",
+                        "default_threshold")
 MODEL_KIND = "medgemma_lora"  # a Gemma 3 base read through its two answer letters, with a LoRA adapter
 ENCODER_KIND = "encoder"  # an encoder classifier's best_model folder: the model itself, never quantized
 DEFAULT_THRESHOLD = "max_f1"
 FALLBACK_THRESHOLD = 0.5  # what labels an adapter saved without an operating point
 PREPROCESSING_FIELDS = ("clip_low_pct", "clip_high_pct", "image_size_px")
+
+
+def write_operating_point(folder: str | Path, record: dict) -> Path:
+    """`operating_point.json` in a saved model's folder, atomically: the set-up its scores come from
+    (base model, quantization, pre-processing) and the thresholds tuned on them."""
+    missing = [key for key in OPERATING_POINT_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"an operating point needs {', '.join(missing)} as well.")
+    return write_json_atomic(Path(folder) / OPERATING_POINT_JSON, record)
+
+
+def read_operating_point(folder: str | Path | None) -> dict | None:
+    """The record `write_operating_point` left in `folder`; None when there is none (or no local folder).
+
+    A file that is not such a record raises ValueError naming it and the fix.
+    """
+    path = Path(folder) / OPERATING_POINT_JSON if folder else None
+    if path is None or not path.is_file():
+        return None
+    fix = "delete it to use the defaults, or replace it with the one train.py --eval_only writes to its output folder"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path} could not be read as JSON ({err.__class__.__name__}); {fix}.") from None
+    if not isinstance(record, dict) or not isinstance(record.get("thresholds"), dict):
+        raise ValueError(f"{path} is not an operating point (no thresholds object in it); {fix}.")
+    return record
 
 
 def training_record(model_id: str, quantization: str, prep: Preprocessing, thresholds: dict[str, float],

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
-from classification_task.common.run_files import save_png_atomic
+from classification_task.common.run_files import save_figure_atomic
 
 # What a researcher reads off a training run: (panel title, logged keys drawn in it).
 # The Trainer also logs counts, the threshold and timings; they get no panel.
@@ -73,7 +73,7 @@ def plot_roc(path, labels: ArrayLike, p_nodule: ArrayLike,
     figure, (ax,) = _new_figure()
     if not both:
         _one_class_note(ax, "ROC")
-        return save_png_atomic(figure, path)
+        return save_figure_atomic(figure, path)
     fpr, tpr, _ = roc_curve(y, p)
     ax.plot(fpr, tpr, label=f"ROC (AUC {auc(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
@@ -81,7 +81,7 @@ def plot_roc(path, labels: ArrayLike, p_nodule: ArrayLike,
         ax.plot(point_fpr, recall, "o", label=f"{name} (t={threshold:.4g})")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(loc="lower right", fontsize="small")
-    return save_png_atomic(figure, path)
+    return save_figure_atomic(figure, path)
 
 
 def plot_pr(path, labels: ArrayLike, p_nodule: ArrayLike,
@@ -91,7 +91,7 @@ def plot_pr(path, labels: ArrayLike, p_nodule: ArrayLike,
     figure, (ax,) = _new_figure()
     if not both:
         _one_class_note(ax, "Precision-recall")
-        return save_png_atomic(figure, path)
+        return save_figure_atomic(figure, path)
     precision, recall, _ = precision_recall_curve(y, p)
     ax.step(recall, precision, where="post",
             label=f"precision-recall (AP {average_precision_score(y, p):.3f})")
@@ -101,7 +101,7 @@ def plot_pr(path, labels: ArrayLike, p_nodule: ArrayLike,
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall",
            xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(loc="upper right", fontsize="small")
-    return save_png_atomic(figure, path)
+    return save_figure_atomic(figure, path)
 
 
 def plot_reliability(path, labels: ArrayLike, p_nodule: ArrayLike, n_bins: int = 10) -> Path:
@@ -125,7 +125,7 @@ def plot_reliability(path, labels: ArrayLike, p_nodule: ArrayLike, n_bins: int =
     top.legend(loc="upper left", fontsize="small")
     bottom.bar(edges[:-1], counts, width=1.0 / n_bins, align="edge", edgecolor="white")
     bottom.set(xlabel="predicted p(nodule)", ylabel="images", yscale="log", xlim=(0, 1))
-    return save_png_atomic(figure, path)
+    return save_figure_atomic(figure, path)
 
 
 def _history_series(log_history: Sequence[Mapping]) -> dict[str, tuple[list, list]]:
@@ -179,7 +179,7 @@ def plot_training_curves(path, log_history: Sequence[Mapping], best_step: int | 
     if best_step is not None:
         chosen = f" by validation {metric_for_best}" if metric_for_best else ""
         figure.suptitle(f"dashed line: the best checkpoint{chosen}, step {best_step}", fontsize="medium")
-    return save_png_atomic(figure, path)
+    return save_figure_atomic(figure, path)
 
 
 def save_all_plots(out_dir, labels: ArrayLike, p_nodule: ArrayLike,

@@ -11,22 +11,32 @@ import torch
 import transformers
 
 from classification_task import inference, train
-from classification_task.model import device_map, process_device
+from classification_task.common.processes import process_device
+from classification_task.model import device_map
 from classification_task.demo.synthetic import generate_dataset
 
 DATA_DIR = inference.Path(__file__).parent / "data"
 
 
-def test_process_device_follows_local_rank():
-    assert process_device({"LOCAL_RANK": "3"}, cuda_devices=4) == torch.device("cuda", 3)
-    assert process_device({}, cuda_devices=4) == torch.device("cuda", 0)
-    assert process_device({"LOCAL_RANK": "3"}, cuda_devices=0) == torch.device("cpu")
+def test_process_device_follows_local_rank(monkeypatch):
+    def device(environ: dict, cuda_devices: int) -> torch.device:
+        """process_device() with LOCAL_RANK as in `environ`, on a machine with `cuda_devices` GPUs."""
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+        for name, value in environ.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_devices > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_devices)
+        return process_device()
+
+    assert device({"LOCAL_RANK": "3"}, cuda_devices=4) == torch.device("cuda", 3)
+    assert device({}, cuda_devices=4) == torch.device("cuda", 0)
+    assert device({"LOCAL_RANK": "3"}, cuda_devices=0) == torch.device("cpu")
     # A launcher that shows each process only its own GPU: that one, whatever the rank.
-    assert process_device({"LOCAL_RANK": "2"}, cuda_devices=1) == torch.device("cuda", 0)
-    with pytest.raises(ValueError, match="LOCAL_RANK=5 but only 4 GPUs"):
-        process_device({"LOCAL_RANK": "5"}, cuda_devices=4)
+    assert device({"LOCAL_RANK": "2"}, cuda_devices=1) == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=5 but only 4 GPU\(s\) are visible"):
+        device({"LOCAL_RANK": "5"}, cuda_devices=4)
     with pytest.raises(ValueError, match="not a process index"):
-        process_device({"LOCAL_RANK": "one"}, cuda_devices=4)
+        device({"LOCAL_RANK": "one"}, cuda_devices=4)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from classification_task import inference
 from classification_task import model as classifier
 from classification_task.model import QUESTION, answer_logits, answer_token_ids, lora_config, p_nodule_from_logits
-from classification_task.common.run_files import write_operating_point
+from classification_task.evaluation.operating_point import write_operating_point
 
 DATA_DIR = Path(__file__).parent / "data"
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -81,7 +81,7 @@ def test_training_curves_mark_the_best_checkpoint(tmp_path, monkeypatch):
                                       metric_for_best="pr_auc")
     assert_png(path)
     figures = []
-    monkeypatch.setattr(plots, "save_png_atomic", lambda figure, path: figures.append(figure) or path)
+    monkeypatch.setattr(plots, "save_figure_atomic", lambda figure, path: figures.append(figure) or path)
     plots.plot_training_curves(tmp_path / "curves.png", LOG_HISTORY, best_step=40, metric_for_best="pr_auc")
     axes = [ax for ax in figures[0].axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == ["loss (train, validation)", "learning rate",

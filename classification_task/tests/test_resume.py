@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from classification_task import train
+from classification_task.common.run_files import last_complete_checkpoint
 from classification_task.demo.synthetic import generate_dataset
 
 from classification_task import inference
@@ -96,8 +96,8 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
         if state is not None:
             (folder / "trainer_state.json").write_text(state)
     (tmp_path / "checkpoint-7-old").mkdir()
-    assert train.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-6")
-    assert train.last_complete_checkpoint(tmp_path / "absent") is None
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-6")
+    assert last_complete_checkpoint(tmp_path / "absent") is None
 
 
 def test_folder_inference_killed_mid_run_and_rerun_writes_the_same_csv(tiny_model_dir, tmp_path):

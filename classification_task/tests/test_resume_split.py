@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from classification_task import train
+from classification_task.common.run_files import write_run_config
 from classification_task.dataset import DataError, load_labels
 from classification_task.split import load_or_make_split
 from classification_task.demo.synthetic import generate_dataset
@@ -86,6 +87,7 @@ def test_resuming_without_the_run_s_split_is_refused(data_root, tiny_model_dir, 
     checkpoint = tmp_path / "ckpt" / "checkpoint-1"
     checkpoint.mkdir(parents=True)
     (checkpoint / "trainer_state.json").write_text("{}")  # complete, as far as the resume rule reads it
+    write_run_config(checkpoint.parent, {"seed": 42})  # beside this task's checkpoints, as train.py writes it
     assert train.main(_argv(data_root, tiny_model_dir, tmp_path, "--max_steps", "2", "--resume")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "split.csv not found" in err and "--output_dir" in err

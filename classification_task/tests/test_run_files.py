@@ -1,4 +1,4 @@
-"""Atomic outputs and the run's provenance file."""
+"""Atomic outputs, the run's provenance file, and earlier runs."""
 
 import json
 import math
@@ -9,17 +9,15 @@ import pandas as pd
 import pytest
 
 from classification_task.common.run_files import (
-    OPERATING_POINT_JSON,
     RUN_CONFIG_JSON,
     atomic_output,
     check_fresh_run,
-    read_operating_point,
     remove_earlier_run,
     write_csv_atomic,
     write_json_atomic,
-    write_operating_point,
     write_run_config,
 )
+from classification_task.train import RESULT_FILES
 
 
 def test_write_json_atomic_writes_strict_json_with_nan_as_null(tmp_path):
@@ -48,52 +46,28 @@ def test_run_config_records_the_config_versions_and_commit(tmp_path):
     path = write_run_config(tmp_path, Config())
     assert path.name == RUN_CONFIG_JSON == "run_config.json"
     record = json.loads(path.read_text())
-    assert record["config"] == {"seed": 3, "model_id": "tiny"}
+    assert record["config"] == {"seed": 3, "model_id": "tiny"} and record["task"] == "classification_task"
     assert {"python", "torch", "transformers"} <= set(record["versions"])
     assert "git_commit" in record
 
 
 def test_check_fresh_run_refuses_an_earlier_run_unless_resumed_or_overwritten(tmp_path):
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
-    assert check_fresh_run(out, ckpt, resume=None, overwrite=False) == []  # nothing there yet
+    assert check_fresh_run(out, ckpt, resume=None, overwrite=False, results=RESULT_FILES) == []  # nothing there yet
     out.mkdir()
     (out / "split.csv").write_text("file_name,split\n")  # a split alone is no run
-    assert check_fresh_run(out, ckpt, resume=None, overwrite=False) == []
+    assert check_fresh_run(out, ckpt, resume=None, overwrite=False, results=RESULT_FILES) == []
     (out / "metrics.json").write_text("{}")
     (ckpt / "checkpoint-400").mkdir(parents=True)
     (ckpt / "best_adapter").mkdir()
     with pytest.raises(ValueError, match="--resume to continue it, add --overwrite to replace it") as error:
-        check_fresh_run(out, ckpt, resume=None, overwrite=False)
+        check_fresh_run(out, ckpt, resume=None, overwrite=False, results=RESULT_FILES)
     assert str(out) in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(ValueError, match="^(?!.*--resume).*--overwrite"):
-        check_fresh_run(out, None, resume=None, overwrite=False)  # evaluation only: no checkpoints
-    assert check_fresh_run(out, ckpt, resume="latest", overwrite=False) == []
-    found = check_fresh_run(out, ckpt, resume=None, overwrite=True)
+        check_fresh_run(out, None, resume=None, overwrite=False, results=RESULT_FILES)  # evaluation only
+    assert check_fresh_run(out, ckpt, resume="latest", overwrite=False, results=RESULT_FILES) == []
+    found = check_fresh_run(out, ckpt, resume=None, overwrite=True, results=RESULT_FILES)
     assert set(found) == {out / "metrics.json", ckpt / "checkpoint-400", ckpt / "best_adapter"}
     assert (out / "metrics.json").is_file()  # nothing removed until asked
     remove_earlier_run(found)
     assert [p.name for p in out.iterdir()] == ["split.csv"] and list(ckpt.iterdir()) == []
-
-
-OPERATING_POINT = {"model_kind": "medgemma_lora", "base_model": "google/medgemma-1.5-4b-it", "quantization": "nf4",
-                   "preprocessing": {"clip_low_pct": 0.5, "clip_high_pct": 99.5, "image_size_px": None},
-                   "thresholds": {"max_f1": 0.42, "spec_0.99": 0.9}, "default_threshold": "max_f1"}
-
-
-def test_operating_point_round_trips_and_is_written_atomically(tmp_path):
-    assert read_operating_point(tmp_path) is None and read_operating_point(None) is None
-    path = write_operating_point(tmp_path, OPERATING_POINT)
-    assert path == tmp_path / OPERATING_POINT_JSON
-    assert read_operating_point(tmp_path) == OPERATING_POINT
-    assert sorted(p.name for p in tmp_path.iterdir()) == [OPERATING_POINT_JSON]  # no temporary file left
-    with pytest.raises(ValueError, match="thresholds"):
-        write_operating_point(tmp_path, {key: value for key, value in OPERATING_POINT.items() if key != "thresholds"})
-    assert read_operating_point(tmp_path) == OPERATING_POINT  # a refused record leaves the file as it was
-
-
-@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"thresholds": 0.5}'])
-def test_a_damaged_operating_point_is_one_sentence_naming_the_file(tmp_path, text):
-    (tmp_path / OPERATING_POINT_JSON).write_text(text)
-    with pytest.raises(ValueError, match="operating_point.json .*; delete it to use the defaults") as raised:
-        read_operating_point(tmp_path)
-    assert str(tmp_path) in str(raised.value) and "\n" not in str(raised.value)

@@ -225,9 +225,30 @@ def test_a_fresh_run_refuses_to_replace_a_finished_run_unless_told(data_root, ti
     assert _snapshot(tmp_path / "out", tmp_path / "ckpt") == finished  # untouched
 
     assert train.main(argv + ["--max_steps", "2", "--overwrite"]) == 0
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best_adapter", "checkpoint-2"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best_adapter", "checkpoint-2", "run_config.json"]
     state = json.loads((tmp_path / "ckpt" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["max_steps"] == 2
     assert json.loads((tmp_path / "out" / "run_config.json").read_text())["config"]["max_steps"] == 2
     assert train.main(argv + ["--resume", "--overwrite"]) == 2
     assert "pass only one" in capsys.readouterr().err
+
+
+def test_resume_continues_only_a_run_of_this_task(data_root, tiny_model_dir, tmp_path, capsys):
+    """A missing folder, a run of the localizer, or checkpoints beside no run config: one sentence each."""
+    argv = _argv(data_root, tiny_model_dir, tmp_path, "--quantization", "none", "--max_steps", "2")
+    foreign = tmp_path / "localization" / "checkpoint-2"
+    foreign.mkdir(parents=True)
+    (foreign / "trainer_state.json").write_text("{}")
+    (foreign.parent / "run_config.json").write_text(json.dumps({"task": "localization_task", "config": {}}))
+    unrecorded = tmp_path / "ckpt" / "checkpoint-2"
+    unrecorded.mkdir(parents=True)
+    (unrecorded / "trainer_state.json").write_text("{}")
+    cases = {str(tmp_path / "nowhere"): ("is not a complete checkpoint", tmp_path / "nowhere"),
+             str(foreign): ("localization_task, not of classification_task", foreign.parent),
+             "latest": ("holds no run_config.json of a classification_task training run", unrecorded.parent)}
+    for resume, (phrase, folder) in cases.items():
+        capsys.readouterr()
+        assert train.main(argv + ["--resume", resume]) == 2, resume
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and phrase in err and f"{folder} " in err and "--resume" in err, err
+    assert not (tmp_path / "out").exists()

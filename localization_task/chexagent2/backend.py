@@ -124,7 +124,7 @@ def resolve_device(device: str) -> str:
     from localization_task.common.processes import process_device
 
     try:
-        return process_device(device)
+        return str(process_device(device))
     except ValueError as error:
         raise BackendUnavailable(str(error)) from None
 

@@ -21,8 +21,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from localization_task.evaluation.overlay import overlay_file_name, overlay_title, write_overlay
-from localization_task.common.run_files import FROC_PNG, OVERLAY_DIR, save_figure_atomic
+from localization_task.common.run_files import save_figure_atomic
 
+FROC_PNG, OVERLAY_DIR = "froc.png", "overlays"  # training's pictures of the test split
 FROC_FIGURE_IN = (6.0, 4.5)
 FROC_DPI = 100  # 600 x 450 px
 

@@ -19,7 +19,9 @@ from localization_task.heatmap.peaks import iter_peaks
 from localization_task.metrics import EvalConfig, EvalImages, evaluate, match_points, write_evaluation
 from localization_task.evaluation.plots import write_test_pictures
 from localization_task.evaluation.report import format_table
-from localization_task.common.run_files import PREDICTIONS_JSONL, RESULTS_CSV, write_records_jsonl, write_results_csv
+from localization_task.evaluation.predictions import (
+    PREDICTIONS_JSONL, RESULTS_CSV, write_records_jsonl, write_results_csv,
+)
 
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.01), 2)
 OPERATING_POINTS = {"count": "count accuracy", "f1": "F1"}  # which tuned threshold the predictions use

@@ -283,6 +283,21 @@ class HeatmapLocalizer(PreTrainedModel):
         return cls(config, encoder=encoder)
 
 
+def enable_activation_checkpointing(encoder: PreTrainedModel) -> None:
+    """Non-reentrant checkpointing of the encoder's layers: they keep only their inputs in the forward
+    pass and recompute the rest in backward.
+
+    Non-reentrant, because the reentrant kind gives no gradient to a segment
+    none of whose inputs requires one: with LoRA the patch embeddings are
+    frozen, so the LoRA weights inside the layers would silently stop learning.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(encoder, "activation_checkpointing_enable"):  # newer name; the old one warns there
+        encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def _image_size_px(encoder_config) -> int:
     size = encoder_config.image_size
     return size if isinstance(size, int) else size[0]

@@ -1,4 +1,4 @@
-"""Which device each inference process takes: process r of a launch runs on cuda:LOCAL_RANK.
+"""Which device each process takes: process r of a launch runs on cuda:LOCAL_RANK, inference and training alike.
 
 No GPU is needed: torch.cuda.is_available / device_count are replaced to describe a
 machine with GPUs, and only the chosen device string is checked.
@@ -41,13 +41,14 @@ def test_each_process_takes_its_own_gpu(gpus, monkeypatch, n_gpus, local_rank, a
     else:
         monkeypatch.setenv("LOCAL_RANK", local_rank)
     assert backends.resolve_device(asked) == expected
-    assert processes.process_device(asked) == expected
+    assert processes.process_device(asked) == torch.device(expected)
 
 
 def test_more_processes_than_gpus_is_one_sentence(gpus, monkeypatch):
     gpus(2)
     monkeypatch.setenv("LOCAL_RANK", "2")
-    with pytest.raises(backends.BackendUnavailable, match=r"LOCAL_RANK=2 but torch sees 2 GPU\(s\).*--nproc_per_node"):
+    too_many = r"LOCAL_RANK=2 but only 2 GPU\(s\) are visible.*--nproc_per_node"
+    with pytest.raises(backends.BackendUnavailable, match=too_many):
         backends.resolve_device("auto")
     gpus(0)
     with pytest.raises(ValueError, match="no CUDA GPU: use --device cpu or auto"):
@@ -71,3 +72,26 @@ def test_heatmap_localizer_loads_on_the_process_gpu(gpus, monkeypatch, tmp_path)
     monkeypatch.setenv("LOCAL_RANK", "5")
     with pytest.raises(DataError, match="LOCAL_RANK=5"):
         heatmap_backend.load_localizer(tmp_path / "best_model")
+
+
+@pytest.mark.parametrize("local_rank, expected", [(None, "cuda:0"), ("0", "cuda:0"), ("3", "cuda:3")])
+def test_each_training_process_works_on_the_gpu_of_its_local_rank(gpus, monkeypatch, local_rank, expected):
+    gpus(4)
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert processes.process_device() == torch.device(expected)
+
+
+def test_a_local_rank_past_the_visible_gpus_is_one_sentence(gpus, monkeypatch):
+    gpus(4)
+    monkeypatch.setenv("LOCAL_RANK", "4")
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=4 but only 4 GPU\(s\) are visible"):
+        processes.process_device()
+
+
+def test_without_cuda_every_process_is_on_the_cpu(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert processes.process_device() == torch.device("cpu")

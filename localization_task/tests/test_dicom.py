@@ -12,7 +12,7 @@ from PIL import Image
 from localization_task import inference, metrics
 from localization_task.dataset import image_size, load_preprocessed, read_grey, read_stretched
 from localization_task.heatmap.model import HeatmapLocalizer
-from localization_task.common.run_files import RESULTS_CSV
+from localization_task.evaluation.predictions import RESULTS_CSV
 from localization_task.tests.dicom_files import DATA_DIR, fixture_dicoms, write_dicom
 
 PNGS = sorted(p.name for p in DATA_DIR.glob("*.png"))

@@ -9,13 +9,13 @@ from localization_task.common.run_files import (
     JsonLineError,
     append_record,
     check_fresh_run,
-    check_resumable,
     iter_jsonl,
-    load_records,
     remove_earlier_run,
     write_png_atomic,
     write_run_config,
 )
+from localization_task.evaluation.predictions import check_resumable, load_records
+from localization_task.train import RESULT_FILES
 
 
 def _record(name, *points):
@@ -59,9 +59,10 @@ def test_a_line_that_is_not_a_record_is_one_sentence(tmp_path, line):
 
 
 def test_resume_checks_the_saved_settings(tmp_path):
-    write_run_config(tmp_path / "run_config.json", {"output_dir": tmp_path}, {"prompt": "p", "labels": ["n"]})
+    write_run_config(tmp_path, {"output_dir": tmp_path}, {"prediction_settings": {"prompt": "p", "labels": ["n"]}})
     saved = json.loads((tmp_path / "run_config.json").read_text())
     assert saved["config"] == {"output_dir": str(tmp_path)} and "git_commit" in saved and "versions" in saved
+    assert saved["task"] == "localization_task"
     records = {"a.png": _record("a.png")}
     check_resumable(tmp_path, records, {"prompt": "p", "labels": ("n",)})  # tuples match their JSON lists
     check_resumable(tmp_path, {}, {"prompt": "other"})  # nothing cached, nothing to mix
@@ -79,14 +80,14 @@ def test_png_is_written_in_one_step(tmp_path):
 
 def test_check_fresh_run_refuses_an_earlier_run_unless_resumed_or_overwritten(tmp_path):
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
-    assert check_fresh_run(out, ckpt, resume=None, overwrite=False) == []
+    assert check_fresh_run(out, ckpt, resume=None, overwrite=False, results=RESULT_FILES) == []
     out.mkdir()
     (out / "eval_summary.json").write_text("{}")
     (ckpt / "checkpoint-10").mkdir(parents=True)
     with pytest.raises(DataError, match="--resume to continue it, add --overwrite to replace it"):
-        check_fresh_run(out, ckpt, resume=None, overwrite=False)
-    assert check_fresh_run(out, ckpt, resume="latest", overwrite=False) == []
-    found = check_fresh_run(out, ckpt, resume=None, overwrite=True)
+        check_fresh_run(out, ckpt, resume=None, overwrite=False, results=RESULT_FILES)
+    assert check_fresh_run(out, ckpt, resume="latest", overwrite=False, results=RESULT_FILES) == []
+    found = check_fresh_run(out, ckpt, resume=None, overwrite=True, results=RESULT_FILES)
     assert set(found) == {out / "eval_summary.json", ckpt / "checkpoint-10"}
     remove_earlier_run(found)
     assert list(out.iterdir()) == [] and list(ckpt.iterdir()) == []

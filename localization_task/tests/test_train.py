@@ -232,6 +232,28 @@ def test_a_fresh_run_over_a_finished_one_is_refused_and_changes_nothing(trained,
     assert train.main(_argv(labelled_root, tiny_encoder, trained, "--resume", "--overwrite")) == 2
 
 
+def test_resume_continues_only_a_run_of_this_task(labelled_root, tiny_encoder, tmp_path, capsys):
+    """A missing folder, a run of the classifier, or checkpoints beside no run config: one sentence each."""
+    foreign = tmp_path / "classification" / "checkpoint-2"
+    foreign.mkdir(parents=True)
+    (foreign / "trainer_state.json").write_text("{}")
+    (foreign.parent / "run_config.json").write_text(json.dumps({"task": "classification_task", "config": {}}))
+    unrecorded = tmp_path / "ckpt" / "checkpoint-2"
+    unrecorded.mkdir(parents=True)
+    (unrecorded / "trainer_state.json").write_text("{}")
+    cases = {str(tmp_path / "nowhere"): ("is not a complete checkpoint", tmp_path / "nowhere"),
+             str(foreign): ("classification_task, not of localization_task", foreign.parent),
+             "latest": ("holds no run_config.json of a localization_task training run", unrecorded.parent)}
+    for resume, (phrase, folder) in cases.items():
+        capsys.readouterr()
+        assert train.main(_argv(labelled_root, tiny_encoder, tmp_path, "--resume", resume)) == 2, resume
+        lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+        errors = [line for line in lines if "error:" in line]
+        assert len(errors) == 1 and phrase in errors[0] and f"{folder} " in errors[0], errors
+        assert "--resume" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("task", ["classification_task", "localization_task"])
 def test_a_bad_flag_run_as_a_script_prints_exactly_one_line(task):
     """Run as scripts, the entry points import transformers: no library warning may join the error."""

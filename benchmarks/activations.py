@@ -1,60 +1,23 @@
-"""Training on GPUs: the device of each process, activation checkpointing, and activation memory.
+"""Activation memory of a training step, counted on every operator call (benchmarks only).
 
-- `process_device()`: the device a training process works on. Under a launcher
-  (`accelerate launch`, `torchrun`) process r is on `cuda:LOCAL_RANK`, which is
-  also where `transformers.Trainer` (through accelerate) puts its model; one
-  plain process is on `cuda:0`; without CUDA, the CPU.
-- `enable_activation_checkpointing(encoder)`: the encoder's layers keep only
-  their inputs in the forward pass and recompute the rest in backward
-  (non-reentrant `torch.utils.checkpoint`).
 - `ActivationMeter`: bytes of the tensors a forward pass leaves alive for
-  backward (and the peak through backward), counted on every operator call.
-  With `fake=True` the pass runs on fake tensors (same operators, shapes and
-  dtypes, no arithmetic), so a full-size encoder is measured on a CPU.
+  backward (and the peak through backward).
+- `training_step_bytes`: one training step of a model measured with it. With
+  `fake=True` the step runs on fake tensors (same operators, shapes and dtypes,
+  no arithmetic), so a full-size encoder is measured on a CPU.
+
+Both use private torch APIs (`TorchDispatchMode`, `FakeTensorMode`), which is
+why they live with the benchmarks and not in the product.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-
-
-def local_rank() -> int:
-    """This process's index on its machine (LOCAL_RANK, set by the launchers); 0 without one."""
-    value = os.environ.get("LOCAL_RANK", "0")
-    if not value.isdigit():
-        raise ValueError(f"LOCAL_RANK={value!r} is not a process index; unset it or launch with torchrun.")
-    return int(value)
-
-
-def process_device() -> torch.device:
-    """`cuda:LOCAL_RANK` when CUDA is there (never plain "cuda", which is GPU 0 for every process), else the CPU."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    rank = local_rank()
-    if rank >= torch.cuda.device_count():
-        raise ValueError(f"LOCAL_RANK={rank} but only {torch.cuda.device_count()} GPU(s) are visible; "
-                         "start at most one process per GPU.")
-    return torch.device("cuda", rank)
-
-
-def enable_activation_checkpointing(encoder) -> None:
-    """Non-reentrant checkpointing of the encoder's layers (a transformers model).
-
-    Non-reentrant, because the reentrant kind gives no gradient to a segment
-    none of whose inputs requires one: with LoRA the patch embeddings are
-    frozen, so the LoRA weights inside the layers would silently stop learning.
-    """
-    kwargs = {"use_reentrant": False}
-    if hasattr(encoder, "activation_checkpointing_enable"):  # newer name; the old one warns there
-        encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 class ActivationMeter(TorchDispatchMode):

@@ -1,0 +1,41 @@
+"""The activation meter the benchmarks use: what it counts, on real and on fake tensors, and what
+checkpointing saves by its count (the localizer pairs of localization_task/tests/test_checkpointing.py)."""
+
+import copy
+
+import pytest
+import torch
+
+from benchmarks.activations import ActivationMeter, training_step_bytes
+from localization_task.tests.test_checkpointing import build_pair, encoder_folder  # noqa: F401  (a fixture)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_checkpointing_keeps_fewer_activations(encoder_folder, mode):  # noqa: F811
+    plain, checkpointed = build_pair(encoder_folder, mode)
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    saved = {label: training_step_bytes(model, pixels, autocast_bf16=False, fake=False)["after_forward_bytes"]
+             for label, model in (("plain", plain), ("checkpointed", checkpointed))}
+    assert saved["checkpointed"] < 0.8 * saved["plain"]
+
+
+def test_the_fake_tensor_count_equals_the_count_of_a_real_step(encoder_folder):  # noqa: F811
+    _, checkpointed = build_pair(encoder_folder, "lora")
+    pixels = torch.randn(2, 3, 64, 64)
+    for autocast in (False, True):
+        real = training_step_bytes(checkpointed, pixels, autocast_bf16=autocast, fake=False)
+        fake = training_step_bytes(copy.deepcopy(checkpointed), pixels, autocast_bf16=autocast, fake=True)
+        for key in ("after_forward_bytes", "peak_bytes"):
+            assert fake[key] == pytest.approx(real[key], rel=0.02), key
+
+
+def test_the_meter_counts_live_tensors_made_inside_it_once():
+    before = torch.ones(1000)  # made outside: not counted
+    with ActivationMeter() as meter:
+        kept = before * 2  # 4,000 bytes, kept
+        view = kept[:10]  # a view: no new storage
+        temporary = kept + 1
+        del temporary
+        assert view.untyped_storage().nbytes() == 4000
+        assert meter.live_bytes() == 4000
+    assert meter.peak_bytes == 8000
