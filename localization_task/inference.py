@@ -54,7 +54,7 @@ from localization_task.chexagent2.backend import (
 from localization_task.chexagent2.parsing import DEFAULT_LABELS
 from localization_task.common import cli
 from localization_task.common.processes import Processes
-from localization_task.common.run_files import append_record, write_run_config
+from localization_task.common.run_files import RUN_CONFIG_JSON, append_record, write_run_config  # noqa: F401  (tests read it here)
 from localization_task.evaluation.predictions import (
     PREDICTIONS_JSONL,
     RESULTS_CSV,
