@@ -7,6 +7,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from classification_task.model import (
+    AnswerRows,
     PromptCollator,
     answer_logits,
     answer_positions,
@@ -44,6 +45,20 @@ def test_answer_logits_equal_the_full_logits_at_the_last_prompt_token(model_and_
         two = answer_logits(model, batch, ids)
     assert two.shape == (3, 2)
     assert torch.allclose(two, full[:, -1, ids], atol=1e-5)
+
+
+def test_the_answer_rows_give_a_row_the_same_logits_wherever_it_sits_in_the_batch():
+    """MKL's float32 GEMM on an AVX-512 CPU changes a row's last digits with its position when the
+    product has two columns and a narrow hidden size, as the tiny model's 64."""
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(5, 1, 64, generator=generator)
+    rows, bias = torch.randn(2, 64, generator=generator), torch.randn(2, generator=generator)
+    logits = AnswerRows(rows, bias)(hidden)
+    assert logits.shape == (5, 1, 2)
+    torch.testing.assert_close(logits, hidden @ rows.T + bias)
+    for shift in range(1, 5):
+        order = torch.roll(torch.arange(5), shift)
+        assert torch.equal(AnswerRows(rows, bias)(hidden[order]), logits[order])
 
 
 def test_right_padding_with_different_lengths_gives_the_same_p_nodule(model_and_processor):
