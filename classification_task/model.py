@@ -308,16 +308,24 @@ def p_nodule_from_logits(logits: torch.Tensor | np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- scoring
 
 
+def filled_up(images: list, batch_size: int | None) -> list:
+    """`images` followed by copies of its last one up to `batch_size` (their scores are dropped).
+
+    The kernels' results change in their last digits with the number of rows in
+    a forward pass, so every pass has the same number, and an image's score does
+    not depend on which batch it falls in (a resumed or shared run batches
+    differently from an uninterrupted one). Its position in the batch does not
+    matter either: see `row_by_row_product`.
+    """
+    return images + images[-1:] * (batch_size - len(images)) if images and batch_size else images
+
+
 class ScoringCollator:
     """PromptCollator over the readable images of a batch; unreadable ones are passed on as skipped.
 
     Items are dicts with an `image` (PIL image, or None when it could not be read,
     then with an `error`) and optionally a `file_name`. A batch with fewer than
-    `batch_size` readable images is filled up with copies of its last one (whose
-    scores are dropped): the kernels' results change in their last digits with
-    the number of rows, so every forward pass has the same number, and an image's
-    score does not depend on which batch it falls in (a resumed or shared run
-    batches differently from an uninterrupted one).
+    `batch_size` readable images is filled up to that size (see `filled_up`).
     """
 
     def __init__(self, processor, batch_size: int | None = None):
@@ -326,9 +334,7 @@ class ScoringCollator:
 
     def __call__(self, items: list[dict]) -> dict:
         readable = [item for item in items if item["image"] is not None]
-        images = [item["image"] for item in readable]
-        if images and self.batch_size:
-            images += images[-1:] * (self.batch_size - len(images))
+        images = filled_up([item["image"] for item in readable], self.batch_size)
         return {
             "inputs": self.prompts([{"image": image} for image in images]) if images else None,
             "file_names": [item.get("file_name") for item in readable],

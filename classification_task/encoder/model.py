@@ -54,7 +54,14 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from classification_task.model import compute_dtype, explained_load_errors, hub_token, p_nodule_from_logits
+from classification_task.model import (
+    compute_dtype,
+    explained_load_errors,
+    filled_up,
+    hub_token,
+    p_nodule_from_logits,
+    row_by_row_product,
+)
 
 CLASSIFIER_TYPE = "nodule_encoder_classifier"
 ENCODER_MODES = ("frozen", "lora", "full")
@@ -120,6 +127,14 @@ def build_encoder(encoder_config: dict) -> PreTrainedModel:
     return AutoModel.from_config(AutoConfig.for_model(encoder_config["model_type"], **settings))
 
 
+class RowByRowLinear(nn.Linear):
+    """nn.Linear (same parameters, same saved names) whose outputs are each summed on their own, so a
+    row's logits do not depend on its position in the batch (see `model.row_by_row_product`)."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return row_by_row_product(inputs, self.weight) + self.bias
+
+
 class EncoderClassifier(PreTrainedModel):
     """Encoder + head; `forward(pixel_values) -> logits (B, 2)`, float32, (No Finding, Nodule)."""
 
@@ -132,7 +147,7 @@ class EncoderClassifier(PreTrainedModel):
         super().__init__(config)
         self.encoder = encoder if encoder is not None else build_encoder(config.encoder_config)
         width = self.encoder.config.hidden_size * (2 if config.encoder_type == "dinov2" else 1)
-        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2))
+        self.head = nn.Sequential(nn.LayerNorm(width), RowByRowLinear(width, 2))
         self.post_init()
         # LoRA after post_init, which would otherwise overwrite the zero-initialised B matrices.
         if config.encoder_mode == "lora":
@@ -334,15 +349,21 @@ def encoder_logits(model, inputs: dict, answer_ids=None) -> torch.Tensor:
 
 
 class EncoderScoringCollator:
-    """EncoderCollator over the readable images of a batch; unreadable ones are passed on as skipped."""
+    """EncoderCollator over the readable images of a batch; unreadable ones are passed on as skipped.
 
-    def __init__(self, config: EncoderClassifierConfig):
+    A batch with fewer than `batch_size` readable images is filled up to that size, as MedGemma's
+    (see `model.filled_up`), so that a score does not depend on the batch the image falls in.
+    """
+
+    def __init__(self, config: EncoderClassifierConfig, batch_size: int | None = None):
         self.inputs = EncoderCollator(config)
+        self.batch_size = batch_size
 
     def __call__(self, items: list[dict]) -> dict:
         readable = [item for item in items if item["image"] is not None]
+        images = filled_up([item["image"] for item in readable], self.batch_size)
         return {
-            "inputs": self.inputs([{"image": item["image"]} for item in readable]) if readable else None,
+            "inputs": self.inputs([{"image": image} for image in images]) if images else None,
             "file_names": [item.get("file_name") for item in readable],
             "skipped": [(item["file_name"], item["error"]) for item in items if item["image"] is None],
         }
@@ -351,16 +372,20 @@ class EncoderScoringCollator:
 @torch.no_grad()
 def score_batches(model: EncoderClassifier, dataset: Dataset, batch_size: int = 8, num_workers: int = 0,
                   desc: str = "scoring") -> Iterator[tuple[list, np.ndarray, list[tuple[str, str]]]]:
-    """Per batch of `dataset`, in order: (file_names, p_nodule, skipped (file_name, error) pairs)."""
+    """Per batch of `dataset`, in order: (file_names, p_nodule, skipped (file_name, error) pairs).
+
+    Every forward pass holds `batch_size` images (see EncoderScoringCollator), so a score depends
+    on the image, the model and `batch_size`, not on the other images.
+    """
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=EncoderScoringCollator(model.config),
-                        num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size,
+                        collate_fn=EncoderScoringCollator(model.config, batch_size), num_workers=num_workers)
     device = next(model.parameters()).device
     with tqdm(total=len(dataset), desc=desc, unit="img") as progress:
         for batch in loader:
-            p_nodule = np.zeros(0)
+            n_scored, p_nodule = len(batch["file_names"]), np.zeros(0)
             if batch["inputs"] is not None:
                 logits = encoder_logits(model, {k: v.to(device) for k, v in batch["inputs"].items()})
-                p_nodule = p_nodule_from_logits(logits.cpu())
-            progress.update(len(batch["file_names"]) + len(batch["skipped"]))
+                p_nodule = p_nodule_from_logits(logits.cpu())[:n_scored]
+            progress.update(n_scored + len(batch["skipped"]))
             yield batch["file_names"], p_nodule, batch["skipped"]

@@ -140,3 +140,22 @@ def test_a_training_batch_of_unreadable_images_only_costs_nothing(tiny_dinov2_di
     assert loss.item() > 0
     empty = trainer.compute_loss(model, collate([bad]))
     assert empty.item() == 0 and empty.requires_grad
+
+
+def test_a_score_does_not_depend_on_the_batch_it_is_in(tiny_dinov2_dir):
+    """As MedGemma's: a resumed or shared run batches the images differently, and must give the same bytes.
+    The head's float32 product changed a row's last digits with its position in the batch on an AVX-512 CPU."""
+    model = new_classifier(str(tiny_dinov2_dir)).eval()
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (96, 80), dtype=np.uint8)).convert("RGB") for _ in range(8)]
+    items = [{"file_name": f"{i}.png", "image": image} for i, image in enumerate(images)]
+    bad = {"file_name": "bad.png", "image": None, "error": "OSError: x"}
+
+    def scores(order: list[dict]) -> dict[str, float]:
+        batches = score_batches(model, order, batch_size=3)
+        return {name: float(p) for names, p_nodule, _ in batches for name, p in zip(names, p_nodule)}
+
+    full_batches = scores(items + [items[0]])  # batches of 3
+    assert scores(items) == full_batches  # 3, 3, 2
+    assert scores([x for item in reversed(items) for x in (item, bad)]) == full_batches  # 2, 1, 2, ...
+    assert scores([bad, bad, *items]) == full_batches  # 1, 3, 3, 1
