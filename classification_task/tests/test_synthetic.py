@@ -159,7 +159,7 @@ def test_cli_rejects_bad_values_with_exit_2(tmp_path, capsys):
 
 def test_runs_as_a_script_path(tmp_path):
     out = tmp_path / "script"
-    command = [sys.executable, str(REPO_ROOT / "classification_task" / "synthetic.py"),
+    command = [sys.executable, str(REPO_ROOT / "classification_task" / "demo" / "synthetic.py"),
                "--out", str(out), "--n_images", "4", "--size_px", "48"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -3,7 +3,7 @@
 Writes a small, seeded stand-in for the challenge data so that training,
 inference and the tests run end to end without the real images:
 
-    python -m classification_task.demo.synthetic --out data/demo [--n_images 300] [--size_px 256] \
+    python classification_task/demo/synthetic.py --out data/demo [--n_images 300] [--size_px 256] \
         [--positive_rate 0.3] [--lidc_fraction 0.25] [--nodule_radius_frac 0.08] [--seed 0] \
         [--difficulty easy|hard] [--keypoint_fraction 1.0] [--overwrite]
 
@@ -42,7 +42,11 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from ..common import cli
+if not __package__:  # run as a file path (python <task>/demo/synthetic.py): import as the package module
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    __package__ = f"{Path(__file__).resolve().parents[1].name}.demo"
+
+from ..common import cli  # noqa: E402
 
 NIH_DIR = "nih_filtered_images"
 LIDC_DIR = "lidc_png_16_bit"
