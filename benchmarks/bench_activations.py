@@ -54,16 +54,23 @@ class ActivationBenchConfig:
             raise ValueError("--gpu_batches must all be at least 1.")
 
 
-def build_localizer(encoder_config, checkpointing: bool, device: str) -> HeatmapLocalizer:
-    """train.py's default localizer on this encoder architecture; memory left uninitialised on the CPU."""
+def build_localizer(encoder_config, checkpointing: bool, device: str, initialised: bool | None = None
+                    ) -> HeatmapLocalizer:
+    """train.py's default localizer on this encoder architecture, random weights.
+
+    Real steps (a GPU, or `initialised=True`) build it on the device itself: its buffers, such as
+    the encoders' position ids, must hold their values. The CPU counts run on fake tensors, so
+    there the memory is left uninitialised (meta, then empty), which is much quicker at full size.
+    """
     config = HeatmapLocalizerConfig(encoder_config=encoder_config.to_dict(), encoder_mode="lora",
                                     input_size_px=encoder_config.image_size)
-    with torch.device("meta"):
-        model = HeatmapLocalizer(config)
-    model = model.to_empty(device=device)
-    if device != "cpu":  # real steps need real numbers
-        for param in model.parameters():
-            torch.nn.init.normal_(param, std=0.02)
+    if device != "cpu" if initialised is None else initialised:
+        with torch.device(device):
+            model = HeatmapLocalizer(config)
+    else:
+        with torch.device("meta"):
+            model = HeatmapLocalizer(config)
+        model = model.to_empty(device=device)
     if checkpointing:
         enable_activation_checkpointing(model.encoder)
     return model

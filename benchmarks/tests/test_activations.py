@@ -39,3 +39,19 @@ def test_the_meter_counts_live_tensors_made_inside_it_once():
         assert view.untyped_storage().nbytes() == 4000
         assert meter.live_bytes() == 4000
     assert meter.peak_bytes == 8000
+
+
+def test_a_localizer_built_for_real_steps_keeps_its_position_ids():
+    """to_empty() after a meta build leaves buffers as garbage: the SigLIP tower's position ids then
+    index out of range (a device-side assert on a GPU). Real steps must build on the device."""
+    from transformers import SiglipVisionConfig
+
+    from benchmarks.bench_activations import build_localizer
+
+    tower = SiglipVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                               image_size=32, patch_size=8)
+    model = build_localizer(tower, checkpointing=False, device="cpu", initialised=True)
+    ids = dict(model.named_buffers())
+    position_ids = next(value for name, value in ids.items() if name.endswith("position_ids"))
+    assert torch.equal(position_ids.flatten(), torch.arange(position_ids.numel()))
+    assert torch.isfinite(model(torch.randn(1, 3, 32, 32))).all()
