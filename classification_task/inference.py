@@ -14,13 +14,17 @@ validation (docs/operating-point.md); a flag that asks for another set-up draws 
 Writes, in --output_dir:
   classification_test_results.csv    file_name,label,confidence (confidence = p(nodule);
                                      label Nodule when confidence >= --threshold), written atomically
-  run_config.json                    resolved config, the threshold and where it came from,
+  run_config.classification.json     resolved config, the threshold and where it came from,
                                      package versions, git commit
   unreadable_files.csv               file_name,error for files that could not be decoded (if any)
   .classification_partial.<key>.csv  the resume cache: file_name,confidence, one file per
                                      model/adapter/pre-processing, appended after every batch
+The localizer's inference may write into the same folder (README step 3): its
+files have other names, and this command reads none of them.
 Rerunning the same command scores only the images not yet in the cache (new or
-interrupted ones); the final CSV is rebuilt from the cache every time.
+interrupted ones; the cache's name, not a run record, says which scores fit);
+the final CSV and the run record are rewritten every time, so rerunning a
+finished run rewrites the same files.
 
 Several processes (one GPU each, or CPU processes) share the images:
 
@@ -58,9 +62,10 @@ from classification_task.dataset import INT_TO_LABEL, DataError, Preprocessing, 
 from classification_task.encoder.model import load_classifier
 from classification_task.model import MEDGEMMA_ID, answer_token_ids, load_processor, load_with_adapter
 from classification_task.common.processes import Processes
-from classification_task.common.run_files import write_csv_atomic, write_run_config
+from classification_task.common.run_files import inference_run_config_json, write_csv_atomic, write_run_config
 
 RESULTS_CSV = "classification_test_results.csv"
+RUN_CONFIG_JSON = inference_run_config_json("classification")  # the localizer's inference keeps its own
 UNREADABLE_CSV = "unreadable_files.csv"
 PARTIAL_PREFIX = ".classification_partial"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
@@ -316,7 +321,7 @@ def score_share(config: InferenceConfig, names: list[str], processes: Processes,
     mine = processes.share(pending)
     model, processor = load_model(config) if mine else (None, None)  # a failed load writes nothing
     if processes.rank == 0:
-        write_run_config(Path(config.output_dir), config, provenance)
+        write_run_config(Path(config.output_dir), config, provenance, RUN_CONFIG_JSON)
     rank = processes.rank if processes.count > 1 else None
     desc = "scoring" if rank is None else f"scoring, process {rank}"
     cache = PartialScores(partial_path(config, rank))

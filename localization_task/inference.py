@@ -28,8 +28,14 @@ Writes, in --output_dir (default outputs/localization):
   predictions.jsonl               one record per image; also the resume cache
   localization_test_results.csv   file_name,x,y,confidence (rebuilt from the
                                   JSONL, written atomically)
-  run_config.json                 resolved config, package versions, git commit
-Rerunning the same command skips images already in predictions.jsonl.
+  run_config.localization.json    resolved config, prediction settings,
+                                  package versions, git commit
+(several processes: each appends to predictions.rank<R>.jsonl, merged at the end).
+The classifier's inference may write into the same folder (README step 3): its
+files have other names and are not read, except the CSV given as --gate_csv.
+Rerunning the same command skips images already in predictions.jsonl, if the
+prediction settings are those in run_config.localization.json (the only record
+it reads); rerunning a finished run rewrites the same files.
 """
 from __future__ import annotations
 
@@ -54,10 +60,11 @@ from localization_task.chexagent2.backend import (
 from localization_task.chexagent2.parsing import DEFAULT_LABELS
 from localization_task.common import cli
 from localization_task.common.processes import Processes
-from localization_task.common.run_files import RUN_CONFIG_JSON, append_record, write_run_config  # noqa: F401  (tests read it here)
+from localization_task.common.run_files import append_record, write_run_config
 from localization_task.evaluation.predictions import (
     PREDICTIONS_JSONL,
     RESULTS_CSV,
+    RUN_CONFIG_JSON,
     all_records,
     check_resumable,
     merge_caches,
@@ -338,7 +345,7 @@ def run(config: InferenceConfig, processes: Processes) -> int:
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     if processes.rank == 0:
-        write_run_config(config.output_dir, config, {"prediction_settings": settings})
+        write_run_config(config.output_dir, config, {"prediction_settings": settings}, RUN_CONFIG_JSON)
     pending = processes.share(todo)
     cache = processes.own_file(config.output_dir / PREDICTIONS_JSONL)
     try:

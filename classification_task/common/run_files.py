@@ -3,7 +3,10 @@
 Every output is written beside its target and moved into place in one step
 (temp file, then `os.replace`), so readers never see half a file and a crash
 leaves the previous version intact. `run_config.json` records the task, the
-resolved config, package versions and git commit. A fresh training run
+resolved config, package versions and git commit of a training run; an
+inference run names its record by task (`run_config.classification.json`,
+`run_config.localization.json`), since both tasks' inference may write into
+one folder and neither may replace the other's record. A fresh training run
 refuses to start over an earlier run's checkpoints or results unless told to
 continue (`--resume`) or to replace them (`--overwrite`): `check_fresh_run`.
 `--resume` continues only a run of this task's train.py: the checkpoint
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 TASK = __name__.split(".")[0]  # "classification_task" or "localization_task": the file is the same in both
-RUN_CONFIG_JSON = "run_config.json"
+RUN_CONFIG_JSON = "run_config.json"  # a training run's; an inference run's is inference_run_config_json(task)
 TRAINER_STATE_JSON = "trainer_state.json"  # the Trainer writes it last into each checkpoint folder
 CHECKPOINT_FOLDERS = ("checkpoint-*", "best_adapter", "best_model")  # what a training run leaves in its checkpoint_dir
 PACKAGES = ("numpy", "scipy", "pandas", "scikit-learn", "pillow", "torch", "transformers", "peft", "bitsandbytes",
@@ -140,6 +143,12 @@ def run_info() -> dict:
     return {"git_commit": git_commit(), "versions": package_versions()}
 
 
+def inference_run_config_json(task: str) -> str:
+    """The name of an inference run's record, `run_config.<task>.json`: README step 3 sends both tasks'
+    inference into one folder, and each run's resume check must find its own task's record there."""
+    return f"run_config.{task}.json"
+
+
 def run_config_record(config, extra: dict | None = None) -> dict:
     """What `run_config.json` holds: the task, the config as resolved (a dataclass or a dict), `extra`
     entries (e.g. where a threshold came from), versions and commit. No secrets are in it."""
@@ -147,17 +156,18 @@ def run_config_record(config, extra: dict | None = None) -> dict:
     return _jsonable({"task": TASK, "config": fields, **(extra or {}), **run_info()})
 
 
-def write_run_config(folder: str | os.PathLike, config, extra: dict | None = None) -> Path:
-    """`run_config.json` in `folder` (see `run_config_record`)."""
-    return write_json_atomic(Path(folder) / RUN_CONFIG_JSON, run_config_record(config, extra))
+def write_run_config(folder: str | os.PathLike, config, extra: dict | None = None,
+                     name: str = RUN_CONFIG_JSON) -> Path:
+    """The record `name` (by default `run_config.json`) in `folder` (see `run_config_record`)."""
+    return write_json_atomic(Path(folder) / name, run_config_record(config, extra))
 
 
-def read_run_config(folder: str | os.PathLike, fix: str) -> dict | None:
-    """The record `write_run_config` left in `folder`; None when there is none.
+def read_run_config(folder: str | os.PathLike, fix: str, name: str = RUN_CONFIG_JSON) -> dict | None:
+    """The record `write_run_config` left in `folder` as `name`; None when there is none.
 
     A file that is not such a record raises DataError naming it and `fix`.
     """
-    path = Path(folder) / RUN_CONFIG_JSON
+    path = Path(folder) / name
     if not path.is_file():
         return None
     try:

@@ -173,7 +173,7 @@ def test_cli_on_real_radiographs(tiny_model_dir, tmp_path):
     assert frame["file_name"].tolist() == sorted(p.name for p in DATA_DIR.glob("*.png"))
     assert frame["confidence"].between(0, 1).all()
     assert (frame["label"] == np.where(frame["confidence"] >= 0.5, "Nodule", "No Finding")).all()
-    assert (out / "run_config.json").is_file()
+    assert (out / "run_config.classification.json").is_file()
 
 
 def test_corrupt_file_is_skipped_and_counted(tiny_model_dir, tmp_path, capsys):
@@ -227,7 +227,7 @@ def _with_operating_point(adapter_dir, tmp_path, model_dir, **changes) -> Path:
 
 
 def _run_config(output_dir) -> dict:
-    return json.loads((Path(output_dir) / "run_config.json").read_text())
+    return json.loads((Path(output_dir) / inference.RUN_CONFIG_JSON).read_text())
 
 
 def test_an_adapter_without_operating_point_keeps_the_old_defaults_with_a_note(tiny_model_dir, adapter_dir,

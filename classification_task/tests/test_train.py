@@ -187,9 +187,9 @@ def test_inference_then_metrics_cli_reproduce_the_training_test_metrics(data_roo
     assert point["preprocessing"] == {"clip_low_pct": 0.5, "clip_high_pct": 99.5, "image_size_px": None}
     assert inference.main(["--input_dir", str(data_root), "--recursive", "--output_dir", str(tmp_path / "inf"),
                            "--adapter", str(adapter), "--num_workers", "0"]) == 0
-    # Labelled at the threshold tuned on validation, which run_config.json names.
+    # Labelled at the threshold tuned on validation, which the inference run's record names.
     tuned = point["thresholds"]["max_f1"]
-    assert json.loads((tmp_path / "inf" / "run_config.json").read_text())["threshold"]["value"] == tuned
+    assert json.loads((tmp_path / "inf" / inference.RUN_CONFIG_JSON).read_text())["threshold"]["value"] == tuned
     scored = pd.read_csv(tmp_path / "inf" / "classification_test_results.csv")
     assert (scored["label"] == np.where(scored["confidence"] >= tuned, "Nodule", "No Finding")).all()
     assert metrics.main(["--labels", str(out / "test_labels.csv"), "--bootstrap", "0",

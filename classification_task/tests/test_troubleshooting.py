@@ -175,7 +175,7 @@ def _(tmp, data_root, model_dir):
     return _inference(DATA_DIR, tmp / "not_a_model", tmp)
 
 
-@case("no readable image", "could be read", allowed=("out/run_config.json", "out/unreadable_files.csv"))
+@case("no readable image", "could be read", allowed=("out/run_config.classification.json", "out/unreadable_files.csv"))
 def _(tmp, data_root, model_dir):
     (tmp / "images").mkdir()
     (tmp / "images" / "broken.png").write_bytes(b"not a png")

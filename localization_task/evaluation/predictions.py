@@ -4,9 +4,11 @@
 `{"x", "y", "confidence"}` in original pixels) and is also inference's resume
 cache: records are appended and flushed one by one, and a rerun skips the
 images it already holds, if its prediction settings are those saved in the
-run config (`check_resumable`). Several processes each append to their own
-cache (`Processes.own_file`); process 0 merges them (`merge_caches`). The
-submission CSV is rebuilt from the records every time.
+run's own record, `run_config.localization.json` (`check_resumable`; the
+classifier's inference may share the folder and keeps its own record).
+Several processes each append to their own cache (`Processes.own_file`);
+process 0 merges them (`merge_caches`). The submission CSV is rebuilt from
+the records every time.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from pathlib import Path
 from localization_task.common.errors import DataError
 from localization_task.common.processes import rank_files
 from localization_task.common.run_files import (
-    RUN_CONFIG_JSON, JsonLineError, iter_jsonl, read_run_config, write_text_atomic,
+    JsonLineError, inference_run_config_json, iter_jsonl, read_run_config, write_text_atomic,
 )
 
 PREDICTIONS_JSONL = "predictions.jsonl"
 RESULTS_CSV = "localization_test_results.csv"
+RUN_CONFIG_JSON = inference_run_config_json("localization")  # the inference run's record
 
 
 def load_records(path: Path) -> dict[str, dict]:
@@ -68,7 +71,7 @@ def check_resumable(output_dir: Path, records: dict, settings: dict) -> None:
     if not records or not (output_dir / RUN_CONFIG_JSON).is_file():
         return
     fix = "delete it, or use another --output_dir"
-    saved = read_run_config(output_dir, fix).get("prediction_settings")
+    saved = read_run_config(output_dir, fix, RUN_CONFIG_JSON).get("prediction_settings")
     if not isinstance(saved, dict):
         raise DataError(f"{output_dir / RUN_CONFIG_JSON} is not a run config written by this tool: {fix}.")
     current = json.loads(json.dumps(settings))

@@ -92,7 +92,7 @@ def test_chexagent2_end_to_end_in_bfloat16(python, model_dir, images, tmp_path):
     records = {r["file_name"]: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
     assert records["spot.png"]["response"].startswith("<|ref|>Nodule/Mass<|/ref|><|box|>(")
     assert records["gradient.png"]["response"].startswith("No nodule/mass detected.")
-    run_config = json.loads((out / "run_config.json").read_text())
+    run_config = json.loads((out / "run_config.localization.json").read_text())
     assert run_config["versions"]["transformers"] == "4.40.0"
     assert run_config["prediction_settings"]["dtype"] == "bfloat16"
 

@@ -14,7 +14,7 @@ from localization_task.common.run_files import (
     write_png_atomic,
     write_run_config,
 )
-from localization_task.evaluation.predictions import check_resumable, load_records
+from localization_task.evaluation.predictions import RUN_CONFIG_JSON, check_resumable, load_records
 from localization_task.train import RESULT_FILES
 
 
@@ -59,8 +59,9 @@ def test_a_line_that_is_not_a_record_is_one_sentence(tmp_path, line):
 
 
 def test_resume_checks_the_saved_settings(tmp_path):
-    write_run_config(tmp_path, {"output_dir": tmp_path}, {"prediction_settings": {"prompt": "p", "labels": ["n"]}})
-    saved = json.loads((tmp_path / "run_config.json").read_text())
+    write_run_config(tmp_path, {"output_dir": tmp_path}, {"prediction_settings": {"prompt": "p", "labels": ["n"]}},
+                     RUN_CONFIG_JSON)
+    saved = json.loads((tmp_path / "run_config.localization.json").read_text())
     assert saved["config"] == {"output_dir": str(tmp_path)} and "git_commit" in saved and "versions" in saved
     assert saved["task"] == "localization_task"
     records = {"a.png": _record("a.png")}

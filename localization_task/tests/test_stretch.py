@@ -66,7 +66,7 @@ def test_heatmap_inference_uses_the_models_own_stretch_and_warns_on_another(tiny
     assert not _same(by_default, asked_other)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
     assert len(warnings) == 1 and "--clip_low_pct 0.5 (trained with 10)" in warnings[0]
-    run_config = json.loads((tmp_path / "default" / "run_config.json").read_text())
+    run_config = json.loads((tmp_path / "default" / inference.RUN_CONFIG_JSON).read_text())
     assert [run_config["config"]["clip_low_pct"], run_config["config"]["clip_high_pct"]] == list(MODEL_CLIP)
 
 

@@ -82,7 +82,7 @@ def _(tmp, monkeypatch):
     return _infer(tmp, "--backend", "scripted")
 
 
-@case("no readable image", "could be read: check the files", allowed=("out/run_config.json",))
+@case("no readable image", "could be read: check the files", allowed=("out/run_config.localization.json",))
 def _(tmp, monkeypatch):
     (tmp / "images").mkdir()
     (tmp / "images" / "broken.png").write_bytes(b"not a png")
