@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from classification_task.common.dicom import is_dicom, read_dicom_grey
-from classification_task.common.errors import DataError  # noqa: F401  (re-exported: callers import it from here)
+from classification_task.common.errors import DataError, safe_join
 from classification_task.common.percentiles import integer_percentiles
 from classification_task.common.run_files import atomic_output
 
@@ -40,19 +40,6 @@ PLAIN_NAME = re.compile(r"[^/\\:]+")  # no folder part, no drive: safe_join acce
 
 
 # ----------------------------------------------------------------------------- labels
-
-
-def safe_join(folder: Path, file_name: str) -> Path:
-    """`folder / file_name`, refusing names that would escape `folder`.
-
-    The check is on the name itself (no leading '/', drive or '..'), so images
-    that are symlinks into a data store are still accepted.
-    """
-    posix, windows = PurePosixPath(file_name), PureWindowsPath(file_name)
-    if not file_name.strip() or posix.is_absolute() or windows.drive or windows.is_absolute() \
-            or ".." in posix.parts or ".." in windows.parts:
-        raise DataError(f"file name {file_name!r} points outside {folder}; use names relative to the image folder.")
-    return folder / posix
 
 
 def resolve_image_path(data_root: Path, file_name: str) -> Path | None:

@@ -54,6 +54,7 @@ from classification_task.common import cli
 from classification_task import classifiers
 
 from classification_task.evaluation import operating_point
+from classification_task.common.errors import IMAGE_SUFFIXES
 from classification_task.dataset import INT_TO_LABEL, DataError, Preprocessing, load_image, safe_join
 from classification_task.encoder.model import load_classifier
 from classification_task.model import MEDGEMMA_ID, answer_token_ids, load_processor, load_with_adapter
@@ -63,7 +64,6 @@ from classification_task.common.run_files import write_csv_atomic, write_run_con
 RESULTS_CSV = "classification_test_results.csv"
 UNREADABLE_CSV = "unreadable_files.csv"
 PARTIAL_PREFIX = ".classification_partial"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 
 
 @dataclass

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from localization_task.common.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_grey, read_dicom_header
-from localization_task.common.errors import DataError  # noqa: F401  (re-exported: callers import it from here)
+from localization_task.common.dicom import is_dicom, read_dicom_grey, read_dicom_header
+from localization_task.common.errors import IMAGE_SUFFIXES, DataError, safe_join
 from localization_task.common.percentiles import histogram_percentiles
 
 
@@ -42,7 +42,6 @@ LOCALIZATION_CSV = "localization_labels.csv"
 IMAGE_DIRS: tuple[str, ...] = ("nih_filtered_images", "lidc_png_16_bit")
 LABEL_TO_INT = {"No Finding": 0, "Nodule": 1}
 NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)  # PPPPPPPP_FFF.png
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
 DEFAULT_CLIP_LOW_PCT = 0.5
 DEFAULT_CLIP_HIGH_PCT = 99.5
 
@@ -50,24 +49,6 @@ _UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 # --- file names -------------------------------------------------------------
-
-
-def safe_join(folder: Path, file_name: str) -> Path:
-    """`folder / file_name`, refusing names that could leave `folder`."""
-    posix, windows = PurePosixPath(file_name), PureWindowsPath(file_name)
-    if (
-        not file_name.strip()
-        or posix.is_absolute()
-        or windows.is_absolute()
-        or windows.drive
-        or ".." in posix.parts
-        or ".." in windows.parts
-    ):
-        raise DataError(
-            f"file name {file_name!r} would escape its image folder {folder}: "
-            "use a plain path relative to that folder, without '..' or a leading '/'."
-        )
-    return folder / posix
 
 
 def image_size(path: Path) -> tuple[int, int]:
