@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from classification_task.common.dicom import is_dicom, read_dicom_grey
 from classification_task.common.errors import DataError, safe_join
-from classification_task.common.percentiles import integer_percentiles
+from classification_task.common.percentiles import exact_percentiles
 from classification_task.common.run_files import atomic_output
 
 LABELS_CSV = "classification_labels.csv"
@@ -174,12 +174,7 @@ def read_grey(path: str | Path) -> np.ndarray:
 
 def clip_bounds(pixels: np.ndarray, low_pct: float, high_pct: float) -> tuple[float, float]:
     """The [low_pct, high_pct] percentiles of an image, exactly as np.percentile gives them."""
-    # The histogram fallback needs one bin per value: fine for 8/16-bit, not for wide 32-bit.
-    if pixels.dtype in (np.uint8, np.uint16) or (
-            np.issubdtype(pixels.dtype, np.integer) and pixels.min() >= 0 and pixels.max() < 65536):
-        low, high = integer_percentiles(pixels, (low_pct, high_pct))
-        return low, high
-    low, high = (float(v) for v in np.percentile(pixels, (low_pct, high_pct)))
+    low, high = exact_percentiles(pixels, (low_pct, high_pct))
     return low, high
 
 

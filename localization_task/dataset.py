@@ -17,9 +17,9 @@ with their keypoints; `heatmap/data.py` turns its rows into training items.
 
 Pre-processing (what the CheXagent-2 reference did): any PNG/JPEG mode, or a
 DICOM's display values (`dicom.py`), -> grey -> per-image percentile clip (0.5 / 99.5 %) -> rescale to 0-255 uint8 -> RGB.
-The percentiles come from an integer histogram (`percentiles.py`), so a 16-bit
-2k x 2k image costs one `np.bincount` instead of a sort, and they equal
-`np.percentile(..., method="linear")` exactly.
+The percentiles come from the tails of an integer image (`common/percentiles.py`),
+so a 16-bit 2k x 2k image costs no sort, and they equal `np.percentile(..., method="linear")`
+exactly.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from PIL import Image
 
 from localization_task.common.dicom import is_dicom, read_dicom_grey, read_dicom_header
 from localization_task.common.errors import IMAGE_SUFFIXES, DataError, safe_join
-from localization_task.common.percentiles import histogram_percentiles
+from localization_task.common.percentiles import exact_percentiles
 
 
 DEFAULT_DATA_ROOT = Path("data/nodulocc")
@@ -306,7 +306,7 @@ def percentile_clip_to_uint8(
     clip_high_pct: float = DEFAULT_CLIP_HIGH_PCT,
 ) -> np.ndarray:
     """Clip to the image's own percentiles and stretch linearly to 0-255."""
-    low, high = histogram_percentiles(grey, [clip_low_pct, clip_high_pct])
+    low, high = exact_percentiles(grey, (clip_low_pct, clip_high_pct))
     if grey.dtype in (np.uint8, np.uint16):
         # Integer image: map through a lookup table (one entry per grey level).
         lut = _rescale_to_uint8(np.arange(int(grey.max()) + 1, dtype=np.float64), low, high)
