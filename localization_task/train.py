@@ -192,14 +192,12 @@ def _split(frame: pd.DataFrame, kinds, config: TrainConfig):
 
 
 def build_model(config: TrainConfig) -> HeatmapLocalizer:
-    from localization_task.heatmap.model import hub_token
-
     set_seed(config.seed)  # the head is drawn here, before the Trainer seeds anything
     model = HeatmapLocalizer.from_encoder(
         config.encoder, encoder_mode=config.encoder_mode, input_size_px=config.input_size_px,
         stride=config.stride, head_channels=config.head_channels, stem_channels=config.stem_channels,
         lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        clip_pct=(config.clip_low_pct, config.clip_high_pct), token=hub_token(),
+        clip_pct=(config.clip_low_pct, config.clip_high_pct),
     )
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.encoder)
