@@ -225,6 +225,9 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         max_steps=config.max_steps,
         optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
         bf16=bf16,
+        # Without CUDA, say so: accelerate then joins the processes of a launch into one data-parallel
+        # run (gloo); otherwise each process would train a replica of its own on all the data.
+        use_cpu=not torch.cuda.is_available(),
         eval_strategy="steps",
         eval_steps=config.eval_steps,
         save_strategy="steps",
@@ -238,7 +241,9 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         dataloader_num_workers=config.num_workers,
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
-        ddp_find_unused_parameters=False,
+        # A fully trained encoder holds weights its forward never uses (Dinov2's mask token, a SigLIP
+        # pooling head): data-parallel training must be told to look for them, or it stops at step 2.
+        ddp_find_unused_parameters=config.encoder_mode == "full",
         seed=config.seed,
     )
 
