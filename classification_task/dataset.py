@@ -224,7 +224,7 @@ class RadiographDataset(Dataset):
 
     An image that cannot be decoded (missing, truncated, not an image) gives
     image None with the reason in `error`, so that one bad file does not end a
-    run: the collator leaves it out and the run counts it (see unreadable.py).
+    run: the collator leaves it out and the run counts it (see common/unreadable.py).
     """
 
     def __init__(self, frame: pd.DataFrame, prep: Preprocessing = Preprocessing(), cache_dir: str | None = None):

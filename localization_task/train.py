@@ -33,7 +33,6 @@ from typing import Literal
 
 import pandas as pd
 import torch
-from accelerate.utils import gather_object
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from localization_task.common import cli
@@ -41,7 +40,7 @@ from localization_task.demo.preset import DEMO_DEFAULTS, prepare_demo
 from localization_task.heatmap.augment import train_augmentation
 from localization_task.dataset import (
     DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT, LOCALIZATION_CSV, DataError, check_keypoints_inside,
-    load_localization_data,
+    load_localization_data, read_grey,
 )
 from localization_task.evaluation.inputs import read_gate_csv
 from localization_task.common.processes import process_device
@@ -67,6 +66,7 @@ from localization_task.split import (
     KIND_NAMES, SPLITS, image_kinds, read_split_file, split_by_patient, widen_validation,
 )
 from localization_task.heatmap.trainer import HeatmapTrainer, metrics_function
+from localization_task.common.unreadable import UnreadableImages
 from localization_task.heatmap.data import HeatmapDataset, ItemSettings, collate, evaluation_rows
 
 METRICS_FOR_BEST = ("f1_tolerant", "f1_tight", "count_accuracy", "loss")
@@ -248,7 +248,8 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
     )
 
 
-def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict) -> HeatmapTrainer:
+def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict,
+                  unreadable: UnreadableImages) -> HeatmapTrainer:
     settings = item_settings(config, model)
     val_rows = evaluation_rows(frames["val"], config.eval_negatives, seed=config.seed)
     callbacks = [run_config_callback(config)]  # --resume accepts the checkpoints beside it
@@ -268,7 +269,7 @@ def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict) ->
         negatives_per_keypointed=config.negatives_per_keypointed,
         max_points=config.max_points,
         sampler_seed=config.seed,
-        max_unreadable_frac=config.max_unreadable_frac,
+        unreadable=unreadable,
     )
 
 
@@ -284,13 +285,14 @@ def save_model_atomic(model: HeatmapLocalizer, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict) -> list[tuple[str, str]]:
+def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict,
+                     unreadable: UnreadableImages) -> None:
     """The best checkpoint on validation (thresholds) and test (metrics); saved with its thresholds.
 
-    Returns the (file, reason) of images that could not be read."""
+    Images that cannot be read go to `unreadable` (too many stop the run before anything is reported)."""
     model = model.to(process_device())  # where the Trainer left it: cuda:LOCAL_RANK, never plain "cuda"
     settings = item_settings(config, model)
-    splits, unreadable = {}, []
+    splits = {}
     for name in ("val", "test"):
         # Every negative of both splits: thresholds are tuned on the mix they are applied to.
         rows = evaluation_rows(frames[name], None, seed=config.seed)
@@ -298,7 +300,7 @@ def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict)
         dataset = HeatmapDataset(rows, settings, skip_unreadable=True)
         splits[name], skipped = predict_split(model, rows, dataset, config.eval_batch_size, config.max_points,
                                               config.num_workers, desc=name)
-        unreadable += skipped
+        unreadable.record(skipped)
     best_dir = Path(config.checkpoint_dir) / "best_model"
     gate = read_gate_csv(config.gate_csv, config.gate_threshold) if config.gate_csv else None
     report_test(model, splits["val"], splits["test"],
@@ -307,7 +309,6 @@ def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict)
                 operating_point=config.operating_point, gate=gate, paths=paths, n_overlays=config.n_overlays)
     save_model_atomic(model, best_dir)
     print(f"best model ({config.metric_for_best}) with its tuned thresholds saved to {best_dir}")
-    return unreadable
 
 
 def write_split(config: TrainConfig, frames: dict) -> None:
@@ -319,14 +320,14 @@ def write_split(config: TrainConfig, frames: dict) -> None:
     write_text_atomic(path, split.to_csv(index=False))
 
 
-def report_unreadable(output_dir: Path, unreadable: list[tuple[str, str]]) -> None:
-    """unreadable_files.csv (file, reason) beside the results; none: no file (an old list would mislead)."""
-    path = output_dir / "unreadable_files.csv"
-    if not unreadable:
-        path.unlink(missing_ok=True)
-        return
-    write_text_atomic(path, pd.DataFrame(unreadable, columns=["file", "error"]).to_csv(index=False))
-    print(f"skipped {len(unreadable)} unreadable image(s), listed in {path}; e.g. {unreadable[0][0]}")
+def unreadable_images(config: TrainConfig, frames: dict, first: bool) -> UnreadableImages:
+    """The run's list of unreadable images, counted against --max_unreadable_frac of all its images;
+    a resumed run starts from the list it had, less the files that read now."""
+    paths = {name: path for part in frames.values() for name, path in zip(part["file_name"], part["path"])}
+    unreadable = UnreadableImages(config.output_dir, len(paths), config.max_unreadable_frac, write=first)
+    if config.resume:
+        unreadable.carry_over(paths, read_grey)
+    return unreadable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,16 +350,18 @@ def main(argv: list[str] | None = None) -> int:
             remove_earlier_run(earlier)
             write_split(config, frames)
             write_run_config(config.output_dir, config)
-        trainer = build_trainer(config, model, frames)
+        unreadable = unreadable_images(config, frames, first)
+        trainer = build_trainer(config, model, frames, unreadable)
         trainer.train(resume_from_checkpoint=resume_from)
-        # Every process skipped its own share of unreadable training images: gather them all.
-        skipped = sorted(set(gather_object(list(trainer.unreadable.items()))))
         if not (first and trainer.is_world_process_zero()):
             return 0
-        report_unreadable(Path(config.output_dir), skipped + final_evaluation(config, trainer.model, frames))
+        final_evaluation(config, trainer.model, frames, unreadable)
+        unreadable.save()
     except (DataError, ValueError) as err:
         print(f"error: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
         return 2
+    if unreadable.errors:
+        print(unreadable.summary())
     print(f"results written to {config.output_dir}")
     return 0
 
