@@ -63,14 +63,14 @@ from localization_task.common.run_files import (
 from localization_task.evaluation.plots import FROC_PNG, OVERLAY_DIR
 from localization_task.evaluation.predictions import PREDICTIONS_JSONL, RESULTS_CSV
 from localization_task.split import (
-    KIND_NAMES, SPLITS, image_kinds, read_split_file, split_by_patient, widen_validation,
+    KIND_NAMES, image_kinds, read_split_file, split_by_patient, widen_validation,
 )
 from localization_task.heatmap.trainer import HeatmapTrainer, metrics_function
+from localization_task.common.split_file import SPLIT_CSV, SPLITS, split_table
 from localization_task.common.unreadable import UnreadableImages
 from localization_task.heatmap.data import HeatmapDataset, ItemSettings, collate, evaluation_rows
 
 METRICS_FOR_BEST = ("f1_tolerant", "f1_tight", "count_accuracy", "loss")
-SPLIT_CSV = "split.csv"
 # What a training run leaves in its output folder (its checkpoint folder: run_files.CHECKPOINT_FOLDERS).
 RESULT_FILES = (RUN_CONFIG_JSON, "eval_summary.json", "per_image_metrics.csv", RESULTS_CSV, PREDICTIONS_JSONL,
                 "unreadable_files.csv", FROC_PNG, OVERLAY_DIR)
@@ -312,11 +312,11 @@ def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict,
 
 
 def write_split(config: TrainConfig, frames: dict) -> None:
-    """split.csv (file_name,split, as the classifier writes it), once: a resumed run keeps the first one."""
+    """split.csv (common/split_file.py: the classifier's schema), once: a resumed run keeps the first one."""
     path = Path(config.output_dir) / SPLIT_CSV
     if config.resume and path.is_file():
         return
-    split = pd.concat([frames[name][["file_name", "split"]] for name in SPLITS])
+    split = split_table(pd.concat([frames[name] for name in SPLITS]))
     write_text_atomic(path, split.to_csv(index=False))
 
 
