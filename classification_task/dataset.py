@@ -30,12 +30,12 @@ from classification_task.common.dicom import is_dicom, read_dicom_grey
 from classification_task.common.errors import DataError, safe_join
 from classification_task.common.percentiles import exact_percentiles
 from classification_task.common.run_files import atomic_output
+from classification_task.common.split_file import patient_id
 
 LABELS_CSV = "classification_labels.csv"
 IMAGE_FOLDERS = ("nih_filtered_images", "lidc_png_16_bit")
 LABEL_TO_INT = {"No Finding": 0, "Nodule": 1}
 INT_TO_LABEL = {v: k for k, v in LABEL_TO_INT.items()}
-NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)
 PLAIN_NAME = re.compile(r"[^/\\:]+")  # no folder part, no drive: safe_join accepts it unless it is ".."
 
 
@@ -128,16 +128,6 @@ def find_image_paths(data_root: Path, file_names: list[str]) -> list[str | None]
         path = resolve_image_path(data_root, file_names[index])
         paths[index] = None if path is None else str(path)
     return paths
-
-
-def patient_id(file_name: str, lidc_id: str = "") -> str:
-    """NIH: the 8-digit prefix of PPPPPPPP_FFF.png; LIDC: its LIDC_ID; otherwise the file itself."""
-    match = NIH_NAME.match(file_name.rpartition("/")[2])
-    if match:
-        return f"nih:{match.group(1)}"
-    if lidc_id:
-        return f"lidc:{lidc_id}"
-    return f"file:{file_name}"
 
 
 # ----------------------------------------------------------------------------- images

@@ -24,7 +24,6 @@ exactly.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from PIL import Image
 from localization_task.common.dicom import is_dicom, read_dicom_grey, read_dicom_header
 from localization_task.common.errors import IMAGE_SUFFIXES, DataError, safe_join
 from localization_task.common.percentiles import exact_percentiles
+from localization_task.common.split_file import patient_id
 
 
 DEFAULT_DATA_ROOT = Path("data/nodulocc")
@@ -41,7 +41,6 @@ CLASSIFICATION_CSV = "classification_labels.csv"
 LOCALIZATION_CSV = "localization_labels.csv"
 IMAGE_DIRS: tuple[str, ...] = ("nih_filtered_images", "lidc_png_16_bit")
 LABEL_TO_INT = {"No Finding": 0, "Nodule": 1}
-NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)  # PPPPPPPP_FFF.png
 DEFAULT_CLIP_LOW_PCT = 0.5
 DEFAULT_CLIP_HIGH_PCT = 99.5
 
@@ -265,16 +264,6 @@ def check_keypoints_inside(frame: pd.DataFrame, localization_csv: Path) -> None:
                 f"line {csv_line(localization_csv, name, bad)} of {localization_csv} puts a keypoint of {name} at "
                 f"({bad[0]:g}, {bad[1]:g}), outside the image ({width} x {height} px): fix the coordinates "
                 "or drop the row.")
-
-
-def patient_id(file_name: str, lidc_id: str = "") -> str:
-    """NIH `PPPPPPPP_FFF.png` -> `nih:PPPPPPPP`; an LIDC image -> `lidc:<LIDC_ID>`; else `file:<name>`."""
-    match = NIH_NAME.match(Path(file_name).name)
-    if match:
-        return f"nih:{match.group(1)}"
-    if lidc_id:
-        return f"lidc:{lidc_id}"
-    return f"file:{file_name}"
 
 
 # --- pre-processing ---------------------------------------------------------

@@ -10,11 +10,13 @@ can share a test split. The columns, in this order:
     patient_id  nih:PPPPPPPP, lidc:<LIDC_ID> or file:<file_name>; no patient is in two splits
 
 Readers need only file_name and split and ignore the rest, so a two-column
-file (an older run's, or one made by hand) is read as well.
+file (an older run's, or one made by hand) is read as well. `patient_id` is
+the one rule both tasks group images by.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,17 @@ SPLITS = ("train", "val", "test")
 SPLIT_CSV = "split.csv"
 SPLIT_COLUMNS = ("file_name", "split", "label", "patient_id")
 LABEL_NAMES = ("No Finding", "Nodule")  # label 0, label 1, as in the labels CSV
+NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)  # PPPPPPPP_FFF.png: patient, follow-up
+
+
+def patient_id(file_name: str, lidc_id: str = "") -> str:
+    """NIH `PPPPPPPP_FFF.png` -> `nih:PPPPPPPP`; an LIDC image -> `lidc:<LIDC_ID>`; else `file:<file_name>`."""
+    match = NIH_NAME.match(file_name.rpartition("/")[2])
+    if match:
+        return f"nih:{match.group(1)}"
+    if lidc_id:
+        return f"lidc:{lidc_id}"
+    return f"file:{file_name}"
 
 
 def split_table(frame: pd.DataFrame) -> pd.DataFrame:
