@@ -170,6 +170,10 @@ def test_a_siglip_checkpoint_gives_its_vision_half_as_the_encoder(tmp_path):
     model = HeatmapLocalizer.from_encoder(tmp_path / "siglip", stride=4).eval()
     assert model.config.encoder_type == "siglip_vision_model" and model.config.input_size_px == 56
     assert model(random_pixels(model)).shape == (2, 1, 14, 14)
+    # The vision half saved alone, as the encoder classifier's encoder/ folder holds it, loads too.
+    model.encoder.save_pretrained(tmp_path / "vision")
+    again = HeatmapLocalizer.from_encoder(tmp_path / "vision", stride=4)
+    assert again.encoder.state_dict().keys() == model.encoder.state_dict().keys()
 
 
 def test_unknown_or_missing_encoder_is_one_sentence(tmp_path):
