@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
+from classification_task.common.hub import checkpoint_model_type
 from classification_task.encoder import model as encoder_model
 from classification_task import model as medgemma
 from classification_task.encoder.model import CLASSIFIER_TYPE, ENCODER_TYPES, EncoderClassifier
@@ -28,7 +29,7 @@ BEST_MODEL = "best_model"  # the encoder classifier's saved folder in --checkpoi
 
 def resolve_kind(model_id: str, requested: ModelKind = "auto") -> str:
     """"medgemma" or "encoder" for this checkpoint; a request the checkpoint cannot meet raises ValueError."""
-    model_type = encoder_model.checkpoint_model_type(model_id)
+    model_type = checkpoint_model_type(model_id, "--model_id")
     is_encoder = model_type == CLASSIFIER_TYPE or model_type in ENCODER_TYPES
     if requested == "medgemma" and model_type != "gemma3":
         raise ValueError(f"--model_kind medgemma needs a Gemma 3 checkpoint, but --model_id {model_id} is a "

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,32 +27,19 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from classification_task.common.dicom import is_dicom, read_dicom_grey
-from classification_task.common.errors import DataError  # noqa: F401  (re-exported: callers import it from here)
-from classification_task.common.percentiles import integer_percentiles
+from classification_task.common.errors import DataError, safe_join
+from classification_task.common.percentiles import exact_percentiles
 from classification_task.common.run_files import atomic_output
+from classification_task.common.split_file import patient_id
 
 LABELS_CSV = "classification_labels.csv"
 IMAGE_FOLDERS = ("nih_filtered_images", "lidc_png_16_bit")
 LABEL_TO_INT = {"No Finding": 0, "Nodule": 1}
 INT_TO_LABEL = {v: k for k, v in LABEL_TO_INT.items()}
-NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)
 PLAIN_NAME = re.compile(r"[^/\\:]+")  # no folder part, no drive: safe_join accepts it unless it is ".."
 
 
 # ----------------------------------------------------------------------------- labels
-
-
-def safe_join(folder: Path, file_name: str) -> Path:
-    """`folder / file_name`, refusing names that would escape `folder`.
-
-    The check is on the name itself (no leading '/', drive or '..'), so images
-    that are symlinks into a data store are still accepted.
-    """
-    posix, windows = PurePosixPath(file_name), PureWindowsPath(file_name)
-    if not file_name.strip() or posix.is_absolute() or windows.drive or windows.is_absolute() \
-            or ".." in posix.parts or ".." in windows.parts:
-        raise DataError(f"file name {file_name!r} points outside {folder}; use names relative to the image folder.")
-    return folder / posix
 
 
 def resolve_image_path(data_root: Path, file_name: str) -> Path | None:
@@ -143,16 +130,6 @@ def find_image_paths(data_root: Path, file_names: list[str]) -> list[str | None]
     return paths
 
 
-def patient_id(file_name: str, lidc_id: str = "") -> str:
-    """NIH: the 8-digit prefix of PPPPPPPP_FFF.png; LIDC: its LIDC_ID; otherwise the file itself."""
-    match = NIH_NAME.match(file_name.rpartition("/")[2])
-    if match:
-        return f"nih:{match.group(1)}"
-    if lidc_id:
-        return f"lidc:{lidc_id}"
-    return f"file:{file_name}"
-
-
 # ----------------------------------------------------------------------------- images
 
 
@@ -187,12 +164,7 @@ def read_grey(path: str | Path) -> np.ndarray:
 
 def clip_bounds(pixels: np.ndarray, low_pct: float, high_pct: float) -> tuple[float, float]:
     """The [low_pct, high_pct] percentiles of an image, exactly as np.percentile gives them."""
-    # The histogram fallback needs one bin per value: fine for 8/16-bit, not for wide 32-bit.
-    if pixels.dtype in (np.uint8, np.uint16) or (
-            np.issubdtype(pixels.dtype, np.integer) and pixels.min() >= 0 and pixels.max() < 65536):
-        low, high = integer_percentiles(pixels, (low_pct, high_pct))
-        return low, high
-    low, high = (float(v) for v in np.percentile(pixels, (low_pct, high_pct)))
+    low, high = exact_percentiles(pixels, (low_pct, high_pct))
     return low, high
 
 
@@ -242,7 +214,7 @@ class RadiographDataset(Dataset):
 
     An image that cannot be decoded (missing, truncated, not an image) gives
     image None with the reason in `error`, so that one bad file does not end a
-    run: the collator leaves it out and the run counts it (see unreadable.py).
+    run: the collator leaves it out and the run counts it (see common/unreadable.py).
     """
 
     def __init__(self, frame: pd.DataFrame, prep: Preprocessing = Preprocessing(), cache_dir: str | None = None):

@@ -58,6 +58,7 @@ from classification_task.common import cli
 from classification_task import classifiers
 
 from classification_task.evaluation import operating_point
+from classification_task.common.errors import IMAGE_SUFFIXES
 from classification_task.dataset import INT_TO_LABEL, DataError, Preprocessing, load_image, safe_join
 from classification_task.encoder.model import load_classifier
 from classification_task.model import MEDGEMMA_ID, answer_token_ids, load_processor, load_with_adapter
@@ -68,7 +69,6 @@ RESULTS_CSV = "classification_test_results.csv"
 RUN_CONFIG_JSON = inference_run_config_json("classification")  # the localizer's inference keeps its own
 UNREADABLE_CSV = "unreadable_files.csv"
 PARTIAL_PREFIX = ".classification_partial"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 
 
 @dataclass

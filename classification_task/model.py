@@ -9,21 +9,19 @@ float32 from the final hidden state and the two answer rows of `lm_head`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
 import torch
-from dotenv import load_dotenv
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
+from classification_task.common.hub import explained_load_errors, hub_token
 from classification_task.common.processes import process_device
-from classification_task.dataset import DataError
 
 MEDGEMMA_ID = "google/medgemma-1.5-4b-it"
 Quantization = Literal["nf4", "none"]
@@ -37,12 +35,6 @@ ANSWER_LETTERS = ("A", "B")  # index 0 = healthy, index 1 = nodule
 
 
 # ----------------------------------------------------------------------------- loading
-
-
-def hub_token() -> str | None:
-    """HF_TOKEN from the environment or a `.env` file; never printed or stored."""
-    load_dotenv()
-    return os.environ.get("HF_TOKEN") or None
 
 
 def compute_dtype() -> torch.dtype:
@@ -71,20 +63,8 @@ def device_map() -> dict | None:
     return None if device.type == "cpu" else {"": device.index}
 
 
-@contextmanager
-def explained_load_errors(model_id: str, adapter: str | None = None):
-    """from_pretrained failures (unknown id or folder, no access, no network, not a model) as one sentence."""
-    try:
-        yield
-    except (OSError, ValueError) as err:  # ValueError: a folder or config that holds no known model
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        what = repr(model_id) + (f" with adapter {adapter!r}" if adapter else "")
-        raise DataError(f"could not load {what} ({reason}); check --model_id / --adapter, and for the hub "
-                        "model set HF_TOKEN in .env after accepting its licence.") from None
-
-
 def load_processor(model_id: str):
-    with explained_load_errors(model_id):
+    with explained_load_errors(model_id, "--model_id"):
         return AutoProcessor.from_pretrained(model_id, token=hub_token())
 
 
@@ -101,7 +81,7 @@ def load_base_model(model_id: str, quantization: Quantization = "nf4", attn_impl
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_quant_storage=dtype,
         )
-    with explained_load_errors(model_id):
+    with explained_load_errors(model_id, "--model_id"):
         model = AutoModelForImageTextToText.from_pretrained(
             model_id,
             dtype=dtype,
@@ -152,7 +132,7 @@ def load_with_adapter(model_id: str, adapter: str | None, quantization: Quantiza
     """Base model plus a trained adapter (or the zero-shot base when adapter is None)."""
     model = load_base_model(model_id, quantization, attn_implementation)
     if adapter:
-        with explained_load_errors(model_id, adapter):
+        with explained_load_errors(model_id, "--model_id / --adapter", adapter):
             model = PeftModel.from_pretrained(model, adapter, token=hub_token())
         if merge:
             model = model.merge_and_unload()

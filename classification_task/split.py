@@ -3,8 +3,8 @@
 A patient (NIH: the PPPPPPPP prefix of its file names; LIDC: its LIDC_ID) never
 spans two splits. `load_or_make_split` reads a saved `split.csv` or draws a
 fresh seeded split; `keep_run_split` holds a resumed run to the split it started
-with. `split_table` is what a run saves as `split.csv`: file_name, split, label
-(Nodule / No Finding), patient_id, in that order; readers need only the first two.
+with. A run saves its split as `split.csv` in the schema of common/split_file.py
+(file_name, split, label, patient_id), which the localizer writes and reads too.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# SPLIT_CSV and split_table too: a run writes its split.csv with them (train.py takes them from here).
+from classification_task.common.split_file import SPLIT_CSV, SPLITS, read_split_csv, split_table  # noqa: F401
 from classification_task.dataset import INT_TO_LABEL, DataError
-
-SPLITS = ("train", "val", "test")
-SPLIT_CSV = "split.csv"
-SPLIT_COLUMNS = ("file_name", "split", "label", "patient_id")
 
 
 def split_by_patient(
@@ -64,27 +62,6 @@ def _deal(weights: list[float], fractions: tuple[float, ...]) -> list[int]:
         total += w
         splits.append(split)
     return splits
-
-
-def split_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of `split.csv`: SPLIT_COLUMNS, label as in the labels CSV, in the frame's order."""
-    return pd.DataFrame({"file_name": frame["file_name"].to_numpy(), "split": frame["split"].to_numpy(),
-                         "label": frame["label"].map(INT_TO_LABEL).to_numpy(),
-                         "patient_id": frame["patient_id"].to_numpy()}, columns=list(SPLIT_COLUMNS))
-
-
-def read_split_csv(split_file: str | Path) -> pd.DataFrame:
-    """A saved split as file_name,split text columns, each file once with a known split."""
-    split_file = Path(split_file)
-    if not split_file.is_file():
-        raise DataError(f"split file {split_file} not found; pass a split.csv written by an earlier run.")
-    saved = pd.read_csv(split_file, dtype=str, keep_default_na=False)
-    if not {"file_name", "split"} <= set(saved.columns):
-        raise DataError(f"{split_file} needs the columns file_name,split.")
-    unknown = sorted(set(saved["split"]) - set(SPLITS))
-    if unknown or saved["file_name"].duplicated().any():
-        raise DataError(f"{split_file} must list each file once with a split in {SPLITS}; found {unknown[:3] or 'duplicates'}.")
-    return saved[["file_name", "split"]]
 
 
 def load_or_make_split(frame: pd.DataFrame, split_file: str | Path | None, seed: int) -> pd.DataFrame:

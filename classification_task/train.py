@@ -40,7 +40,7 @@ from classification_task import classifiers
 
 from classification_task.evaluation import operating_point
 from classification_task.evaluation.operating_point import OPERATING_POINT_JSON, write_operating_point
-from classification_task.dataset import DataError, Preprocessing, RadiographDataset, load_labels
+from classification_task.dataset import DataError, Preprocessing, RadiographDataset, load_image, load_labels
 from classification_task.split import SPLIT_CSV, SPLITS, keep_run_split, load_or_make_split, split_table
 from classification_task.evaluate import evaluate_run
 from classification_task.model import (
@@ -66,8 +66,8 @@ from classification_task.common.run_files import (
     write_csv_atomic,
     write_run_config,
 )
-from classification_task.trainer import NoduleTrainer, best_checkpoint, compute_metrics
-from classification_task.common.unreadable import ReadableBatchCollator, UnreadableImages
+from classification_task.trainer import NoduleTrainer, ReadableBatchCollator, best_checkpoint, compute_metrics
+from classification_task.common.unreadable import UnreadableImages
 
 # What a run leaves in its output folder (its checkpoint folder: run_files.CHECKPOINT_FOLDERS).
 RESULT_FILES = (RUN_CONFIG_JSON, OPERATING_POINT_JSON, "metrics.json", "test_predictions.csv", "val_predictions.csv",
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         unreadable = UnreadableImages(config.output_dir, n_read, config.max_unreadable_frac,
                                       write=processes.is_first)
         if config.resume:
-            unreadable.carry_over(dict(zip(frame["file_name"], frame["path"])))
+            unreadable.carry_over(dict(zip(frame["file_name"], frame["path"])), load_image)
         if not config.eval_only:
             trainer = train(config, args, model, processor, frames, resume_from, unreadable)
             if not trainer.is_world_process_zero():

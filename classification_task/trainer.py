@@ -1,4 +1,5 @@
-"""`transformers.Trainer` with the answer-token loss and the class-balancing samplers."""
+"""`transformers.Trainer` with the answer-token loss, the class-balancing samplers and the batches of
+readable images."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from torch.utils.data import Sampler, WeightedRandomSampler
 from transformers import Trainer
 
 from classification_task.metrics import binary_metrics
-from classification_task.model import answer_logits, p_nodule_from_logits
-from classification_task.common.processes import Processes
+from classification_task.model import PromptCollator, answer_logits, p_nodule_from_logits
 
 
 def answer_loss(
@@ -106,6 +106,24 @@ class ClassWeightedSampler(WeightedRandomSampler):
         return super().__iter__()
 
 
+class ReadableBatchCollator:
+    """PromptCollator over the readable items; the others go on as `unreadable` (file_name, error) pairs.
+
+    A batch whose images are all unreadable holds only `labels` (empty) and `unreadable`; the trainer
+    records the pairs (common/unreadable.py).
+    """
+
+    def __init__(self, processor, collate=None):
+        # `collate`: another batcher of readable items (the encoder classifier's EncoderCollator).
+        self.prompts = collate or PromptCollator(processor)
+
+    def __call__(self, items: list[dict]) -> dict:
+        readable = [item for item in items if item["image"] is not None]
+        batch = self.prompts(readable) if readable else {"labels": torch.zeros(0, dtype=torch.long)}
+        batch["unreadable"] = [(item["file_name"], item["error"]) for item in items if item["image"] is None]
+        return batch
+
+
 class NoduleTrainer(Trainer):
     """Trainer whose loss is weighted CE over the two (No Finding, Nodule) logits.
 
@@ -146,10 +164,8 @@ class NoduleTrainer(Trainer):
         """
         inputs = dict(inputs)
         skipped = inputs.pop("unreadable", [])
-        if self.args.world_size > 1:
-            skipped = Processes.current().gather_to_all(skipped)
-        if skipped and self.unreadable is not None:
-            self.unreadable.record(skipped)
+        if self.unreadable is not None:
+            self.unreadable.record_from_all_processes(skipped)
         return inputs if "pixel_values" in inputs else None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -17,23 +17,23 @@ with their keypoints; `heatmap/data.py` turns its rows into training items.
 
 Pre-processing (what the CheXagent-2 reference did): any PNG/JPEG mode, or a
 DICOM's display values (`dicom.py`), -> grey -> per-image percentile clip (0.5 / 99.5 %) -> rescale to 0-255 uint8 -> RGB.
-The percentiles come from an integer histogram (`percentiles.py`), so a 16-bit
-2k x 2k image costs one `np.bincount` instead of a sort, and they equal
-`np.percentile(..., method="linear")` exactly.
+The percentiles come from the tails of an integer image (`common/percentiles.py`),
+so a 16-bit 2k x 2k image costs no sort, and they equal `np.percentile(..., method="linear")`
+exactly.
 """
 from __future__ import annotations
 
 import math
-import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from localization_task.common.dicom import DICOM_SUFFIXES, is_dicom, read_dicom_grey, read_dicom_header
-from localization_task.common.errors import DataError  # noqa: F401  (re-exported: callers import it from here)
-from localization_task.common.percentiles import histogram_percentiles
+from localization_task.common.dicom import is_dicom, read_dicom_grey, read_dicom_header
+from localization_task.common.errors import IMAGE_SUFFIXES, DataError, safe_join
+from localization_task.common.percentiles import exact_percentiles
+from localization_task.common.split_file import patient_id
 
 
 DEFAULT_DATA_ROOT = Path("data/nodulocc")
@@ -41,8 +41,6 @@ CLASSIFICATION_CSV = "classification_labels.csv"
 LOCALIZATION_CSV = "localization_labels.csv"
 IMAGE_DIRS: tuple[str, ...] = ("nih_filtered_images", "lidc_png_16_bit")
 LABEL_TO_INT = {"No Finding": 0, "Nodule": 1}
-NIH_NAME = re.compile(r"^(\d{8})_\d{3}\.png$", re.IGNORECASE)  # PPPPPPPP_FFF.png
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
 DEFAULT_CLIP_LOW_PCT = 0.5
 DEFAULT_CLIP_HIGH_PCT = 99.5
 
@@ -50,24 +48,6 @@ _UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 # --- file names -------------------------------------------------------------
-
-
-def safe_join(folder: Path, file_name: str) -> Path:
-    """`folder / file_name`, refusing names that could leave `folder`."""
-    posix, windows = PurePosixPath(file_name), PureWindowsPath(file_name)
-    if (
-        not file_name.strip()
-        or posix.is_absolute()
-        or windows.is_absolute()
-        or windows.drive
-        or ".." in posix.parts
-        or ".." in windows.parts
-    ):
-        raise DataError(
-            f"file name {file_name!r} would escape its image folder {folder}: "
-            "use a plain path relative to that folder, without '..' or a leading '/'."
-        )
-    return folder / posix
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -286,16 +266,6 @@ def check_keypoints_inside(frame: pd.DataFrame, localization_csv: Path) -> None:
                 "or drop the row.")
 
 
-def patient_id(file_name: str, lidc_id: str = "") -> str:
-    """NIH `PPPPPPPP_FFF.png` -> `nih:PPPPPPPP`; an LIDC image -> `lidc:<LIDC_ID>`; else `file:<name>`."""
-    match = NIH_NAME.match(Path(file_name).name)
-    if match:
-        return f"nih:{match.group(1)}"
-    if lidc_id:
-        return f"lidc:{lidc_id}"
-    return f"file:{file_name}"
-
-
 # --- pre-processing ---------------------------------------------------------
 
 
@@ -325,7 +295,7 @@ def percentile_clip_to_uint8(
     clip_high_pct: float = DEFAULT_CLIP_HIGH_PCT,
 ) -> np.ndarray:
     """Clip to the image's own percentiles and stretch linearly to 0-255."""
-    low, high = histogram_percentiles(grey, [clip_low_pct, clip_high_pct])
+    low, high = exact_percentiles(grey, (clip_low_pct, clip_high_pct))
     if grey.dtype in (np.uint8, np.uint16):
         # Integer image: map through a lookup table (one entry per grey level).
         lut = _rescale_to_uint8(np.arange(int(grey.max()) + 1, dtype=np.float64), low, high)

@@ -7,6 +7,8 @@ Three kinds of training image:
 Keypoints are few (about a hundred images) and negatives many (tens of
 thousands), so an epoch is every keypointed image plus a rotating slice of the
 weak positives and of the negatives (`trainer.MixedEpochSampler`).
+A run saves its split as `split.csv` in the schema of common/split_file.py,
+which the classifier writes and reads too.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from localization_task.common.errors import DataError
+from localization_task.common.split_file import read_split_csv
+
 KEYPOINTED, WEAK, NEGATIVE = 0, 1, 2
 KIND_NAMES = {KEYPOINTED: "keypointed", WEAK: "weak", NEGATIVE: "negative"}
-SPLITS = ("train", "val", "test")
 
 
 def image_kinds(labels: Sequence[int], n_points: Sequence[int]) -> np.ndarray:
@@ -51,22 +55,17 @@ def split_by_patient(patient_ids: Sequence[str], kinds: Sequence[int],
 
 
 def read_split_file(path: str | Path, file_names: Sequence[str]) -> np.ndarray:
-    """The saved split of each of `file_names`, from a split.csv (file_name,split[,...]).
+    """The saved split of each of `file_names`, from a split.csv of either task (common/split_file.py).
 
     Rows of images no longer labelled are dropped; a labelled image the file
     does not list is refused, since placing it could only be a new, second
-    decision. Any other columns (the classifier writes its own) are ignored.
+    decision.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"split file {path} not found; pass a split.csv written by an earlier run.")
-    saved = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if not {"file_name", "split"} <= set(saved.columns) or not set(saved["split"]) <= set(SPLITS):
-        raise ValueError(f"{path} needs the columns file_name,split with splits in {SPLITS}.")
+    saved = read_split_csv(path)
     split = pd.Series(list(file_names), dtype=object).map(dict(zip(saved["file_name"], saved["split"])))
     if split.isna().any():
         first = file_names[int(np.flatnonzero(split.isna().to_numpy())[0])]
-        raise ValueError(f"{path} has no split for {int(split.isna().sum())} labelled image(s), e.g. {first!r}: "
+        raise DataError(f"{path} has no split for {int(split.isna().sum())} labelled image(s), e.g. {first!r}: "
                         "remove their rows from the label CSVs, or start a new run without that split file.")
     return split.to_numpy()
 

@@ -33,7 +33,6 @@ from typing import Literal
 
 import pandas as pd
 import torch
-from accelerate.utils import gather_object
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from localization_task.common import cli
@@ -41,7 +40,7 @@ from localization_task.demo.preset import DEMO_DEFAULTS, prepare_demo
 from localization_task.heatmap.augment import train_augmentation
 from localization_task.dataset import (
     DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT, LOCALIZATION_CSV, DataError, check_keypoints_inside,
-    load_localization_data,
+    load_localization_data, read_grey,
 )
 from localization_task.evaluation.inputs import read_gate_csv
 from localization_task.common.processes import process_device
@@ -64,13 +63,14 @@ from localization_task.common.run_files import (
 from localization_task.evaluation.plots import FROC_PNG, OVERLAY_DIR
 from localization_task.evaluation.predictions import PREDICTIONS_JSONL, RESULTS_CSV
 from localization_task.split import (
-    KIND_NAMES, SPLITS, image_kinds, read_split_file, split_by_patient, widen_validation,
+    KIND_NAMES, image_kinds, read_split_file, split_by_patient, widen_validation,
 )
 from localization_task.heatmap.trainer import HeatmapTrainer, metrics_function
+from localization_task.common.split_file import SPLIT_CSV, SPLITS, split_table
+from localization_task.common.unreadable import UnreadableImages
 from localization_task.heatmap.data import HeatmapDataset, ItemSettings, collate, evaluation_rows
 
 METRICS_FOR_BEST = ("f1_tolerant", "f1_tight", "count_accuracy", "loss")
-SPLIT_CSV = "split.csv"
 # What a training run leaves in its output folder (its checkpoint folder: run_files.CHECKPOINT_FOLDERS).
 RESULT_FILES = (RUN_CONFIG_JSON, "eval_summary.json", "per_image_metrics.csv", RESULTS_CSV, PREDICTIONS_JSONL,
                 "unreadable_files.csv", FROC_PNG, OVERLAY_DIR)
@@ -192,14 +192,12 @@ def _split(frame: pd.DataFrame, kinds, config: TrainConfig):
 
 
 def build_model(config: TrainConfig) -> HeatmapLocalizer:
-    from localization_task.heatmap.model import hub_token
-
     set_seed(config.seed)  # the head is drawn here, before the Trainer seeds anything
     model = HeatmapLocalizer.from_encoder(
         config.encoder, encoder_mode=config.encoder_mode, input_size_px=config.input_size_px,
         stride=config.stride, head_channels=config.head_channels, stem_channels=config.stem_channels,
         lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        clip_pct=(config.clip_low_pct, config.clip_high_pct), token=hub_token(),
+        clip_pct=(config.clip_low_pct, config.clip_high_pct),
     )
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.encoder)
@@ -227,6 +225,9 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         max_steps=config.max_steps,
         optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
         bf16=bf16,
+        # Without CUDA, say so: accelerate then joins the processes of a launch into one data-parallel
+        # run (gloo); otherwise each process would train a replica of its own on all the data.
+        use_cpu=not torch.cuda.is_available(),
         eval_strategy="steps",
         eval_steps=config.eval_steps,
         save_strategy="steps",
@@ -240,12 +241,15 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         dataloader_num_workers=config.num_workers,
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
-        ddp_find_unused_parameters=False,
+        # A fully trained encoder holds weights its forward never uses (Dinov2's mask token, a SigLIP
+        # pooling head): data-parallel training must be told to look for them, or it stops at step 2.
+        ddp_find_unused_parameters=config.encoder_mode == "full",
         seed=config.seed,
     )
 
 
-def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict) -> HeatmapTrainer:
+def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict,
+                  unreadable: UnreadableImages) -> HeatmapTrainer:
     settings = item_settings(config, model)
     val_rows = evaluation_rows(frames["val"], config.eval_negatives, seed=config.seed)
     callbacks = [run_config_callback(config)]  # --resume accepts the checkpoints beside it
@@ -265,7 +269,7 @@ def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict) ->
         negatives_per_keypointed=config.negatives_per_keypointed,
         max_points=config.max_points,
         sampler_seed=config.seed,
-        max_unreadable_frac=config.max_unreadable_frac,
+        unreadable=unreadable,
     )
 
 
@@ -281,13 +285,14 @@ def save_model_atomic(model: HeatmapLocalizer, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict) -> list[tuple[str, str]]:
+def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict,
+                     unreadable: UnreadableImages) -> None:
     """The best checkpoint on validation (thresholds) and test (metrics); saved with its thresholds.
 
-    Returns the (file, reason) of images that could not be read."""
+    Images that cannot be read go to `unreadable` (too many stop the run before anything is reported)."""
     model = model.to(process_device())  # where the Trainer left it: cuda:LOCAL_RANK, never plain "cuda"
     settings = item_settings(config, model)
-    splits, unreadable = {}, []
+    splits = {}
     for name in ("val", "test"):
         # Every negative of both splits: thresholds are tuned on the mix they are applied to.
         rows = evaluation_rows(frames[name], None, seed=config.seed)
@@ -295,7 +300,7 @@ def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict)
         dataset = HeatmapDataset(rows, settings, skip_unreadable=True)
         splits[name], skipped = predict_split(model, rows, dataset, config.eval_batch_size, config.max_points,
                                               config.num_workers, desc=name)
-        unreadable += skipped
+        unreadable.record(skipped)
     best_dir = Path(config.checkpoint_dir) / "best_model"
     gate = read_gate_csv(config.gate_csv, config.gate_threshold) if config.gate_csv else None
     report_test(model, splits["val"], splits["test"],
@@ -304,26 +309,25 @@ def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict)
                 operating_point=config.operating_point, gate=gate, paths=paths, n_overlays=config.n_overlays)
     save_model_atomic(model, best_dir)
     print(f"best model ({config.metric_for_best}) with its tuned thresholds saved to {best_dir}")
-    return unreadable
 
 
 def write_split(config: TrainConfig, frames: dict) -> None:
-    """split.csv (file_name,split, as the classifier writes it), once: a resumed run keeps the first one."""
+    """split.csv (common/split_file.py: the classifier's schema), once: a resumed run keeps the first one."""
     path = Path(config.output_dir) / SPLIT_CSV
     if config.resume and path.is_file():
         return
-    split = pd.concat([frames[name][["file_name", "split"]] for name in SPLITS])
+    split = split_table(pd.concat([frames[name] for name in SPLITS]))
     write_text_atomic(path, split.to_csv(index=False))
 
 
-def report_unreadable(output_dir: Path, unreadable: list[tuple[str, str]]) -> None:
-    """unreadable_files.csv (file, reason) beside the results; none: no file (an old list would mislead)."""
-    path = output_dir / "unreadable_files.csv"
-    if not unreadable:
-        path.unlink(missing_ok=True)
-        return
-    write_text_atomic(path, pd.DataFrame(unreadable, columns=["file", "error"]).to_csv(index=False))
-    print(f"skipped {len(unreadable)} unreadable image(s), listed in {path}; e.g. {unreadable[0][0]}")
+def unreadable_images(config: TrainConfig, frames: dict, first: bool) -> UnreadableImages:
+    """The run's list of unreadable images, counted against --max_unreadable_frac of all its images;
+    a resumed run starts from the list it had, less the files that read now."""
+    paths = {name: path for part in frames.values() for name, path in zip(part["file_name"], part["path"])}
+    unreadable = UnreadableImages(config.output_dir, len(paths), config.max_unreadable_frac, write=first)
+    if config.resume:
+        unreadable.carry_over(paths, read_grey)
+    return unreadable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,16 +350,18 @@ def main(argv: list[str] | None = None) -> int:
             remove_earlier_run(earlier)
             write_split(config, frames)
             write_run_config(config.output_dir, config)
-        trainer = build_trainer(config, model, frames)
+        unreadable = unreadable_images(config, frames, first)
+        trainer = build_trainer(config, model, frames, unreadable)
         trainer.train(resume_from_checkpoint=resume_from)
-        # Every process skipped its own share of unreadable training images: gather them all.
-        skipped = sorted(set(gather_object(list(trainer.unreadable.items()))))
         if not (first and trainer.is_world_process_zero()):
             return 0
-        report_unreadable(Path(config.output_dir), skipped + final_evaluation(config, trainer.model, frames))
+        final_evaluation(config, trainer.model, frames, unreadable)
+        unreadable.save()
     except (DataError, ValueError) as err:
         print(f"error: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
         return 2
+    if unreadable.errors:
+        print(unreadable.summary())
     print(f"results written to {config.output_dir}")
     return 0
 

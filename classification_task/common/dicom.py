@@ -1,4 +1,4 @@
-"""DICOM radiographs (`.dcm`): pixels as a viewer would show them, read with pydicom.
+"""DICOM radiographs (`.dcm`): pixels as a viewer would show them, and the header facts, with pydicom.
 
 A DICOM file stores raw detector values plus the steps that turn them into
 display values. They are applied in the standard's order, before the
@@ -18,6 +18,8 @@ pixels are stretched alike, to the bit.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,15 @@ DICOM_SUFFIXES = (".dcm",)
 
 class DicomError(ValueError):
     """A `.dcm` file that holds no greyscale image pydicom can decode; the message says why."""
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What the header says without decoding the pixels; `spacing_mm` None when it gives none."""
+
+    width_px: int
+    height_px: int
+    spacing_mm: float | None
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -75,4 +86,27 @@ def _compact(values: np.ndarray) -> np.ndarray:
             return values.astype(np.uint16)
     return values
 
-# A deliberate copy of localization_task/common/dicom.py's pixel part: the two task folders never import each other.
+
+def pixel_spacing_mm(dataset) -> float | None:
+    """mm per pixel: PixelSpacing, else ImagerPixelSpacing; None if absent, invalid or not square."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = dataset.get(keyword)
+        try:
+            row_mm, column_mm = (float(v) for v in value)
+        except (TypeError, ValueError):
+            continue
+        if not (math.isfinite(row_mm) and math.isfinite(column_mm) and row_mm > 0 and column_mm > 0):
+            continue
+        # One number per image cannot hold unequal row and column spacing: leave it to a spacing CSV.
+        return column_mm if math.isclose(row_mm, column_mm, rel_tol=1e-3) else None
+    return None
+
+
+def read_dicom_header(path: str | Path) -> DicomHeader:
+    """Width, height and pixel spacing from the header; DicomError if it is not a DICOM image."""
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        width_px, height_px = int(dataset.Columns), int(dataset.Rows)
+    except Exception as err:  # as above
+        raise DicomError(f"{path} is not a readable DICOM image ({_reason(err)})") from None
+    return DicomHeader(width_px, height_px, pixel_spacing_mm(dataset))

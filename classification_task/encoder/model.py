@@ -45,23 +45,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModel,
-    AutoModelForImageTextToText,
     PretrainedConfig,
     PreTrainedModel,
-    SiglipVisionModel,
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from classification_task.model import (
-    compute_dtype,
-    explained_load_errors,
-    filled_up,
-    hub_token,
-    p_nodule_from_logits,
-    row_by_row_product,
-)
+from classification_task.common.hub import explained_load_errors, load_image_processor, load_pretrained_encoder
+from classification_task.model import compute_dtype, filled_up, p_nodule_from_logits, row_by_row_product
 
 CLASSIFIER_TYPE = "nodule_encoder_classifier"
 ENCODER_MODES = ("frozen", "lora", "full")
@@ -207,37 +198,6 @@ class EncoderClassifier(PreTrainedModel):
 # ----------------------------------------------------------------------------- loading a pretrained encoder
 
 
-def checkpoint_model_type(model_id: str) -> str:
-    """The `model_type` in a checkpoint's config.json (hub id or folder), without building anything."""
-    with explained_load_errors(model_id):
-        config_dict, _ = PretrainedConfig.get_config_dict(model_id, token=hub_token())
-    return config_dict.get("model_type", "")
-
-
-def load_pretrained_encoder(model_id: str) -> PreTrainedModel:
-    """The encoder of a Dinov2 or SigLIP checkpoint, or the SigLIP tower of a Gemma 3 one, in float32."""
-    model_type = checkpoint_model_type(model_id)
-    with explained_load_errors(model_id):
-        if model_type == "dinov2":
-            return AutoModel.from_pretrained(model_id, dtype=torch.float32, token=hub_token())
-        if model_type in ("siglip", "siglip_vision_model"):  # a full SigLIP checkpoint: its vision half
-            return SiglipVisionModel.from_pretrained(model_id, dtype=torch.float32, token=hub_token())
-        if model_type == "gemma3":
-            # The stored dtype (bf16 for MedGemma) keeps the soon-dropped language model small.
-            full = AutoModelForImageTextToText.from_pretrained(model_id, dtype="auto", token=hub_token())
-            return full.model.vision_tower.to(torch.float32)
-    raise ValueError(f"--model_id {model_id} is a {model_type!r} model; the encoder classifier needs a Dinov2, "
-                     "SigLIP or Gemma 3 checkpoint (e.g. microsoft/rad-dino).")
-
-
-def image_processor(model_id: str):
-    """The checkpoint's image processor (its mean and std are used), or None when it has none."""
-    try:
-        return AutoImageProcessor.from_pretrained(model_id, token=hub_token())
-    except (OSError, ValueError):
-        return None
-
-
 def encoder_input_size_px(encoder: PreTrainedModel) -> int:
     size = encoder.config.image_size
     return size if isinstance(size, int) else size[0]
@@ -246,8 +206,8 @@ def encoder_input_size_px(encoder: PreTrainedModel) -> int:
 def new_classifier(model_id: str, encoder_mode: str = "lora", input_size_px: int | None = None,
                    lora_r: int = 16, lora_alpha: int = 16, lora_dropout: float = 0.05) -> EncoderClassifier:
     """A classifier on pretrained encoder weights with a fresh head; input size defaults to the encoder's own."""
-    encoder = load_pretrained_encoder(model_id)
-    processor = image_processor(model_id)
+    encoder = load_pretrained_encoder(model_id, "--model_id")
+    processor = load_image_processor(model_id)
     config = EncoderClassifierConfig(
         encoder_config=encoder.config, input_size_px=input_size_px or encoder_input_size_px(encoder),
         encoder_mode=encoder_mode, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -310,7 +270,7 @@ def load_classifier(folder: str | Path, dtype: torch.dtype | None = None) -> Enc
     settings = json.loads((folder / "config.json").read_text())
     settings = {k: v for k, v in settings.items() if k in EncoderClassifierConfig.__annotations__}
     config = EncoderClassifierConfig(**(settings | {"encoder_mode": "frozen"}))  # LoRA is merged already
-    with explained_load_errors(str(folder / ENCODER_FOLDER)):
+    with explained_load_errors(folder / ENCODER_FOLDER, "--model_id"):
         encoder = AutoModel.from_pretrained(folder / ENCODER_FOLDER, dtype=dtype or compute_dtype())
     model = EncoderClassifier(config, encoder=encoder)
     model.head.load_state_dict(load_file(folder / HEAD_FILE))

@@ -3,6 +3,7 @@
 Each PNG becomes a `.dcm` with the same pixels: the 8-bit NIH images as 8-bit
 DICOMs (the second one MONOCHROME1, its pixels stored inverted), the 16-bit
 NODE21 image as a 16-bit DICOM with 12 bits stored and its pixel spacing.
+A test module takes them with `from ...dicom_files import dicom_dir` (a fixture).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -18,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 DATA_DIR = Path(__file__).parent / "data"
 FIXTURE_SPACING_MM = {"node21_3_16bit.png": 0.269}
 MONOCHROME1_FIXTURE = "00027426_000.png"
+PNGS = sorted(p.name for p in DATA_DIR.glob("*.png"))
 
 
 def write_dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
@@ -53,3 +56,11 @@ def fixture_dicoms(folder: Path, spacing: bool = True) -> dict[str, Path]:
         tags = {"PixelSpacing": [FIXTURE_SPACING_MM[png.name]] * 2} if spacing and png.name in FIXTURE_SPACING_MM else {}
         written[png.name] = png_as_dicom(png, folder / f"{png.stem}.dcm", png.name == MONOCHROME1_FIXTURE, **tags)
     return written
+
+
+@pytest.fixture(scope="module")
+def dicom_dir(tmp_path_factory) -> Path:
+    """A folder holding every fixture PNG as a DICOM (fixture_dicoms), shared by the tests of a module."""
+    folder = tmp_path_factory.mktemp("dicoms")
+    fixture_dicoms(folder)
+    return folder

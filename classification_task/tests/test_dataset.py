@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from classification_task.common.percentiles import exact_percentiles
 from classification_task.dataset import (
-    DataError, ImageCache, Preprocessing, integer_percentiles, load_image, load_labels, patient_id,
+    DataError, ImageCache, Preprocessing, load_image, load_labels, patient_id,
     read_grey, read_labels_csv, safe_join, stretch_to_uint8,
 )
 from classification_task.demo.synthetic import generate_dataset
@@ -62,7 +63,7 @@ def test_histogram_percentiles_equal_numpy(dtype, high):
     for _ in range(5):
         pixels = rng.integers(0, high, size=(rng.integers(1, 90), rng.integers(1, 90)), dtype=dtype)
         for pct in (0.0, 0.5, 37.3, 99.5, 100.0):
-            assert integer_percentiles(pixels, (pct,))[0] == pytest.approx(np.percentile(pixels, pct), abs=1e-9)
+            assert exact_percentiles(pixels, (pct,))[0] == pytest.approx(np.percentile(pixels, pct), abs=1e-9)
 
 
 def test_stretch_matches_a_sorted_reference_on_16_bit():

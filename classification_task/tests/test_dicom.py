@@ -5,22 +5,14 @@ import shutil
 import numpy as np
 import pandas as pd
 import pydicom
-import pytest
 
 from classification_task import inference
 from classification_task.dataset import (
     Preprocessing, RadiographDataset, load_image, load_labels, read_grey, stretch_to_uint8,
 )
-from classification_task.tests.dicom_files import DATA_DIR, MONOCHROME1_FIXTURE, fixture_dicoms, write_dicom
-
-PNGS = sorted(p.name for p in DATA_DIR.glob("*.png"))
-
-
-@pytest.fixture(scope="module")
-def dicom_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dicoms")
-    fixture_dicoms(folder)
-    return folder
+from classification_task.tests.dicom_files import (  # noqa: F401  dicom_dir: a fixture
+    DATA_DIR, MONOCHROME1_FIXTURE, PNGS, dicom_dir, write_dicom,
+)
 
 
 def test_fixture_dicoms_read_as_the_pixels_of_their_pngs(dicom_dir):

@@ -125,7 +125,7 @@ def test_a_training_batch_of_unreadable_images_only_costs_nothing(tiny_dinov2_di
     a batch of none readable gives a zero loss that still reaches every trainable weight."""
     from classification_task.classifiers import batch_collator, logits_function
     from classification_task.trainer import NoduleTrainer
-    from classification_task.common.unreadable import ReadableBatchCollator
+    from classification_task.trainer import ReadableBatchCollator
 
     model = new_classifier(str(tiny_dinov2_dir), encoder_mode="frozen")
     collate = ReadableBatchCollator(None, batch_collator(model, None))

@@ -12,8 +12,9 @@ import pytest
 from classification_task import dataset
 
 from classification_task.common import percentiles
+from classification_task.common.percentiles import exact_percentiles
 from classification_task.dataset import (
-    clip_bounds, find_image_paths, integer_percentiles, patient_id, resolve_image_path,
+    clip_bounds, find_image_paths, patient_id, resolve_image_path,
 )
 from classification_task.split import split_by_patient
 
@@ -112,7 +113,7 @@ def test_percentiles_equal_numpy_exactly():
     for pixels in _images(rng):
         percentiles = (0.0, 0.5, 1.0, 4.9, 5.0, 37.3, 50.0, 95.0, 99.5, 100.0, rng.uniform(0, 100))
         expected = [float(v) for v in np.percentile(pixels, percentiles)]
-        assert integer_percentiles(pixels, percentiles) == expected, (pixels.dtype, pixels.shape)
+        assert exact_percentiles(pixels, percentiles) == expected, (pixels.dtype, pixels.shape)
 
 
 def test_clip_percentiles_of_radiographs_come_from_the_tails(monkeypatch):

@@ -1,5 +1,7 @@
 """The patient split: grouped by patient, stratified by class, seeded, saved and reused."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +9,19 @@ import pandas as pd
 import pytest
 
 from classification_task.dataset import DataError, load_labels, patient_id
-from classification_task.split import load_or_make_split, split_by_patient
+from classification_task.split import load_or_make_split, split_by_patient, split_table
 from classification_task.demo.synthetic import generate_dataset
+
+
+REPO = Path(__file__).resolve().parents[2]
+# The localizer's train.py deciding and writing its split.csv, run as a command (the two task folders
+# never import each other).
+LOCALIZER_SPLIT = (
+    "import sys\n"
+    "from localization_task import train\n"
+    "config = train.TrainConfig(data_root=sys.argv[1], output_dir=sys.argv[2])\n"
+    "train.write_split(config, train.load_splits(config))\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +72,16 @@ def test_bad_split_files_are_refused(demo_root, tmp_path):
     pd.DataFrame({"file_name": frame["file_name"], "split": "validation"}).to_csv(tmp_path / "s.csv", index=False)
     with pytest.raises(DataError, match="split"):
         load_or_make_split(frame, tmp_path / "s.csv", seed=0)
+
+
+def test_a_split_file_written_by_the_localizer_is_read_and_written_back_unchanged(demo_root, tmp_path):
+    """--split_file of the localizer's split.csv: the classifier takes its split, and both files hold the same
+    columns, labels and patients."""
+    done = subprocess.run([sys.executable, "-c", LOCALIZER_SPLIT, str(demo_root), str(tmp_path / "loc")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    localizer = pd.read_csv(tmp_path / "loc" / "split.csv", dtype=str, keep_default_na=False)
+    ours = split_table(load_or_make_split(load_labels(demo_root), tmp_path / "loc" / "split.csv", seed=0))
+    assert list(localizer.columns) == list(ours.columns) == ["file_name", "split", "label", "patient_id"]
+    pd.testing.assert_frame_equal(ours.sort_values("file_name").reset_index(drop=True),
+                                  localizer.sort_values("file_name").reset_index(drop=True))

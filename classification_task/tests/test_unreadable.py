@@ -11,8 +11,8 @@ from classification_task import train
 from classification_task.dataset import DataError, RadiographDataset, load_labels
 from classification_task.split import split_by_patient
 from classification_task.demo.synthetic import generate_dataset
-from classification_task.trainer import NoduleTrainer
-from classification_task.common.unreadable import UNREADABLE_CSV, ReadableBatchCollator, UnreadableImages
+from classification_task.trainer import NoduleTrainer, ReadableBatchCollator
+from classification_task.common.unreadable import UNREADABLE_CSV, UnreadableImages
 
 
 def _truncate(path: str) -> None:

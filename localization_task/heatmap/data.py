@@ -70,6 +70,7 @@ class HeatmapDataset(Dataset):
                  augmentation: KeypointAugmentation | None = None, seed: int = 0,
                  skip_unreadable: bool = False):
         self.paths = frame["path"].tolist()
+        self.file_names = frame["file_name"].tolist() if "file_name" in frame else self.paths
         self.points_px = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in frame["points_px"]]
         self.labels = frame["label"].to_numpy(dtype=np.int64)
         self.kinds = image_kinds(self.labels, [len(p) for p in self.points_px])

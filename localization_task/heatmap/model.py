@@ -5,10 +5,12 @@
         (+ an image stem: strided 3x3 convs on pixel_values down to S/stride, concatenated)
         -> 2 x (3x3 conv, GroupNorm, GELU) -> 1x1 conv -> logits (B, 1, S/stride, S/stride)
 
-Encoders: a Dinov2 model (default `microsoft/rad-dino`, a ViT-B/14 trained on
-chest radiographs) or the SigLIP vision tower of a Gemma 3 checkpoint such as
-`google/medgemma-1.5-4b-it` (only `model.vision_tower` is kept; the language
-model and projector are discarded after loading). The encoder is frozen,
+Encoders (loaded by `common/hub.py`, as the encoder classifier's are): a Dinov2
+model (default `microsoft/rad-dino`, a ViT-B/14 trained on chest radiographs),
+a SigLIP vision checkpoint (`google/medsiglip-448`: its vision half), or the
+SigLIP vision tower of a Gemma 3 checkpoint such as `google/medgemma-1.5-4b-it`
+(only `model.vision_tower` is kept; the language model and projector are
+discarded after loading). The encoder is frozen,
 adapted with LoRA on its attention projections, or fully trained.
 
 `HeatmapLocalizer` is a transformers `PreTrainedModel`: `save_pretrained`
@@ -20,25 +22,22 @@ image processor; only the processor's mean and std are kept.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
-from dotenv import load_dotenv
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from torch.nn import functional as F
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModel,
-    AutoModelForImageTextToText,
     Dinov2Config,
     PretrainedConfig,
     PreTrainedModel,
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from localization_task.common.hub import load_image_processor, load_pretrained_encoder
 from localization_task.dataset import DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT
 
 DEFAULT_ENCODER = "microsoft/rad-dino"
@@ -260,11 +259,10 @@ class HeatmapLocalizer(PreTrainedModel):
         lora_alpha: int = 16,
         lora_dropout: float = 0.05,
         clip_pct: tuple[float, float] = (DEFAULT_CLIP_LOW_PCT, DEFAULT_CLIP_HIGH_PCT),
-        token: str | None = None,
     ) -> HeatmapLocalizer:
         """A new localizer on pretrained encoder weights; input size defaults to the encoder's own."""
-        encoder = load_pretrained_encoder(encoder_id_or_path, token=token)
-        image_mean, image_std = image_normalisation(encoder_id_or_path, token=token)
+        encoder = load_pretrained_encoder(encoder_id_or_path, "--encoder")
+        image_mean, image_std = image_normalisation(encoder_id_or_path)
         config = HeatmapLocalizerConfig(
             encoder_config=encoder.config,
             input_size_px=input_size_px or _image_size_px(encoder.config),
@@ -303,52 +301,9 @@ def _image_size_px(encoder_config) -> int:
     return size if isinstance(size, int) else size[0]
 
 
-def _explained_load(what: str, encoder_id_or_path, load):
-    """Run `load()`, turning a missing or unreadable checkpoint into one plain sentence."""
-    try:
-        return load()
-    except OSError as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(
-            f"could not load the {what} of {str(encoder_id_or_path)!r} ({reason}); "
-            "check --encoder (a hub id or a local folder) and, for a gated model, HF_TOKEN."
-        ) from None
-
-
-def load_pretrained_encoder(encoder_id_or_path: str | Path, token: str | None = None) -> PreTrainedModel:
-    """The pretrained encoder of a Dinov2 checkpoint, or the vision tower of a Gemma 3 one, in float32."""
-    source = str(encoder_id_or_path)
-    config = _explained_load("config", source, lambda: AutoConfig.from_pretrained(source, token=token))
-    if config.model_type == "dinov2":
-        return _explained_load(
-            "weights", source, lambda: AutoModel.from_pretrained(source, dtype=torch.float32, token=token)
-        )
-    if config.model_type == "gemma3":
-        # The stored dtype (bf16 for MedGemma) keeps the soon-dropped language model small.
-        full = _explained_load(
-            "weights",
-            source,
-            lambda: AutoModelForImageTextToText.from_pretrained(source, dtype="auto", token=token),
-        )
-        tower = full.model.vision_tower
-        del full
-        return tower.to(torch.float32)
-    raise ValueError(
-        f"--encoder {source!r} is a {config.model_type!r} model; it must be a Dinov2 checkpoint "
-        f"(e.g. {DEFAULT_ENCODER}) or a Gemma 3 one (e.g. google/medgemma-1.5-4b-it)."
-    )
-
-
-def image_normalisation(encoder_id_or_path: str | Path, token: str | None = None) -> tuple[list, list]:
+def image_normalisation(encoder_id_or_path: str | Path) -> tuple[list, list]:
     """(image_mean, image_std) from the checkpoint's image processor config; ImageNet's if it has none."""
-    try:
-        processor = AutoImageProcessor.from_pretrained(str(encoder_id_or_path), token=token)
-    except OSError:
+    processor = load_image_processor(encoder_id_or_path)
+    if processor is None:
         return list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
     return [float(v) for v in processor.image_mean], [float(v) for v in processor.image_std]
-
-
-def hub_token() -> str | None:
-    """HF_TOKEN from the environment or a `.env` file; never printed or stored."""
-    load_dotenv()
-    return os.environ.get("HF_TOKEN") or None

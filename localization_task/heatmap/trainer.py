@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 from transformers import Trainer
 
-from localization_task.dataset import DataError
+from localization_task.common.unreadable import UnreadableImages
 from localization_task.heatmap.evaluate import f1_and_counts, split_peaks, tune_min_confidence
 from localization_task.heatmap.peaks import peaks_tensor
 from localization_task.split import KEYPOINTED, NEGATIVE, WEAK
@@ -131,10 +131,9 @@ class HeatmapTrainer(Trainer):
     """Stock Trainer (accumulation, mixed precision, checkpoints, resume, multi-GPU) with our loss."""
 
     def __init__(self, *args, weak_weight: float, weak_per_keypointed: float, negatives_per_keypointed: float,
-                 max_points: int, sampler_seed: int = 0, max_unreadable_frac: float = 0.01, **kwargs):
+                 max_points: int, sampler_seed: int = 0, unreadable: UnreadableImages | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.max_unreadable_frac = max_unreadable_frac
-        self.unreadable: dict[str, str] = {}  # training images skipped in this process: path -> reason
+        self.unreadable = unreadable  # records what the collator left out, over every process
         self.weak_weight = weak_weight
         self.mix = (weak_per_keypointed, negatives_per_keypointed)
         self.max_points = max_points
@@ -146,7 +145,7 @@ class HeatmapTrainer(Trainer):
         return MixedEpochSampler(dataset.kinds, *self.mix, seed=self.sampler_seed, on_epoch=dataset.set_epoch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self.note_unreadable(inputs.get("skipped", []))
+        self.record_unreadable(inputs, self.train_dataset)
         if len(inputs["index"]) == 0:  # every image of the batch was unreadable
             loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
             return (loss, None) if return_outputs else loss
@@ -154,17 +153,15 @@ class HeatmapTrainer(Trainer):
         loss = heatmap_loss(logits, inputs, self.weak_weight)
         return (loss, logits) if return_outputs else loss
 
-    def note_unreadable(self, skipped) -> None:
-        """Remember skipped training images; too many of them end the run with one sentence."""
-        paths = self.train_dataset.paths
-        self.unreadable.update((paths[int(index)], reason) for index, reason in skipped)
-        allowed = self.max_unreadable_frac * len(self.train_dataset)
-        if len(self.unreadable) > allowed:
-            raise DataError(f"{len(self.unreadable)} training images are unreadable, more than --max_unreadable_frac "
-                            f"allows ({allowed:.0f}), e.g. {next(iter(self.unreadable))}; replace them or remove "
-                            "their rows from the label CSVs.")
+    def record_unreadable(self, inputs: dict, dataset) -> None:
+        """The images the batch skipped, by file name, gathered from every process (each takes this step
+        together), so that each counts every unreadable image once against the limit and all stop together."""
+        if self.unreadable is not None:
+            skipped = [(dataset.file_names[int(index)], reason) for index, reason in inputs.get("skipped", [])]
+            self.unreadable.record_from_all_processes(skipped)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        self.record_unreadable(inputs, self.eval_dataset)
         inputs = self._prepare_inputs(inputs)
         if len(inputs["index"]) == 0:  # unreadable images only: nothing to score
             device = self.args.device

@@ -10,7 +10,7 @@ from localization_task.dataset import (
     DataError, discover_images, image_size, load_localization_data, percentile_clip_to_uint8,
     preprocess_image, safe_join, to_grey_array,
 )
-from localization_task.common.percentiles import histogram_percentiles
+from localization_task.common.percentiles import exact_percentiles
 
 DATA = Path(__file__).parent / "data"
 NIH_8BIT = DATA / "00000001_000.png"
@@ -27,16 +27,18 @@ def test_histogram_percentiles_equal_numpy_linear_exactly(dtype, high):
         values = rng.integers(0, rng.integers(1, high + 1), size=rng.integers(1, 3000)).astype(dtype)
         pcts = [0.5, 99.5, 0.0, 100.0, 50.0, rng.uniform(0, 100)]
         expected = np.percentile(values, pcts, method="linear")
-        np.testing.assert_array_equal(histogram_percentiles(values, pcts), expected)
+        np.testing.assert_array_equal(exact_percentiles(values, pcts), expected)
 
 
 def test_histogram_percentiles_on_signed_and_float_images():
     rng = np.random.default_rng(1)
     signed = rng.integers(-3000, 3000, size=(64, 80)).astype(np.int32)  # mode 'I'
     floats = rng.normal(size=(64, 80)).astype(np.float32)  # mode 'F'
-    for values in (signed, floats):
+    wide = rng.integers(-2**40, 2**40, size=(64, 80))  # too wide for a histogram: np.percentile itself
+    narrow_u32 = rng.integers(70000, 70500, size=(64, 80)).astype(np.uint32)  # a histogram from 70000 on
+    for values in (signed, floats, wide, narrow_u32):
         np.testing.assert_array_equal(
-            histogram_percentiles(values, [0.5, 99.5]), np.percentile(values, [0.5, 99.5], method="linear")
+            exact_percentiles(values, [0.5, 99.5]), np.percentile(values, [0.5, 99.5], method="linear")
         )
 
 

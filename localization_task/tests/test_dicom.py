@@ -13,16 +13,7 @@ from localization_task import inference, metrics
 from localization_task.dataset import image_size, load_preprocessed, read_grey, read_stretched
 from localization_task.heatmap.model import HeatmapLocalizer
 from localization_task.evaluation.predictions import RESULTS_CSV
-from localization_task.tests.dicom_files import DATA_DIR, fixture_dicoms, write_dicom
-
-PNGS = sorted(p.name for p in DATA_DIR.glob("*.png"))
-
-
-@pytest.fixture(scope="module")
-def dicom_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dicoms")
-    fixture_dicoms(folder)
-    return folder
+from localization_task.tests.dicom_files import DATA_DIR, PNGS, dicom_dir, write_dicom  # noqa: F401  dicom_dir: a fixture
 
 
 def _dcm(png: str) -> str:

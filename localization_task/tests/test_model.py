@@ -8,6 +8,8 @@ from transformers import (
     Gemma3Config,
     Gemma3ForConditionalGeneration,
     Gemma3TextConfig,
+    SiglipConfig,
+    SiglipModel,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
@@ -158,13 +160,30 @@ def test_gemma3_tower_runs_at_a_size_it_was_not_trained_for(tmp_path):
     assert model(random_pixels(model, batch=1)).shape == (1, 1, 12, 12)
 
 
+def test_a_siglip_checkpoint_gives_its_vision_half_as_the_encoder(tmp_path):
+    """As the encoder classifier takes google/medsiglip-448: the text tower is dropped."""
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=56, patch_size=14)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99)
+    torch.manual_seed(0)
+    SiglipModel(SiglipConfig(vision_config=vision, text_config=text)).save_pretrained(tmp_path / "siglip")
+    model = HeatmapLocalizer.from_encoder(tmp_path / "siglip", stride=4).eval()
+    assert model.config.encoder_type == "siglip_vision_model" and model.config.input_size_px == 56
+    assert model(random_pixels(model)).shape == (2, 1, 14, 14)
+    # The vision half saved alone, as the encoder classifier's encoder/ folder holds it, loads too.
+    model.encoder.save_pretrained(tmp_path / "vision")
+    again = HeatmapLocalizer.from_encoder(tmp_path / "vision", stride=4)
+    assert again.encoder.state_dict().keys() == model.encoder.state_dict().keys()
+
+
 def test_unknown_or_missing_encoder_is_one_sentence(tmp_path):
     BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="--encoder") as unknown:
         HeatmapLocalizer.from_encoder(tmp_path)
     assert "'bert'" in str(unknown.value) and "\n" not in str(unknown.value)
-    with pytest.raises(ValueError, match="--encoder"):
+    with pytest.raises(ValueError, match="--encoder") as missing:
         HeatmapLocalizer.from_encoder(tmp_path / "missing")
+    assert "HF_TOKEN" in str(missing.value) and "\n" not in str(missing.value)
 
 
 def test_config_validation():

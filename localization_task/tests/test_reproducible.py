@@ -49,12 +49,13 @@ def test_two_identical_runs_and_a_killed_then_resumed_run_give_the_same_test_pre
 
 
 def test_the_training_dataset_follows_the_epoch_in_every_process(labelled_root, tiny_encoder, tmp_path):
-    """torchrun with 2 CPU processes (gloo): 6 steps are two epochs here; each process's dataset sees both."""
+    """torchrun with 2 CPU processes (gloo) sharing the batches: 4 steps are two epochs here; each process's
+    dataset sees both."""
     probe = tmp_path / "probe"
     probe.mkdir()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(REPO / "localization_task" / "tests" / "epoch_probe.py"), str(probe),
-               *_argv(labelled_root, tiny_encoder, tmp_path, "--max_steps", "6", "--eval_steps", "6")]
+               *_argv(labelled_root, tiny_encoder, tmp_path, "--max_steps", "4", "--eval_steps", "4")]
     env = {**_env(), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

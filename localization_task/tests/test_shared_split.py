@@ -20,20 +20,32 @@ from localization_task.heatmap.evaluate import SplitPeaks, f1_and_counts
 from localization_task.tests.test_train import _argv
 
 REPO = Path(__file__).resolve().parents[2]
+# The classifier's split.csv, as its train.py writes it.
 CLASSIFIER_SPLIT = (
     "import sys\n"
     "from classification_task.dataset import load_labels\n"
-    "from classification_task.split import split_by_patient\n"
+    "from classification_task.split import split_by_patient, split_table\n"
     "frame = load_labels(sys.argv[1])\n"
-    "frame.assign(split=split_by_patient(frame, seed=7))[['file_name', 'split']].to_csv(sys.argv[2], index=False)\n"
+    "split_table(frame.assign(split=split_by_patient(frame, seed=7))).to_csv(sys.argv[2], index=False)\n"
+)
+# What the classifier's train.py trains on with --split_file (argv[2]), written back in its own schema.
+CLASSIFIER_READS = (
+    "import sys\n"
+    "from classification_task.dataset import load_labels\n"
+    "from classification_task.split import load_or_make_split, split_table\n"
+    "split_table(load_or_make_split(load_labels(sys.argv[1]), sys.argv[2], seed=0)).to_csv(sys.argv[3], index=False)\n"
 )
 
 
-def _classifier_split(root: Path, out_csv: Path) -> pd.DataFrame:
-    done = subprocess.run([sys.executable, "-c", CLASSIFIER_SPLIT, str(root), str(out_csv)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+def _run_classifier_code(code: str, *args) -> None:
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    return pd.read_csv(out_csv, dtype=str)
+
+
+def _classifier_split(root: Path, out_csv: Path) -> pd.DataFrame:
+    _run_classifier_code(CLASSIFIER_SPLIT, root, out_csv)
+    return pd.read_csv(out_csv, dtype=str, keep_default_na=False)
 
 
 def _error_lines(capsys) -> list[str]:
@@ -54,7 +66,7 @@ def shared(labelled_root, tiny_encoder, tmp_path_factory) -> dict:
                  "--gate_csv", str(run / "test_predictions.csv"), "--eval_negatives", "1")
     assert train.main(argv) == 0
     return {"run": run, "classifier": classifier, "left_out": left_out,
-            "localizer": pd.read_csv(run / "out" / "split.csv", dtype=str),
+            "localizer": pd.read_csv(run / "out" / "split.csv", dtype=str, keep_default_na=False),
             "summary": json.loads((run / "out" / "eval_summary.json").read_text())}
 
 
@@ -65,6 +77,25 @@ def test_no_image_is_in_one_tasks_train_split_and_the_others_test_split(shared):
                    | ((both["split_clf"] == "test") & (both["split_loc"] == "train"))]
     assert crossed.empty
     assert (both["split_clf"] == "test").tolist() == (both["split_loc"] == "test").tolist()
+
+
+def test_the_localizer_writes_the_classifiers_schema_with_the_same_labels_and_patients(shared):
+    """The localizer's --split_file read the classifier's split.csv; its own split.csv has the same columns."""
+    classifier, localizer = shared["classifier"], shared["localizer"]
+    assert list(localizer.columns) == list(classifier.columns) == ["file_name", "split", "label", "patient_id"]
+    both = classifier.merge(localizer, on="file_name", suffixes=("_clf", "_loc"))
+    assert len(both) == len(classifier) == len(localizer)
+    assert (both["label_clf"] == both["label_loc"]).all() and (both["patient_id_clf"] == both["patient_id_loc"]).all()
+
+
+def test_the_classifier_reads_the_localizers_split_file_and_keeps_every_image_in_it(shared, labelled_root, tmp_path):
+    """The classifier's --split_file on the localizer's split.csv: written back, the same table."""
+    _run_classifier_code(CLASSIFIER_READS, labelled_root, shared["run"] / "out" / "split.csv", tmp_path / "back.csv")
+    back = pd.read_csv(tmp_path / "back.csv", dtype=str, keep_default_na=False)
+    localizer = shared["localizer"]
+    assert list(back.columns) == list(localizer.columns)
+    pd.testing.assert_frame_equal(back.sort_values("file_name").reset_index(drop=True),
+                                  localizer.sort_values("file_name").reset_index(drop=True))
 
 
 def test_the_classifier_split_gives_the_localizer_enough_keypointed_validation_images(shared, labelled_root):
@@ -145,7 +176,7 @@ def test_resume_after_a_row_is_dropped_moves_no_image_between_splits(shared, lab
 
     config = train.TrainConfig(data_root=str(root), output_dir=str(run / "out"), resume="latest")
     frames = train.load_splits(config)
-    before = dict(pd.read_csv(run / "out" / "split.csv", dtype=str).values)
+    before = dict(pd.read_csv(run / "out" / "split.csv", dtype=str)[["file_name", "split"]].values)
     after = {name: split for split, part in frames.items() for name in part["file_name"]}
     assert dropped not in after and len(after) == len(before) - 1
     assert all(before[name] == split for name, split in after.items())
