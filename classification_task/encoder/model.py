@@ -36,34 +36,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from classification_task.common.encoder_model import ENCODER_MODES, LORA_TARGETS, EncoderWithHead, build_encoder
 from classification_task.common.hub import explained_load_errors, load_image_processor, load_pretrained_encoder
 from classification_task.model import compute_dtype, filled_up, p_nodule_from_logits, row_by_row_product
 
 CLASSIFIER_TYPE = "nodule_encoder_classifier"
-ENCODER_MODES = ("frozen", "lora", "full")
 # Config model_type of a checkpoint -> the encoder type kept (a Gemma 3 checkpoint gives its SigLIP tower).
 ENCODER_TYPES = {"dinov2": "dinov2", "siglip": "siglip_vision_model", "siglip_vision_model": "siglip_vision_model",
                  "gemma3": "siglip_vision_model"}
-# The attention projections LoRA adapts (transformers 5 module names).
-LORA_TARGETS = {
-    "dinov2": ["attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"],
-    "siglip_vision_model": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"],
-}
 HEAD_FILE = "head.safetensors"
 ENCODER_FOLDER = "encoder"
 
@@ -112,12 +101,6 @@ class EncoderClassifierConfig(PretrainedConfig):
         return patch if isinstance(patch, int) else patch[0]
 
 
-def build_encoder(encoder_config: dict) -> PreTrainedModel:
-    """A random-init encoder from its config dict (its weights are loaded afterwards)."""
-    settings = {k: v for k, v in encoder_config.items() if k not in ("model_type", "dtype")}
-    return AutoModel.from_config(AutoConfig.for_model(encoder_config["model_type"], **settings))
-
-
 class RowByRowLinear(nn.Linear):
     """nn.Linear (same parameters, same saved names) whose outputs are each summed on their own, so a
     row's logits do not depend on its position in the batch (see `model.row_by_row_product`)."""
@@ -126,26 +109,16 @@ class RowByRowLinear(nn.Linear):
         return row_by_row_product(inputs, self.weight) + self.bias
 
 
-class EncoderClassifier(PreTrainedModel):
+class EncoderClassifier(EncoderWithHead):
     """Encoder + head; `forward(pixel_values) -> logits (B, 2)`, float32, (No Finding, Nodule)."""
 
     config_class = EncoderClassifierConfig
     base_model_prefix = "classifier"
-    main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
 
-    def __init__(self, config: EncoderClassifierConfig, encoder: PreTrainedModel | None = None) -> None:
-        super().__init__(config)
-        self.encoder = encoder if encoder is not None else build_encoder(config.encoder_config)
+    def build_head(self, config: EncoderClassifierConfig) -> nn.Module:
         width = self.encoder.config.hidden_size * (2 if config.encoder_type == "dinov2" else 1)
-        self.head = nn.Sequential(nn.LayerNorm(width), RowByRowLinear(width, 2))
-        self.post_init()
-        # LoRA after post_init, which would otherwise overwrite the zero-initialised B matrices.
-        if config.encoder_mode == "lora":
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=LORA_TARGETS[config.encoder_type])
-            inject_adapter_in_model(lora, self.encoder)
-        self._set_trainable()
+        return nn.Sequential(nn.LayerNorm(width), RowByRowLinear(width, 2))
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -153,24 +126,6 @@ class EncoderClassifier(PreTrainedModel):
         if module is self.head:
             for layer in module:
                 layer.reset_parameters()
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> EncoderClassifier:
-        model = super().from_pretrained(*args, **kwargs)
-        model._set_trainable()  # loading materialises fresh parameters, all trainable
-        return model
-
-    def save_pretrained(self, *args, **kwargs) -> None:
-        # Keep this model's parameter names, so the Trainer can load its checkpoints back (resume, best model).
-        kwargs.setdefault("save_original_format", False)
-        super().save_pretrained(*args, **kwargs)
-
-    def _set_trainable(self) -> None:
-        mode = self.config.encoder_mode
-        for name, param in self.encoder.named_parameters():
-            param.requires_grad = mode == "full" or (mode == "lora" and "lora_" in name)
-        for param in self.head.parameters():
-            param.requires_grad = True
 
     def pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Dinov2: its CLS token next to the mean patch token (as Dinov2ForImageClassification);

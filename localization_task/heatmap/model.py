@@ -25,29 +25,17 @@ import math
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from torch.nn import functional as F
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    Dinov2Config,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import Dinov2Config, PretrainedConfig, PreTrainedModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from localization_task.common.encoder_model import ENCODER_MODES, LORA_TARGETS, EncoderWithHead
 from localization_task.common.hub import load_image_processor, load_pretrained_encoder
 from localization_task.dataset import DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT
 
 DEFAULT_ENCODER = "microsoft/rad-dino"
-ENCODER_MODES = ("frozen", "lora", "full")
 STRIDES = (4, 8)
-# The attention projections LoRA adapts, by encoder type (transformers 5 module names).
-LORA_TARGETS = {
-    "dinov2": ["attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"],
-    "siglip_vision_model": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"],
-}
 # sigmoid(-2.19) = 0.1: CenterNet's prior, so the untrained heatmap starts nearly empty
 # and the many negative cells do not swamp the first steps of the focal loss.
 PRIOR_LOGIT = -2.19
@@ -162,68 +150,22 @@ class HeatmapHead(nn.Module):
         return self.out(self.refine(x))
 
 
-def build_encoder(encoder_config: dict) -> PreTrainedModel:
-    """A random-init encoder from its config dict (weights come from a checkpoint afterwards)."""
-    settings = {k: v for k, v in encoder_config.items() if k not in ("model_type", "dtype")}
-    return AutoModel.from_config(AutoConfig.for_model(encoder_config["model_type"], **settings))
-
-
-class HeatmapLocalizer(PreTrainedModel):
+class HeatmapLocalizer(EncoderWithHead):
     """Encoder + heatmap head; `forward(pixel_values) -> logits (B, 1, S/stride, S/stride)`."""
 
     config_class = HeatmapLocalizerConfig
     base_model_prefix = "localizer"
-    main_input_name = "pixel_values"
 
-    def __init__(self, config: HeatmapLocalizerConfig, encoder: PreTrainedModel | None = None) -> None:
-        super().__init__(config)
-        self.encoder = encoder if encoder is not None else build_encoder(config.encoder_config)
-        self.head = HeatmapHead(
-            in_channels=self.encoder.config.hidden_size,
-            head_channels=config.head_channels,
-            size_hm=config.input_size_px // config.stride,
-            stride=config.stride,
-            stem_channels=config.stem_channels,
-        )
-        self.post_init()
-        # LoRA after post_init: weight initialisation would otherwise overwrite
-        # the zero-initialised LoRA B matrices (and the adapter would not start as a no-op).
-        if config.encoder_mode == "lora":
-            lora = LoraConfig(
-                r=config.lora_r,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=config.lora_dropout,
-                target_modules=LORA_TARGETS[config.encoder_type],
-            )
-            inject_adapter_in_model(lora, self.encoder)
-        self._set_trainable()
+    def build_head(self, config: HeatmapLocalizerConfig) -> nn.Module:
+        return HeatmapHead(in_channels=self.encoder.config.hidden_size, head_channels=config.head_channels,
+                           size_hm=config.input_size_px // config.stride, stride=config.stride,
+                           stem_channels=config.stem_channels)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # The encoder initialises itself; only the head is ours.
         if isinstance(module, HeatmapHead):
             module.reset_parameters()
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> HeatmapLocalizer:
-        model = super().from_pretrained(*args, **kwargs)
-        # Loading materialises fresh parameters, all trainable: restore the mode's choice.
-        model._set_trainable()
-        return model
-
-    def save_pretrained(self, *args, **kwargs) -> None:
-        # Keep this model's own parameter names. transformers would otherwise write the
-        # encoder's weights under their older hub names, which the Trainer cannot load
-        # back into this model when it resumes or restores the best checkpoint.
-        kwargs.setdefault("save_original_format", False)
-        super().save_pretrained(*args, **kwargs)
-
-    def _set_trainable(self) -> None:
-        mode = self.config.encoder_mode
-        for name, param in self.encoder.named_parameters():
-            param.requires_grad = mode == "full" or (mode == "lora" and "lora_" in name)
-        for param in self.head.parameters():
-            param.requires_grad = True
 
     def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, C, S/patch, S/patch) from the encoder's last hidden state."""
