@@ -155,7 +155,7 @@ def padded_vocab_size(tokenizer: GemmaTokenizer) -> int:
 
 def build_model(config: TinyModelConfig, tokenizer: GemmaTokenizer) -> Gemma3ForConditionalGeneration:
     text_config = Gemma3TextConfig(
-        vocab_size=padded_vocab_size(tokenizer),
+        vocab_size=len(tokenizer),
         hidden_size=config.text_hidden,
         intermediate_size=config.text_hidden * 2,
         num_hidden_layers=config.text_layers,
@@ -192,6 +192,8 @@ def build_model(config: TinyModelConfig, tokenizer: GemmaTokenizer) -> Gemma3For
     # have no effect on the output and nothing visual could be learned.
     projection = model.model.multi_modal_projector.mm_input_projection_weight
     torch.nn.init.normal_(projection, std=config.vision_hidden**-0.5)
+    # Padded after the seeded build, so that every other weight is the unpadded model's.
+    model.resize_token_embeddings(padded_vocab_size(tokenizer), mean_resizing=False)
     return model.eval()
 
 
