@@ -259,11 +259,33 @@ def head_rows(lm_head: torch.nn.Module, answer_ids: list[int]) -> tuple[torch.Te
                          "so train without lm_head among the LoRA target modules.")
     weight = lm_head.weight
     if getattr(weight, "quant_state", None) is not None:
+        rows = dequantized_rows(weight.data, weight.quant_state, answer_ids)
+    else:
+        rows = weight[answer_ids].float()
+    bias = getattr(lm_head, "bias", None)
+    return rows, None if bias is None else bias[answer_ids].float()
+
+
+def dequantized_rows(data: torch.Tensor, state, row_ids: list[int]) -> torch.Tensor:
+    """Rows of a 4-bit weight in float32, from either of bitsandbytes' layouts on the CPU.
+
+    After an eval forward without gradients on a CPU with AVX512-BF16, bitsandbytes
+    keeps the weight packed for its CPU kernel (functional._convert_weight_packed_for_cpu),
+    which `dequantize_4bit` cannot read: blocks of 32 output rows whose codes share
+    bytes (rows 0-15 in the low nibble, 16-31 in the high one), scales transposed in bf16.
+    """
+    if not getattr(state, "packing_format_for_cpu", False):
         from bitsandbytes.functional import dequantize_4bit
 
-        weight = dequantize_4bit(weight.data, weight.quant_state)
-    bias = getattr(lm_head, "bias", None)
-    return weight[answer_ids].float(), None if bias is None else bias[answer_ids].float()
+        return dequantize_4bit(data, state)[row_ids].float()
+    block = 32  # block_n of the packing
+    n_rows, n_inputs = state.shape
+    ids = torch.as_tensor(row_ids)
+    blocks = data.view(torch.uint8).reshape(n_rows // block, n_inputs // 2, block)[ids // block]
+    nibbles = torch.cat([blocks & 0xF, blocks >> 4], dim=-1).reshape(len(ids), n_inputs // 2, block, 2)
+    codes = nibbles[torch.arange(len(ids)), :, ids % block].reshape(len(ids), n_inputs)
+    scales = state.absmax.T[ids].float().repeat_interleave(state.blocksize, dim=1)
+    return state.code.float()[codes.long()] * scales
 
 
 @contextmanager

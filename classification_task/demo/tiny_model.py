@@ -75,6 +75,14 @@ GEMMA3_MM_TOKENS = {
 }
 TURN_TOKENS = ["<start_of_turn>", "<end_of_turn>"]
 
+# On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for its CPU kernel when the layer
+# runs in eval mode without gradients (bitsandbytes/functional.py, _convert_weight_packed_for_cpu):
+# output rows go in blocks of 32, and each row's scales are regrouped per quantisation block of 64
+# inputs. A layer that may go 4-bit therefore needs out_features % 32 == 0 and in_features % 64 == 0,
+# as the real text model's layers have (vocabulary 262,208, hidden 2,560, intermediate 10,240).
+PACKED_ROWS = 32
+QUANT_BLOCK_INPUTS = 64
+
 
 @dataclass
 class TinyModelConfig:
@@ -88,6 +96,11 @@ class TinyModelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name, hidden in (("text_hidden", self.text_hidden), ("vision_hidden", self.vision_hidden)):
+            # hidden is the input of most layers; hidden / 2 (head_dim) the output of the key/value ones.
+            if hidden % QUANT_BLOCK_INPUTS or (hidden // 2) % PACKED_ROWS:
+                raise ValueError(f"{name} must be a multiple of 64, so that bitsandbytes can pack every "
+                                 "4-bit layer for its CPU kernel.")
         if self.image_size_px % self.patch_size_px:
             raise ValueError("image_size_px must be a multiple of patch_size_px.")
         patches_per_side = self.image_size_px // self.patch_size_px
@@ -134,6 +147,12 @@ def build_processor(config: TinyModelConfig) -> Gemma3Processor:
     )
 
 
+def padded_vocab_size(tokenizer: GemmaTokenizer) -> int:
+    """The tokenizer's length rounded up to a whole number of packed row blocks, so that an untied
+    4-bit head can be packed too; the extra rows are ids the tokenizer never produces."""
+    return -(-len(tokenizer) // PACKED_ROWS) * PACKED_ROWS
+
+
 def build_model(config: TinyModelConfig, tokenizer: GemmaTokenizer) -> Gemma3ForConditionalGeneration:
     text_config = Gemma3TextConfig(
         vocab_size=len(tokenizer),
@@ -173,6 +192,8 @@ def build_model(config: TinyModelConfig, tokenizer: GemmaTokenizer) -> Gemma3For
     # have no effect on the output and nothing visual could be learned.
     projection = model.model.multi_modal_projector.mm_input_projection_weight
     torch.nn.init.normal_(projection, std=config.vision_hidden**-0.5)
+    # Padded after the seeded build, so that every other weight is the unpadded model's.
+    model.resize_token_embeddings(padded_vocab_size(tokenizer), mean_resizing=False)
     return model.eval()
 
 

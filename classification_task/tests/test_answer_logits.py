@@ -22,9 +22,12 @@ from classification_task.model import (
     answer_logits,
     answer_positions,
     answer_token_ids,
+    dequantized_rows,
+    head_rows,
     p_nodule_from_logits,
 )
 from classification_task.demo.tiny_model import TinyModelConfig, build_model, build_processor
+from classification_task.tests.bnb_packing import PACKING_MODES, assert_packing, force_cpu_packing
 
 
 def _batch(processor, n: int, seed: int = 0) -> dict:
@@ -91,8 +94,11 @@ def test_softcapping_is_applied_as_the_model_applies_it_in_float32():
     torch.testing.assert_close(two, full, atol=1e-6, rtol=1e-5)
 
 
-def test_a_4bit_lm_head_is_dequantized_for_the_two_rows(tmp_path):
-    """bitsandbytes leaves a tied head unquantized (the QLoRA recipe); an untied head may be 4-bit."""
+@pytest.mark.parametrize("packing", PACKING_MODES)
+def test_a_4bit_lm_head_is_dequantized_for_the_two_rows(tmp_path, monkeypatch, packing):
+    """bitsandbytes leaves a tied head unquantized (the QLoRA recipe); an untied head may be 4-bit.
+    Its two rows are read right in both of bitsandbytes' CPU layouts (bnb_packing forces each)."""
+    force_cpu_packing(monkeypatch, packing)
     config = TinyModelConfig()
     processor = build_processor(config)
     model = build_model(config, processor.tokenizer)
@@ -105,8 +111,31 @@ def test_a_4bit_lm_head_is_dequantized_for_the_two_rows(tmp_path):
     quantized = AutoModelForImageTextToText.from_pretrained(tmp_path, quantization_config=quantization).eval()
     assert getattr(quantized.lm_head.weight, "quant_state", None) is not None, "the head must be 4-bit here"
     ids = answer_token_ids(processor.tokenizer)
+    rows_as_loaded, _ = head_rows(quantized.lm_head, ids)
     batch = _batch(processor, 3)
     with torch.no_grad():
         own = quantized(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, -1, ids]
         two = answer_logits(quantized, batch, ids)
-    torch.testing.assert_close(two, own.float(), atol=1e-5, rtol=1e-4)
+    assert_packing(quantized, packing)
+    # Packing rounds the scales to bf16, and the packed kernel multiplies in bf16.
+    torch.testing.assert_close(head_rows(quantized.lm_head, ids)[0], rows_as_loaded, rtol=2**-8, atol=0)
+    if packing == "unpacked":
+        torch.testing.assert_close(two, own.float(), atol=1e-5, rtol=1e-4)
+    else:
+        torch.testing.assert_close(two, own.float(), atol=1e-2, rtol=1e-2)
+    assert np.isfinite(p_nodule_from_logits(two)).all()
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["scales", "double-quantized scales"])
+def test_rows_read_from_the_packed_cpu_layout_equal_the_plain_ones(nested):
+    """bitsandbytes' packing is plain tensor code, so this runs on any CPU, several row blocks deep."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu, quantize_4bit
+
+    weight = torch.randn(96, 256, generator=torch.Generator().manual_seed(0))
+    data, state = quantize_4bit(weight, blocksize=64, compress_statistics=nested, quant_type="nf4")
+    row_ids = [0, 1, 15, 16, 31, 32, 50, 95]
+    plain = dequantized_rows(data, state, row_ids)
+    packed_data, packed_state = _convert_weight_packed_for_cpu(data, state)
+    assert packed_state.packing_format_for_cpu
+    torch.testing.assert_close(dequantized_rows(packed_data, packed_state, row_ids), plain, rtol=2**-8, atol=0)
+    torch.testing.assert_close(plain, weight[row_ids], atol=0.15 * weight.abs().max().item(), rtol=0)

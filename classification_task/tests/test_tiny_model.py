@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
-from classification_task.demo.tiny_model import GEMMA3_MM_TOKENS
+from classification_task.demo.tiny_model import GEMMA3_MM_TOKENS, TinyModelConfig, build_model, build_processor
+from classification_task.tests.bnb_packing import PACKING_MODES, assert_packing, force_cpu_packing
 
 PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Nodule? A or B."}]}]
 
@@ -72,8 +73,30 @@ def test_two_images_of_different_sizes_forward_and_backward(tiny_model_dir):
     assert vision_grad is not None and vision_grad.abs().sum() > 0
 
 
-def test_4bit_nf4_loading_on_cpu(tiny_model_dir):
+def test_every_layer_that_can_go_4bit_fits_bitsandbytes_cpu_packing():
+    """On a CPU with AVX512-BF16, bitsandbytes packs a 4-bit weight in blocks of 32 output rows and
+    64 inputs; checked on the dimensions, so that a misfit fails on every CPU. The head counts too:
+    untied, it is quantized like any other Linear."""
+    config = TinyModelConfig()
+    processor = build_processor(config)
+    model = build_model(config, processor.tokenizer)
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert "lm_head" in linears and len(linears) > 20
+    misfits = {name: (m.out_features, m.in_features) for name, m in linears.items()
+               if m.out_features % 32 or m.in_features % 64}
+    assert not misfits, f"(out_features, in_features) that bitsandbytes cannot pack: {misfits}"
+    assert model.config.text_config.vocab_size >= len(processor.tokenizer)
+
+
+def test_hidden_sizes_that_cannot_be_packed_are_refused():
+    with pytest.raises(ValueError, match="text_hidden must be a multiple of 64"):
+        TinyModelConfig(text_hidden=48)
+
+
+@pytest.mark.parametrize("packing", PACKING_MODES)
+def test_4bit_nf4_loading_on_cpu(tiny_model_dir, monkeypatch, packing):
     bnb = pytest.importorskip("bitsandbytes")
+    force_cpu_packing(monkeypatch, packing)
     config = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -91,3 +114,4 @@ def test_4bit_nf4_loading_on_cpu(tiny_model_dir):
     with torch.no_grad():
         logits = model(**batch).logits
     assert torch.isfinite(logits.float()).all()
+    assert_packing(model, packing)
