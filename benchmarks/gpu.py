@@ -1,4 +1,4 @@
-"""Every GPU row of BENCHMARKS.md in one command, inside a time budget (8 minutes on one H100-class GPU).
+"""Every GPU row of docs/benchmarks.md in one command, inside a time budget (8 minutes on one H100-class GPU).
 
     bash benchmarks/gpu.sh                    # installs the carried wheels (wheels/) first, then this
     python -m benchmarks.gpu [--budget_s 470] [--out_dir outputs/benchmarks/gpu] [--only activations,classify]

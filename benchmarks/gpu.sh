@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU row of BENCHMARKS.md in one command (docs/gpu.md). A GPU machine without internet gets
+# Every GPU row of docs/benchmarks.md in one command (docs/gpu.md). A GPU machine without internet gets
 # the packages it lacks as wheels in wheels/ (git-ignored; how to fill it: docs/gpu.md), installed
 # into a folder of their own first. Arguments go to `python -m benchmarks.gpu`.
 set -euo pipefail

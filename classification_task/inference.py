@@ -9,7 +9,8 @@
 
 The adapter folder's (or an encoder classifier's best_model folder's) operating_point.json (written by train.py) supplies every setting not
 given as a flag: base model, quantization, pre-processing, and the max-F1 threshold tuned on
-validation (docs/operating-point.md); a flag that asks for another set-up draws a one-line warning.
+validation (docs/classification.md, the operating-point section); a flag that asks for another
+set-up draws a one-line warning.
 
 Writes, in --output_dir:
   classification_test_results.csv    file_name,label,confidence (confidence = p(nodule);

@@ -6,7 +6,8 @@ the base model, its quantization, the pre-processing, and the thresholds tuned o
 scores of exactly that set-up. The thresholds hold only for those scores: the same adapter on an
 unquantized base, or on images stretched otherwise, scores differently. So inference takes every
 setting not given on its command line from the file, labels at the tuned max-F1 threshold, and warns
-in one line when a flag asks for another set-up. Schema and defaults: docs/operating-point.md.
+in one line when a flag asks for another set-up. Schema and defaults: docs/classification.md
+(the operating-point section).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from classification_task.dataset import Preprocessing
 from classification_task.common.run_files import write_json_atomic
 
 OPERATING_POINT_JSON = "operating_point.json"
-# What every operating point holds (docs/operating-point.md); more keys may follow them.
+# What every operating point holds (docs/classification.md, the operating point); more keys may follow.
 OPERATING_POINT_KEYS = ("model_kind", "base_model", "quantization", "preprocessing", "thresholds",
                         "default_threshold")
 MODEL_KIND = "medgemma_lora"  # a Gemma 3 base read through its two answer letters, with a LoRA adapter
@@ -141,7 +142,8 @@ def apply_record(config, record: dict, given: set[str], path: Path) -> tuple[obj
 
 def resolve(config, given: set[str]) -> tuple[object, dict, list[str]]:
     """The inference config with its adapter's operating point applied, where the threshold and the
-    settings came from (for run_config.json), and the note or warning lines to print.
+    settings came from (for the inference record, run_config.classification.json), and the note or
+    warning lines to print.
 
     `given`: the config fields set on the command line; they win over the record. An adapter
     folder without `operating_point.json` (and the zero-shot base) keeps the previous defaults; for
