@@ -24,7 +24,8 @@ from benchmarks.models import synthetic_images
 from classification_task.classifiers import batch_collator, logits_function
 from classification_task.encoder.model import load_classifier, new_classifier, save_classifier, score_batches
 from classification_task.demo.tiny_model import save_tiny_dinov2
-from classification_task.train import ENCODER_DEMO_INPUT_PX, TrainConfig, training_arguments
+from classification_task.demo.preset import ENCODER_DEMO_INPUT_PX
+from classification_task.train import TrainConfig, training_arguments
 from classification_task.trainer import NoduleTrainer
 
 EFFECTIVE_BATCH = 16

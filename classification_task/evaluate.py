@@ -10,6 +10,7 @@ predictions and plots next to them.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from classification_task.metrics import (
     sensitivity_at_specificity,
 )
 from classification_task.classifiers import score_batches
+from classification_task.trainer import best_checkpoint
 from classification_task.evaluation.plots import save_all_plots
 from classification_task.evaluation.report import evaluation_text
 from classification_task.common.run_files import write_csv_atomic, write_json_atomic
@@ -112,35 +114,62 @@ def labels_frame(frame: pd.DataFrame) -> pd.DataFrame:
                          "LIDC_ID": frame["lidc_id"].to_numpy()})
 
 
-def evaluate_run(model, processor, frames: dict[str, pd.DataFrame], out_dir: str | Path, prep: Preprocessing,
-                 batch_size: int = 4, n_boot: int = 1000, seed: int = 0, zero_shot: bool = True,
-                 log_history: list | None = None, cache_dir: str | None = None, unreadable=None,
-                 beta: float | None = None, best: dict | None = None, model_name: str = "fine_tuned") -> dict:
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How `evaluate_run` scores and reports one run; `for_run` builds it from a training config."""
+    out_dir: Path
+    prep: Preprocessing
+    batch_size: int = 4
+    n_boot: int = 1000  # bootstrap resamples of the test confidence intervals (0: none)
+    seed: int = 0
+    zero_shot: bool = True  # also score the base model without its adapter, side by side
+    cache_dir: str | None = None
+    beta: float | None = None
+    best: dict | None = None  # the best checkpoint's {"step", "metric", "value"}
+    log_history: list | None = None  # the Trainer's, for the training curves
+    model_name: str = "fine_tuned"  # "zero_shot": the model is the base model without adapter
+
+    @classmethod
+    def for_run(cls, config, trainer=None) -> EvaluationSettings:
+        """The settings of a train.py run (its TrainConfig); `trainer` None: --eval_only, nothing trained."""
+        zero_shot_base = config.eval_only and config.adapter is None
+        return cls(
+            out_dir=Path(config.output_dir), prep=config.preprocessing, batch_size=config.eval_batch_size,
+            n_boot=config.bootstrap, seed=config.seed, cache_dir=config.cache_dir, beta=config.beta,
+            zero_shot=config.zero_shot and not zero_shot_base,
+            best=None if trainer is None else best_checkpoint(trainer.state, config.metric_for_best),
+            log_history=None if trainer is None else trainer.state.log_history,
+            model_name="zero_shot" if zero_shot_base and config.model_kind == "medgemma" else "fine_tuned",
+        )
+
+
+def evaluate_run(model, processor, frames: dict[str, pd.DataFrame], settings: EvaluationSettings,
+                 unreadable=None) -> dict:
     """Score val and test, print the tables, write metrics.json, predictions and plots.
 
-    `model_name` is "zero_shot" when `model` is the base model without adapter;
-    `best` (the best checkpoint's {"step", "metric", "value"}) is recorded and
-    marked on the training curves. Unreadable images are left out and recorded
-    in `unreadable` (UnreadableImages).
+    `settings.best` is recorded and marked on the training curves. Unreadable
+    images are left out and recorded in `unreadable` (UnreadableImages).
     """
-    out_dir = Path(out_dir)
+    s = settings
+    out_dir, prep, batch_size, cache_dir, beta, model_name = \
+        s.out_dir, s.prep, s.batch_size, s.cache_dir, s.beta, s.model_name
     val, p_val = score_split(model, processor, frames["val"], prep, batch_size, "validation", cache_dir, unreadable)
     test, p_test = score_split(model, processor, frames["test"], prep, batch_size, "test", cache_dir, unreadable)
     y_val, y_test = val["label"].to_numpy(), test["label"].to_numpy()
     sources = frame_sources(test)  # of the rows scored
-    results = {model_name: model_results(y_val, p_val, y_test, p_test, sources, beta, n_boot, seed)}
-    if zero_shot and model_name != "zero_shot" and hasattr(model, "disable_adapter"):
+    results = {model_name: model_results(y_val, p_val, y_test, p_test, sources, beta, s.n_boot, s.seed)}
+    if s.zero_shot and model_name != "zero_shot" and hasattr(model, "disable_adapter"):
         with model.disable_adapter():
             _, p_val_0 = score_split(model, processor, val, prep, batch_size, "validation, zero-shot", cache_dir)
             _, p_test_0 = score_split(model, processor, test, prep, batch_size, "test, zero-shot", cache_dir)
-        results["zero_shot"] = model_results(y_val, p_val_0, y_test, p_test_0, sources, beta, n_boot, seed)
-    report = build_report(results, len(val), y_test, beta, n_boot, best)
+        results["zero_shot"] = model_results(y_val, p_val_0, y_test, p_test_0, sources, beta, s.n_boot, s.seed)
+    report = build_report(results, len(val), y_test, beta, s.n_boot, s.best)
     print("\n" + evaluation_text(report))
     write_json_atomic(out_dir / "metrics.json", report)
     write_csv_atomic(predictions_frame(test, p_test), out_dir / "test_predictions.csv")
     write_csv_atomic(predictions_frame(val, p_val), out_dir / "val_predictions.csv")
     write_csv_atomic(labels_frame(test), out_dir / "test_labels.csv")
     with contextlib.suppress(ValueError):
-        save_all_plots(out_dir, y_test, p_test, results[model_name]["thresholds"], log_history,
-                       best_step=(best or {}).get("step"), metric_for_best=(best or {}).get("metric"))
+        save_all_plots(out_dir, y_test, p_test, results[model_name]["thresholds"], s.log_history,
+                       best_step=(s.best or {}).get("step"), metric_for_best=(s.best or {}).get("metric"))
     return report

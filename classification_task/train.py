@@ -12,7 +12,7 @@ the softmax over the two answer-letter logits. Loss: class-weighted CE on those
 logits. Each epoch (--sampler balanced, the default): all positives + the next
 chunk of negatives; --sampler weighted and random are the alternatives (see --help).
 A --model_id that is a vision encoder (Dinov2, SigLIP; a Gemma 3 checkpoint with
---model_kind encoder) trains the encoder classifier instead (encoder_model.py):
+--model_kind encoder) trains the encoder classifier instead (encoder/model.py):
 pooled features -> a small head -> the same two logits, the same loss, Trainer and
 evaluation; the result is saved as <checkpoint_dir>/best_model.
 
@@ -32,9 +32,10 @@ from typing import Literal
 
 import pandas as pd
 import torch
-from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
-from classification_task.common import cli
+from classification_task.common import cli, training
+from classification_task.common.training import USER_ERRORS, RunStart
 
 from classification_task import classifiers
 
@@ -42,7 +43,8 @@ from classification_task.evaluation import operating_point
 from classification_task.evaluation.operating_point import OPERATING_POINT_JSON, write_operating_point
 from classification_task.dataset import DataError, Preprocessing, RadiographDataset, load_image, load_labels
 from classification_task.split import SPLIT_CSV, SPLITS, keep_run_split, load_or_make_split, split_table
-from classification_task.evaluate import evaluate_run
+from classification_task.demo.preset import demo_defaults, prepare_demo
+from classification_task.evaluate import EvaluationSettings, evaluate_run
 from classification_task.model import (
     MEDGEMMA_ID,
     add_lora,
@@ -54,17 +56,7 @@ from classification_task.model import (
 )
 from classification_task.common.processes import Processes
 from classification_task.common.run_files import (
-    RUN_CONFIG_JSON,
-    check_fresh_run,
-    check_run_flags,
-    max_unreadable_frac_flag,
-    overwrite_flag,
-    remove_earlier_run,
-    resume_checkpoint,
-    resume_flag,
-    run_config_callback,
-    write_csv_atomic,
-    write_run_config,
+    RUN_CONFIG_JSON, check_run_flags, max_unreadable_frac_flag, overwrite_flag, resume_flag,
 )
 from classification_task.trainer import NoduleTrainer, ReadableBatchCollator, best_checkpoint, compute_metrics
 from classification_task.common.unreadable import UnreadableImages
@@ -167,48 +159,6 @@ class TrainConfig:
         return Preprocessing(self.clip_low_pct, self.clip_high_pct, self.image_size_px)
 
 
-# The demo: a small, learnable problem that finishes on a 2-core CPU in minutes.
-# Demo-only choices: plain LoRA in fp32 (no 4-bit on a random tiny model), a
-# higher learning rate for a random base, and pos_weight 1 because the demo
-# data has 30 % positives and the balanced sampler already makes batches 50/50.
-DEMO_DEFAULTS = dict(
-    data_root="data/demo", model_id="checkpoints/tiny-medgemma", output_dir="outputs/demo",
-    checkpoint_dir="checkpoints/demo", quantization="none", gradient_checkpointing=False,
-    batch_size=8, grad_accum=1, eval_batch_size=16, learning_rate=1e-3, max_steps=600, eval_steps=150,
-    max_grad_norm=1.0, pos_weight=1.0, logging_steps=20, num_workers=0, bootstrap=200, lora_alpha=32,
-)
-# `--demo --model_kind encoder`: the same data, a tiny random-init Dinov2 trained in full.
-ENCODER_DEMO_DEFAULTS = DEMO_DEFAULTS | dict(
-    model_id="checkpoints/tiny-dinov2-classifier", output_dir="outputs/demo_encoder",
-    checkpoint_dir="checkpoints/demo_encoder", encoder_mode="full", learning_rate=1e-3,
-)
-ENCODER_DEMO_INPUT_PX = 112
-
-
-def demo_defaults(argv: list[str]) -> dict:
-    """The encoder demo's defaults when the command line asks for --model_kind encoder, else the MedGemma demo's."""
-    flags = " ".join(argv).replace("=", " ").split()
-    wants_encoder = any(a == "--model_kind" and b == "encoder" for a, b in zip(flags, flags[1:]))
-    return ENCODER_DEMO_DEFAULTS if wants_encoder else DEMO_DEFAULTS
-
-
-def prepare_demo(config: TrainConfig) -> None:
-    from classification_task.demo.synthetic import generate_dataset
-    from classification_task.demo.tiny_model import save_tiny_dinov2, save_tiny_medgemma
-
-    if not (Path(config.data_root) / "classification_labels.csv").is_file():
-        try:
-            generate_dataset(config.data_root, n_images=800, positive_rate=0.3, size_px=256, seed=0)
-        except FileExistsError:
-            raise DataError(f"{config.data_root} exists but holds no demo data; remove it or pass another "
-                            "--data_root.") from None
-    if not (Path(config.model_id) / "config.json").is_file():
-        if config.model_kind == "encoder":
-            save_tiny_dinov2(config.model_id, ENCODER_DEMO_INPUT_PX, patch_size_px=8, hidden=64)
-        else:
-            save_tiny_medgemma(config.model_id)
-
-
 def load_data(config: TrainConfig, resume_from: str | None) -> pd.DataFrame:
     """The labelled images with a `split` column (train/val/test); nothing is written yet.
 
@@ -234,61 +184,40 @@ def split_frames(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def load_model(config: TrainConfig):
-    """The model to train (base + fresh LoRA) or, with --eval_only, to score (base + --adapter);
-    for the encoder classifier, encoder + fresh head, or a saved best_model folder."""
+    """The processor (MedGemma's; None for the encoder classifier) and the model to train (base + fresh
+    LoRA) or, with --eval_only, to score (base + --adapter); for the encoder classifier, encoder + fresh
+    head, or a saved best_model folder."""
+    config.model_kind = classifiers.resolve_kind(config.model_id, config.model_kind)
+    processor = load_processor(config.model_id) if config.model_kind == "medgemma" else None
+    if processor is not None:
+        answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
     if config.model_kind == "encoder":
         set_seed(config.seed)  # the head and the LoRA A matrices are drawn here
         model = classifiers.load_encoder_classifier(config)
         config.image_size_px = model.config.input_size_px  # resolved: the images are resized to it
-        return model
+        return processor, model
     if config.eval_only:
-        return load_with_adapter(config.model_id, config.adapter, config.quantization)
+        return processor, load_with_adapter(config.model_id, config.adapter, config.quantization)
     set_seed(config.seed)  # the LoRA A matrices are drawn here, before the Trainer seeds anything
     model = load_base_model(config.model_id, config.quantization)
-    return add_lora(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout))
+    return processor, add_lora(model, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout))
 
 
-def start_run(config: TrainConfig, frame: pd.DataFrame, earlier: list[Path]) -> None:
-    """The inputs hold: replace an earlier run (--overwrite), then write the split and the config."""
-    remove_earlier_run(earlier)
-    write_csv_atomic(split_table(frame), Path(config.output_dir) / SPLIT_CSV)
-    write_run_config(config.output_dir, config)
+def launch(config: TrainConfig) -> tuple[TrainingArguments | None, Processes]:
+    """The Trainer's arguments (None with --eval_only) and the launcher's processes, which they join."""
+    if config.eval_only:  # no Trainer: a gloo group of the launcher's processes is all they share
+        return None, Processes.join()
+    args = training_arguments(config)  # joins the launcher's process group, if any
+    return args, Processes.current()
 
 
 def training_arguments(config: TrainConfig) -> TrainingArguments:
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return TrainingArguments(
-        output_dir=config.checkpoint_dir,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.eval_batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type="linear",
-        warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+    return training.trainer_arguments(
+        config,
         max_grad_norm=config.max_grad_norm,
-        max_steps=config.max_steps,
-        optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
-        bf16=bf16,
-        # Without CUDA, say so: accelerate then joins the processes of a launch into one data-parallel
-        # run (gloo); otherwise each process would train a replica of its own on all the data.
-        use_cpu=not torch.cuda.is_available(),
         activation_checkpointing=config.gradient_checkpointing,  # the model kind may narrow it: build_trainer
         activation_checkpointing_kwargs={"use_reentrant": False},
-        eval_strategy="steps",
-        eval_steps=config.eval_steps,
-        save_strategy="steps",
-        save_steps=config.eval_steps,
-        save_total_limit=config.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model=config.metric_for_best,
-        greater_is_better=config.metric_for_best != "loss",
-        logging_steps=config.logging_steps,
-        report_to=cli.available_loggers(),
-        dataloader_num_workers=config.num_workers,
-        remove_unused_columns=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
-        seed=config.seed,
     )
 
 
@@ -299,9 +228,6 @@ def build_trainer(config: TrainConfig, args: TrainingArguments, model, processor
     # 518 px, and on a CPU memory is no concern.
     args.activation_checkpointing = config.gradient_checkpointing and (
         config.model_kind != "encoder" or torch.cuda.is_available())
-    callbacks = [run_config_callback(config)]  # --resume accepts the checkpoints beside it
-    if config.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     return NoduleTrainer(
         model=model,
         args=args,
@@ -309,7 +235,7 @@ def build_trainer(config: TrainConfig, args: TrainingArguments, model, processor
         eval_dataset=RadiographDataset(frames["val"], prep, config.cache_dir),
         data_collator=ReadableBatchCollator(processor, classifiers.batch_collator(model, processor)),
         compute_metrics=partial(compute_metrics, beta=config.beta),
-        callbacks=callbacks,
+        callbacks=training.trainer_callbacks(config),
         answer_ids=answer_token_ids(processor.tokenizer) if processor is not None else None,
         logits_fn=classifiers.logits_function(model, processor),
         pos_weight=config.pos_weight,
@@ -325,7 +251,7 @@ def train(config: TrainConfig, args: TrainingArguments, model, processor, frames
     trainer = build_trainer(config, args, model, processor, frames, unreadable)
     try:
         trainer.train(resume_from_checkpoint=resume_from)
-    except (DataError, ValueError):
+    except USER_ERRORS:
         close_progress_bars(trainer)
         raise
     # The best checkpoint (load_best_model_at_end): MedGemma's adapter, or the whole encoder classifier.
@@ -348,27 +274,28 @@ def close_progress_bars(trainer) -> None:
                 bar.close()
 
 
-def prepare_run(config: TrainConfig, processes: Processes):
-    """Check the inputs in every process, then let process 0 alone write the run's files.
+def prepare_run(config: TrainConfig, processes: Processes) -> RunStart:
+    """Check the folders in every process, find the resume point, and make the demo's data and model.
 
     Every process looks for an earlier run before any writes (the barrier in
-    `first_does`): a process that wrote first would make the others find its
-    files and refuse their own run. Returns the checkpoint to resume from, the
-    split frame, the processor and the model.
+    `first_does`, `record_run` later): a process that wrote first would make the
+    others find its files and refuse their own run.
     """
-    earlier = check_fresh_run(config.output_dir, None if config.eval_only else config.checkpoint_dir,
-                              config.resume, config.overwrite, RESULT_FILES)
-    resume_from = None if config.eval_only else resume_checkpoint(config.resume, config.checkpoint_dir)
+    start = training.start_run(config, RESULT_FILES, train=not config.eval_only)
     if config.demo:
         processes.first_does(lambda: prepare_demo(config))
-    frame = load_data(config, resume_from)
-    config.model_kind = classifiers.resolve_kind(config.model_id, config.model_kind)
-    processor = load_processor(config.model_id) if config.model_kind == "medgemma" else None
-    if processor is not None:
-        answer_token_ids(processor.tokenizer)  # fail early if the answer letters are not single tokens
-    model = load_model(config)
-    processes.first_does(lambda: start_run(config, frame, earlier))
-    return resume_from, frame, processor, model
+    return start
+
+
+def unreadable_images(config: TrainConfig, frame: pd.DataFrame, first: bool) -> UnreadableImages:
+    """The run's unreadable images, counted against --max_unreadable_frac of the images it reads;
+    a resumed run starts from the list it had, less the files that read now."""
+    frames = split_frames(frame)
+    n_read = len(frame) if not config.eval_only else len(frames["val"]) + len(frames["test"])
+    unreadable = UnreadableImages(config.output_dir, n_read, config.max_unreadable_frac, write=first)
+    if config.resume:
+        unreadable.carry_over(dict(zip(frame["file_name"], frame["path"])), load_image)
+    return unreadable
 
 
 def record_operating_point(config: TrainConfig, model, report: dict) -> None:
@@ -387,49 +314,33 @@ def record_operating_point(config: TrainConfig, model, report: dict) -> None:
     write_operating_point(folder, record)
 
 
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     config = cli.parse(TrainConfig, __doc__, argv, demo_defaults=demo_defaults(argv))
     if config is None:
         return 2
     try:
-        if config.eval_only:  # no Trainer: a gloo group of the launcher's processes is all they share
-            args, processes = None, Processes.join()
-        else:
-            args = training_arguments(config)  # joins the launcher's process group, if any
-            processes = Processes.current()
-        resume_from, frame, processor, model = prepare_run(config, processes)
+        args, processes = launch(config)
+        start = prepare_run(config, processes)
+        frame = load_data(config, start.resume_from)
+        processor, model = load_model(config)
+        # The inputs hold: process 0 alone replaces an earlier run (--overwrite) and records this one.
+        processes.first_does(lambda: training.record_run(config, start.earlier, split_table(frame)))
         if config.eval_only and not processes.is_first:
             return 0  # the evaluation runs in one process
-        frames, log_history = split_frames(frame), None
-        n_read = len(frame) if not config.eval_only else len(frames["val"]) + len(frames["test"])
-        unreadable = UnreadableImages(config.output_dir, n_read, config.max_unreadable_frac,
-                                      write=processes.is_first)
-        if config.resume:
-            unreadable.carry_over(dict(zip(frame["file_name"], frame["path"])), load_image)
+        frames, trainer = split_frames(frame), None
+        unreadable = unreadable_images(config, frame, processes.is_first)
         if not config.eval_only:
-            trainer = train(config, args, model, processor, frames, resume_from, unreadable)
+            trainer = train(config, args, model, processor, frames, start.resume_from, unreadable)
             if not trainer.is_world_process_zero():
                 return 0
-            model, log_history = trainer.model, trainer.state.log_history
-        report = evaluate_run(model, processor, frames, config.output_dir, config.preprocessing,
-                              batch_size=config.eval_batch_size, n_boot=config.bootstrap, seed=config.seed,
-                              zero_shot=config.zero_shot and (config.adapter is not None or not config.eval_only),
-                              log_history=log_history, cache_dir=config.cache_dir, unreadable=unreadable, beta=config.beta,
-                              best=None if config.eval_only else best_checkpoint(trainer.state, config.metric_for_best),
-                              model_name="zero_shot" if config.eval_only and config.adapter is None
-                              and config.model_kind == "medgemma" else "fine_tuned")
+            model = trainer.model
+        report = evaluate_run(model, processor, frames, EvaluationSettings.for_run(config, trainer), unreadable)
         record_operating_point(config, model, report)
         unreadable.save()
-    except (DataError, ValueError) as err:
-        # Raised in a DataLoader worker, the message carries the worker's traceback: keep its last line.
-        print(f"error: {str(err).strip().splitlines()[-1].split('DataError: ')[-1]}", file=sys.stderr)
-        return 2
-    if unreadable.errors:
-        print(unreadable.summary())
-    print(f"results written to {config.output_dir}")
-    return 0
+    except USER_ERRORS as err:
+        return training.user_error(err)
+    return training.finish(unreadable, config.output_dir)
 
 
 if __name__ == "__main__":

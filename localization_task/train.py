@@ -33,9 +33,10 @@ from typing import Literal
 
 import pandas as pd
 import torch
-from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
-from localization_task.common import cli
+from localization_task.common import cli, training
+from localization_task.common.training import USER_ERRORS
 from localization_task.demo.preset import DEMO_DEFAULTS, prepare_demo
 from localization_task.heatmap.augment import train_augmentation
 from localization_task.dataset import (
@@ -48,17 +49,7 @@ from localization_task.heatmap.targets import sigma_hm_from_frac
 from localization_task.heatmap.model import DEFAULT_ENCODER, HeatmapLocalizer, enable_activation_checkpointing
 from localization_task.heatmap.evaluate import predict_split, report_test
 from localization_task.common.run_files import (
-    RUN_CONFIG_JSON,
-    check_fresh_run,
-    check_run_flags,
-    max_unreadable_frac_flag,
-    overwrite_flag,
-    remove_earlier_run,
-    resume_checkpoint,
-    resume_flag,
-    run_config_callback,
-    write_run_config,
-    write_text_atomic,
+    RUN_CONFIG_JSON, check_run_flags, max_unreadable_frac_flag, overwrite_flag, resume_flag, write_csv_atomic,
 )
 from localization_task.evaluation.plots import FROC_PNG, OVERLAY_DIR
 from localization_task.evaluation.predictions import PREDICTIONS_JSONL, RESULTS_CSV
@@ -212,39 +203,12 @@ def item_settings(config: TrainConfig, model: HeatmapLocalizer) -> ItemSettings:
 
 
 def training_arguments(config: TrainConfig) -> TrainingArguments:
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return TrainingArguments(
-        output_dir=config.checkpoint_dir,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.eval_batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
+    return training.trainer_arguments(
+        config,
         weight_decay=config.weight_decay,
-        lr_scheduler_type="linear",
-        warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a ratio of max_steps
-        max_steps=config.max_steps,
-        optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
-        bf16=bf16,
-        # Without CUDA, say so: accelerate then joins the processes of a launch into one data-parallel
-        # run (gloo); otherwise each process would train a replica of its own on all the data.
-        use_cpu=not torch.cuda.is_available(),
-        eval_strategy="steps",
-        eval_steps=config.eval_steps,
-        save_strategy="steps",
-        save_steps=config.eval_steps,
-        save_total_limit=config.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model=config.metric_for_best,
-        greater_is_better=config.metric_for_best != "loss",
-        logging_steps=config.logging_steps,
-        report_to=cli.available_loggers(),
-        dataloader_num_workers=config.num_workers,
-        remove_unused_columns=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
         # A fully trained encoder holds weights its forward never uses (Dinov2's mask token, a SigLIP
         # pooling head): data-parallel training must be told to look for them, or it stops at step 2.
         ddp_find_unused_parameters=config.encoder_mode == "full",
-        seed=config.seed,
     )
 
 
@@ -252,9 +216,6 @@ def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict,
                   unreadable: UnreadableImages) -> HeatmapTrainer:
     settings = item_settings(config, model)
     val_rows = evaluation_rows(frames["val"], config.eval_negatives, seed=config.seed)
-    callbacks = [run_config_callback(config)]  # --resume accepts the checkpoints beside it
-    if config.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     return HeatmapTrainer(
         model=model,
         args=training_arguments(config),
@@ -263,7 +224,7 @@ def build_trainer(config: TrainConfig, model: HeatmapLocalizer, frames: dict,
         eval_dataset=HeatmapDataset(val_rows, settings, skip_unreadable=True),
         data_collator=collate,
         compute_metrics=metrics_function(val_rows, config.tolerant_frac, config.tight_frac),
-        callbacks=callbacks,
+        callbacks=training.trainer_callbacks(config),
         weak_weight=config.weak_weight,
         weak_per_keypointed=config.weak_per_keypointed,
         negatives_per_keypointed=config.negatives_per_keypointed,
@@ -311,13 +272,27 @@ def final_evaluation(config: TrainConfig, model: HeatmapLocalizer, frames: dict,
     print(f"best model ({config.metric_for_best}) with its tuned thresholds saved to {best_dir}")
 
 
-def write_split(config: TrainConfig, frames: dict) -> None:
+def split_to_write(config: TrainConfig, frames: dict) -> pd.DataFrame | None:
     """split.csv (common/split_file.py: the classifier's schema), once: a resumed run keeps the first one."""
-    path = Path(config.output_dir) / SPLIT_CSV
-    if config.resume and path.is_file():
-        return
-    split = split_table(pd.concat([frames[name] for name in SPLITS]))
-    write_text_atomic(path, split.to_csv(index=False))
+    if config.resume and (Path(config.output_dir) / SPLIT_CSV).is_file():
+        return None
+    return split_table(pd.concat([frames[name] for name in SPLITS]))
+
+
+def write_split(config: TrainConfig, frames: dict) -> None:
+    """split.csv alone, as `record_run` writes it: the split a run of this config decides."""
+    split = split_to_write(config, frames)
+    if split is not None:
+        write_csv_atomic(split, Path(config.output_dir) / SPLIT_CSV)
+
+
+def prepare_run(config: TrainConfig, first: bool) -> training.RunStart:
+    """Find the resume point and make the demo's data and encoder; only process 0 (`first`) checks
+    the folders for an earlier run: the other processes may start while it writes the new run's files."""
+    start = training.start_run(config, RESULT_FILES, look=first)
+    if config.demo:
+        prepare_demo(config.data_root, config.encoder)
+    return start
 
 
 def unreadable_images(config: TrainConfig, frames: dict, first: bool) -> UnreadableImages:
@@ -335,35 +310,24 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     try:
-        # Only rank 0 looks: the other processes may start while it writes the new run's files.
         first = int(os.environ.get("RANK", "0")) == 0
-        earlier = check_fresh_run(config.output_dir, config.checkpoint_dir, config.resume, config.overwrite,
-                                  RESULT_FILES) if first else []
-        resume_from = resume_checkpoint(config.resume, config.checkpoint_dir)
-        if config.demo:
-            prepare_demo(config.data_root, config.encoder)
+        start = prepare_run(config, first)
         frames = load_splits(config)
         model = build_model(config)
         if config.gate_csv:
             read_gate_csv(config.gate_csv, config.gate_threshold)  # a bad file stops the run before training
         if first:  # the inputs hold: replace the earlier run (--overwrite), record the new one
-            remove_earlier_run(earlier)
-            write_split(config, frames)
-            write_run_config(config.output_dir, config)
+            training.record_run(config, start.earlier, split_to_write(config, frames))
         unreadable = unreadable_images(config, frames, first)
         trainer = build_trainer(config, model, frames, unreadable)
-        trainer.train(resume_from_checkpoint=resume_from)
+        trainer.train(resume_from_checkpoint=start.resume_from)
         if not (first and trainer.is_world_process_zero()):
             return 0
         final_evaluation(config, trainer.model, frames, unreadable)
         unreadable.save()
-    except (DataError, ValueError) as err:
-        print(f"error: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
-        return 2
-    if unreadable.errors:
-        print(unreadable.summary())
-    print(f"results written to {config.output_dir}")
-    return 0
+    except USER_ERRORS as err:
+        return training.user_error(err)
+    return training.finish(unreadable, config.output_dir)
 
 
 if __name__ == "__main__":
