@@ -40,7 +40,7 @@ from localization_task.common.training import USER_ERRORS
 from localization_task.demo.preset import DEMO_DEFAULTS, prepare_demo
 from localization_task.heatmap.augment import train_augmentation
 from localization_task.dataset import (
-    DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT, LOCALIZATION_CSV, DataError, check_keypoints_inside,
+    DEFAULT_CLIP_HIGH_PCT, DEFAULT_CLIP_LOW_PCT, LOCALIZATION_CSV, check_keypoints_inside,
     load_localization_data, read_grey,
 )
 from localization_task.evaluation.inputs import read_gate_csv
