@@ -5,9 +5,9 @@ answer in `support_avx512bf16_for_cpu`. With it set, the layer's first eval forw
 gradients on the CPU repacks its weight (functional._convert_weight_packed_for_cpu) and every later
 forward runs the AVX512-BF16 kernel; without it the weight stays as loaded and the generic
 dequantize-and-matmul path runs. Patching the name the constructor calls therefore decides the mode
-for every layer a model load creates (and fails loudly if bitsandbytes renames it). The kernel
-itself is registered at import only on a CPU with the instruction set, so there the packed mode
-cannot run and is skipped.
+for every layer a model load creates (and fails loudly if bitsandbytes renames it). The packed
+kernel itself is registered at import only on a CPU with AVX512-BF16 (backends/cpu/ops.py), so on
+any other CPU the packed mode cannot run and is skipped.
 """
 
 import bitsandbytes
